@@ -1,0 +1,92 @@
+"""Human-readable tables for the CLI (``--json`` bypasses all of this)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers], *[["-" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def human_duration(seconds: float) -> str:
+    if seconds <= 0:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    return f"{seconds // 3600:.0f}h{(seconds % 3600) // 60:02.0f}m"
+
+
+def limits_cell(isolation: dict[str, Any]) -> str:
+    parts = []
+    limits = isolation.get("limits", {})
+    for key, fmt in (("memory", human_bytes), ("cpu", lambda q: f"{q / 1000:g}%"), ("pids", str)):
+        report = limits.get(key) or {}
+        if report.get("requested") is not None:
+            mark = "" if report.get("enforced") else "!"
+            parts.append(f"{key}={fmt(report['requested'])}{mark}")
+    return ",".join(parts) or "-"
+
+
+def exit_cell(agent: dict[str, Any]) -> str:
+    reason = agent.get("exit_reason")
+    if reason is None:
+        return "-"
+    if reason == "exited":
+        return f"exited({agent.get('exit_code')})"
+    if reason == "signaled":
+        return f"signaled({agent.get('exit_signal')})"
+    return str(reason)
+
+
+def agents_table(agents: list[dict[str, Any]]) -> str:
+    rows = []
+    for a in agents:
+        iso = a.get("isolation") or {}
+        rows.append(
+            [
+                a["id"],
+                a["name"],
+                a.get("pid"),
+                a["state"],
+                human_duration(a.get("uptime", 0)),
+                a.get("restarts", 0),
+                exit_cell(a),
+                iso.get("backend", "-") if a.get("sandboxed", True) else "none",
+                limits_cell(iso),
+            ]
+        )
+    return table(["ID", "NAME", "PID", "STATE", "UPTIME", "RESTARTS", "EXIT", "SANDBOX", "LIMITS"], rows)
+
+
+def audit_table(entries: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            e["id"],
+            time.strftime("%H:%M:%S", time.localtime(e["timestamp"])),
+            e["category"],
+            e["event_type"],
+            e.get("agent_name") or e.get("agent_id") or ("operator" if (e.get("details") or {}).get("caller") == "operator" else "-"),
+            e.get("decision"),
+            e.get("code"),
+            e.get("duration_us"),
+        ]
+        for e in entries
+    ]
+    return table(["ID", "TIME", "CATEGORY", "EVENT", "AGENT", "DECISION", "CODE", "µS"], rows)

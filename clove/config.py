@@ -1,0 +1,330 @@
+"""Kernel configuration: one TOML file parsed into frozen dataclasses, validated at load time.
+
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the file,
+the table and the key, e.g. ``configs/kernel.toml: [sandbox].backend: expected one of ...``.
+The schema is documented in README.md ("Configuration").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from clove.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_SOCKET: Final = "/tmp/clove.sock"
+BACKENDS: Final = ("auto", "cgroup2", "cgroup1", "rlimit", "none")
+RESTART_POLICIES: Final = ("never", "on-failure", "always")
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/clove"
+    return os.path.join(os.environ.get("XDG_STATE_HOME", os.path.expanduser("~/.local/state")), "clove")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KernelSection:
+    socket: str = DEFAULT_SOCKET
+    state_dir: str = field(default_factory=default_state_dir)
+    max_message_bytes: int = 1 << 20
+    log_level: str = "info"
+    audit_ring: int = 10_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SandboxSection:
+    backend: str = "auto"
+    require_isolation: bool = False
+    uid_base: int = 200_000
+    landlock: bool = True
+    start_timeout: float = 10.0
+    kill_grace: float = 3.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SupervisorSection:
+    """Restart backoff: ``backoff_initial * 2**n`` seconds after the n-th consecutive failure,
+    capped at ``backoff_max``; a run longer than ``stable_after`` seconds resets n."""
+
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    stable_after: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogsSection:
+    max_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetentionSection:
+    max_exited: int = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    """An agent the kernel starts at boot (``[agents.NAME]``); also the shape of a spawn."""
+
+    name: str
+    script: str
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    sandboxed: bool = True
+    network: bool = False
+    memory_bytes: int | None = None
+    cpu_quota_us: int | None = None
+    pids: int | None = None
+    restart: str = "never"
+    max_restarts: int = 5
+    restart_window: float = 300.0
+    interpreter: str | None = None
+    working_dir: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KernelConfig:
+    kernel: KernelSection = field(default_factory=KernelSection)
+    sandbox: SandboxSection = field(default_factory=SandboxSection)
+    supervisor: SupervisorSection = field(default_factory=SupervisorSection)
+    logs: LogsSection = field(default_factory=LogsSection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
+    agents: tuple[AgentConfig, ...] = ()
+    source: str | None = None
+
+
+# ---- value parsers shared with the CLI and the spawn syscall --------------------------------
+
+_SIZE_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
+_SCALE: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_memory(value: object) -> int:
+    """``"64M"``, ``"1.5G"``, ``"512MiB"`` or an int of bytes → bytes (binary units).
+
+    :raises ValueError: with a message fit for a user.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size like '64M' or bytes, got {value!r}")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and (m := _SIZE_RE.match(value)):
+        number = int(float(m.group(1)) * _SCALE[m.group(2).upper()])
+    else:
+        raise ValueError(f"expected a size like '64M' or bytes, got {value!r}")
+    if number < 4 << 20:
+        raise ValueError(f"memory limit must be at least 4M, got {value!r}")
+    return number
+
+
+def parse_cpu(value: object) -> int:
+    """``"20%"`` (of one core) or an int of µs per 100 ms period → quota in µs per 100 ms."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a percentage like '20%' or a quota in µs, got {value!r}")
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            percent = float(value.strip()[:-1])
+        except ValueError:
+            raise ValueError(f"expected a percentage like '20%', got {value!r}") from None
+        quota = int(round(percent * 1000))
+    elif isinstance(value, int):
+        quota = value
+    else:
+        raise ValueError(f"expected a percentage like '20%' or a quota in µs, got {value!r}")
+    if quota < 1000:
+        raise ValueError(f"cpu quota must be at least 1000 µs per 100 ms (1%), got {value!r}")
+    return quota
+
+
+def parse_pids(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a positive int, got {value!r}")
+    return value
+
+
+def validate_name(value: object) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ValueError(f"agent names are 1-63 of [A-Za-z0-9_.-], starting alphanumeric; got {value!r}")
+    return value
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+
+class _Table:
+    """Typed access to one TOML table that remembers where it is, for error messages."""
+
+    def __init__(self, source: str, where: str, data: dict[str, Any]) -> None:
+        self.source, self.where, self.data = source, where, data
+        self.seen: set[str] = set()
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: [{self.where}].{key}: {message}", details={"table": self.where, "key": key})
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.fail(key, f"expected {_kind_names(kinds)}, got bool {value!r}")
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds):
+            raise self.fail(key, f"expected {_kind_names(kinds)}, got {type(value).__name__} {value!r}")
+        return value
+
+    def parsed(self, key: str, parse: Callable[[object], Any], default: Any) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            return default
+        try:
+            return parse(self.data[key])
+        except ValueError as err:
+            raise self.fail(key, str(err)) from None
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(key, str, default)
+        if value not in choices:
+            raise self.fail(key, f"expected one of {', '.join(choices)}; got {value!r}")
+        return str(value)
+
+    def positive(self, key: str, kind: type, default: Any) -> Any:
+        value = self.get(key, kind, default)
+        if value is not None and value <= 0:
+            raise self.fail(key, f"must be positive, got {value!r}")
+        return value
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.fail(unknown[0], f"unknown key (known: {', '.join(sorted(self.seen))})")
+
+
+def _kind_names(kinds: tuple[type, ...]) -> str:
+    return " or ".join({bool: "bool", int: "int", float: "number", str: "string", list: "array", dict: "table"}.get(k, k.__name__) for k in kinds)
+
+
+def _section(source: str, raw: dict[str, Any], name: str) -> _Table:
+    data = raw.get(name, {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: [{name}]: expected a table, got {type(data).__name__}")
+    return _Table(source, name, data)
+
+
+def _agent(source: str, name: str, data: Any, base_dir: Path) -> AgentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: [agents.{name}]: expected a table, got {type(data).__name__}")
+    t = _Table(source, f"agents.{name}", data)
+    try:
+        validate_name(name)
+    except ValueError as err:
+        raise ConfigError(f"{source}: [agents.{name}]: {err}") from None
+    script = t.get("script", str, None)
+    if script is None:
+        raise t.fail("script", "required")
+    args = t.get("args", list, [])
+    if not all(isinstance(a, str) for a in args):
+        raise t.fail("args", "expected an array of strings")
+    env = t.get("env", dict, {})
+    if not all(isinstance(v, str) for v in env.values()):
+        raise t.fail("env", "expected a table of strings")
+    cpu = t.parsed("cpu", parse_cpu, None)
+    quota = t.parsed("cpu_quota", parse_cpu, None)
+    if cpu is not None and quota is not None:
+        raise t.fail("cpu", "give either cpu or cpu_quota, not both")
+    working_dir = t.get("working_dir", str, None)
+    interpreter = t.get("interpreter", str, None)
+    agent = AgentConfig(
+        name=name,
+        script=str((base_dir / script).resolve()),
+        args=tuple(args),
+        env=dict(env),
+        sandboxed=t.get("sandboxed", bool, True),
+        network=t.get("network", bool, False),
+        memory_bytes=t.parsed("memory", parse_memory, None),
+        cpu_quota_us=cpu if cpu is not None else quota,
+        pids=t.parsed("pids", parse_pids, None),
+        restart=t.choice("restart", RESTART_POLICIES, "never"),
+        max_restarts=t.get("max_restarts", int, 5),
+        restart_window=t.positive("restart_window", float, 300.0),
+        interpreter=interpreter,
+        working_dir=str((base_dir / working_dir).resolve()) if working_dir else None,
+    )
+    if agent.max_restarts < 0:
+        raise t.fail("max_restarts", f"must be >= 0, got {agent.max_restarts}")
+    t.done()
+    return agent
+
+
+def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
+    """Read and validate a kernel config; ``None`` gives the defaults.
+
+    :raises ConfigError: naming the file, table and key of the first problem.
+    """
+    if path is None:
+        return KernelConfig()
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except OSError as err:
+        raise ConfigError(f"{source}: cannot read: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: invalid TOML: {err}") from None
+    unknown = sorted(set(raw) - {"kernel", "sandbox", "supervisor", "logs", "retention", "agents"})
+    if unknown:
+        raise ConfigError(f"{source}: [{unknown[0]}]: unknown table (known: agents, kernel, logs, retention, sandbox, supervisor)")
+    base_dir = Path(source).resolve().parent
+    k = _section(source, raw, "kernel")
+    state_dir = k.get("state_dir", str, None)
+    kernel = KernelSection(
+        socket=k.get("socket", str, DEFAULT_SOCKET),
+        state_dir=str((base_dir / state_dir).resolve()) if state_dir else default_state_dir(),
+        max_message_bytes=k.positive("max_message_bytes", int, 1 << 20),
+        log_level=k.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        audit_ring=k.positive("audit_ring", int, 10_000),
+    )
+    k.done()
+    s = _section(source, raw, "sandbox")
+    sandbox = SandboxSection(
+        backend=s.choice("backend", BACKENDS, "auto"),
+        require_isolation=s.get("require_isolation", bool, False),
+        uid_base=s.positive("uid_base", int, 200_000),
+        landlock=s.get("landlock", bool, True),
+        start_timeout=s.positive("start_timeout", float, 10.0),
+        kill_grace=s.positive("kill_grace", float, 3.0),
+    )
+    s.done()
+    sv = _section(source, raw, "supervisor")
+    supervisor = SupervisorSection(
+        backoff_initial=sv.positive("backoff_initial", float, 0.5),
+        backoff_max=sv.positive("backoff_max", float, 30.0),
+        stable_after=sv.positive("stable_after", float, 10.0),
+    )
+    sv.done()
+    lg = _section(source, raw, "logs")
+    logs = LogsSection(max_bytes=lg.positive("max_bytes", int, 1 << 20))
+    lg.done()
+    r = _section(source, raw, "retention")
+    retention = RetentionSection(max_exited=r.positive("max_exited", int, 100))
+    r.done()
+    agents_raw = raw.get("agents", {})
+    if not isinstance(agents_raw, dict):
+        raise ConfigError(f"{source}: [agents]: expected a table of agent tables")
+    agents = tuple(_agent(source, name, data, base_dir) for name, data in agents_raw.items())
+    return KernelConfig(kernel=kernel, sandbox=sandbox, supervisor=supervisor, logs=logs, retention=retention, agents=agents, source=source)

@@ -1,0 +1,200 @@
+"""The one exception hierarchy of Clove, and the stable wire codes that carry it across IPC.
+
+::
+
+    CloveError(message, *, details=None)      code: stable, never reused
+    ├── ConfigError          "config.invalid"
+    ├── ProtocolError        "proto.malformed"
+    │   ├── MessageTooLarge  "proto.too_large"
+    │   ├── VersionMismatch  "proto.version"
+    │   ├── UnknownSyscall   "proto.unknown_syscall"
+    │   └── InvalidArguments "proto.invalid_args"
+    ├── PermissionDenied     "perm.denied"
+    ├── NotFound             "notfound"
+    ├── Conflict             "conflict"
+    ├── SandboxError         "sandbox.setup"
+    │   └── IsolationUnavailable "sandbox.unenforceable"
+    ├── SpawnFailed          "spawn.failed"
+    ├── KernelUnavailable    "kernel.unavailable"  (raised by clients, never sent by the kernel)
+    └── InternalError        "internal"
+
+A reply carries an error as ``{"code", "message", "details"}`` (see :func:`to_wire`); the SDK turns
+it back into the class registered for ``code`` with :func:`from_wire`. This module is a leaf: it
+imports nothing from Clove, so agents, plugins and the kernel can all depend on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "CloveError",
+    "ConfigError",
+    "Conflict",
+    "InternalError",
+    "InvalidArguments",
+    "IsolationUnavailable",
+    "KernelUnavailable",
+    "MessageTooLarge",
+    "NotFound",
+    "PermissionDenied",
+    "ProtocolError",
+    "SandboxError",
+    "SpawnFailed",
+    "UnknownSyscall",
+    "VersionMismatch",
+    "from_wire",
+    "to_wire",
+]
+
+
+class CloveError(Exception):
+    """Base of every error Clove raises on purpose.
+
+    :param message: one human sentence saying what went wrong.
+    :param details: JSON-safe facts a program can act on (limits, names, offsets).
+    """
+
+    code: ClassVar[str] = "error"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code!r})"
+
+
+class ConfigError(CloveError):
+    """A config file is unreadable or invalid. The message names file, table and key."""
+
+    code = "config.invalid"
+
+
+class ProtocolError(CloveError):
+    """A request could not be understood: not an envelope, bad encoding, missing fields.
+
+    Example scenarios: a single-frame message, a body that is not msgpack, a request id that
+    is neither an int nor a str.
+    """
+
+    code = "proto.malformed"
+
+
+class MessageTooLarge(ProtocolError):
+    """A request exceeds the kernel's maximum message size (``details.max_bytes``)."""
+
+    code = "proto.too_large"
+
+
+class VersionMismatch(ProtocolError):
+    """The envelope names a protocol version this kernel does not speak."""
+
+    code = "proto.version"
+
+
+class UnknownSyscall(ProtocolError):
+    """The syscall name is not in the kernel's registry."""
+
+    code = "proto.unknown_syscall"
+
+
+class InvalidArguments(ProtocolError):
+    """The syscall exists but its body has a missing, unknown or mistyped field."""
+
+    code = "proto.invalid_args"
+
+
+class PermissionDenied(CloveError):
+    """The caller's identity is not allowed to make this syscall on this target."""
+
+    code = "perm.denied"
+
+
+class NotFound(CloveError):
+    """The named agent (or other object) does not exist."""
+
+    code = "notfound"
+
+
+class Conflict(CloveError):
+    """The request clashes with current state: a name already taken by a live agent."""
+
+    code = "conflict"
+
+
+class SandboxError(CloveError):
+    """The sandbox could not be set up (cgroup write refused, unshare failed)."""
+
+    code = "sandbox.setup"
+
+
+class IsolationUnavailable(SandboxError):
+    """``require_isolation`` is on and a promised limit or namespace cannot be enforced."""
+
+    code = "sandbox.unenforceable"
+
+
+class SpawnFailed(CloveError):
+    """The agent could not be started: missing script, unusable interpreter, bad work dir."""
+
+    code = "spawn.failed"
+
+
+class KernelUnavailable(CloveError):
+    """No kernel answered: the socket is missing, refused, or the reply timed out."""
+
+    code = "kernel.unavailable"
+
+
+class InternalError(CloveError):
+    """A bug in the kernel. The traceback stays in the kernel's log, never in the reply."""
+
+    code = "internal"
+
+
+_BY_CODE: dict[str, type[CloveError]] = {
+    cls.code: cls
+    for cls in (
+        CloveError,
+        ConfigError,
+        ProtocolError,
+        MessageTooLarge,
+        VersionMismatch,
+        UnknownSyscall,
+        InvalidArguments,
+        PermissionDenied,
+        NotFound,
+        Conflict,
+        SandboxError,
+        IsolationUnavailable,
+        SpawnFailed,
+        KernelUnavailable,
+        InternalError,
+    )
+}
+
+
+def register_error(cls: type[CloveError]) -> type[CloveError]:
+    """Make ``cls`` known to :func:`from_wire` (used by later error families such as devices)."""
+    if cls.code in _BY_CODE and _BY_CODE[cls.code] is not cls:
+        raise ValueError(f"error code {cls.code!r} is already used by {_BY_CODE[cls.code].__name__}")
+    _BY_CODE[cls.code] = cls
+    return cls
+
+
+def to_wire(err: CloveError) -> dict[str, Any]:
+    """The structured form of ``err`` that goes into a reply."""
+    return {"code": err.code, "message": err.message, "details": err.details}
+
+
+def from_wire(error: dict[str, Any]) -> CloveError:
+    """Rebuild the exception for a reply's ``error`` map; unknown codes become :class:`CloveError`."""
+    code = str(error.get("code", "error"))
+    cls = _BY_CODE.get(code, CloveError)
+    details = error.get("details")
+    exc = cls(str(error.get("message", code)), details=details if isinstance(details, dict) else None)
+    if cls is CloveError:
+        exc.code = code  # type: ignore[misc]  # keep a code this client does not know yet
+    return exc

@@ -1,0 +1,191 @@
+"""The kernel object: wires the loop, channels, journal, sandbox and supervisor together, and
+runs the orderly shutdown (stop agents, remove cgroups, flush the journal, remove the socket)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from clove import __version__
+from clove.config import AgentConfig, KernelConfig
+from clove.errors import CloveError
+from clove.kernel.channels import Channels
+from clove.kernel.dispatch import Dispatcher
+from clove.kernel.journal import Category, Journal
+from clove.kernel.loop import Loop
+from clove.kernel.sandbox import linux
+from clove.kernel.sandbox.cgroups import CgroupBackend, detect_backend
+from clove.kernel.sandbox.landlock import abi_version
+from clove.kernel.sandbox.launcher import ZygoteLauncher
+from clove.kernel.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+class Kernel:
+    """One kernel instance. :meth:`start`, then :meth:`run` until a signal or :meth:`request_stop`."""
+
+    def __init__(self, config: KernelConfig, *, socket_path: str, state_dir: str) -> None:
+        self.config = config
+        self.socket_path = os.path.abspath(socket_path)
+        self.state_dir = Path(state_dir).resolve()
+        self.loop = Loop(tick=0.1)
+        self.channels = Channels(max_message_bytes=config.kernel.max_message_bytes)
+        self.journal = Journal(self.state_dir / "journal.jsonl", ring_size=config.kernel.audit_ring)
+        self.launcher = ZygoteLauncher()
+        self.backend: CgroupBackend | None = None
+        self.supervisor: Supervisor  # set in start()
+        self.dispatcher = Dispatcher(self)
+        self.started_at = time.time()
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._signal_r: socket.socket | None = None
+
+    # ---- boot --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind, start the zygote, detect the sandbox backend and boot configured agents.
+
+        :raises CloveError: (Conflict, SandboxError, ...) with a message for the operator.
+        """
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o711)  # traversable, not listable: agents reach their own dirs only
+        linux.set_child_subreaper()
+        self.channels.bind_control(self.socket_path)  # first: refuses to start beside a live kernel
+        try:
+            self.journal.open()
+            self.backend = detect_backend(self.config.sandbox.backend, kernel_tag=f"clove-{os.getpid()}")
+            self.launcher.start()
+        except BaseException:
+            self.channels.close()
+            raise
+        self.supervisor = Supervisor(
+            self.config,
+            loop=self.loop,
+            journal=self.journal,
+            channels=self.channels,
+            launcher=self.launcher,
+            backend=self.backend,
+            state_dir=self.state_dir,
+            on_channel=self._on_agent_channel,
+        )
+        control = self.channels.control
+        assert control is not None  # noqa: S101 - bind_control just set it
+        self.loop.add_reader(control, lambda: self.dispatcher.on_readable(control))
+        self._watch_zygote()
+        self.loop.housekeeping.append(self._housekeeping)
+        self._install_signals()
+        self.journal.append(Category.SYSCALL, "kernel.started", decision="n/a", details=self.info())
+        log.info("clove kernel %s listening on ipc://%s (sandbox: %s)", __version__, self.socket_path, self._backend_name())
+        for agent in self.config.agents:
+            self.boot_agent(agent)
+
+    def boot_agent(self, spec: AgentConfig) -> None:
+        def report(agent: Any, error: CloveError | None) -> None:
+            if error is not None:
+                log.error("agent %s failed to start: %s", spec.name, error.message)
+
+        try:
+            self.supervisor.spawn(spec, on_started=report)
+        except CloveError as err:
+            log.error("agent %s: %s", spec.name, err.message)
+
+    def _backend_name(self) -> str:
+        return self.backend.name if self.backend is not None else "rlimit"
+
+    def _install_signals(self) -> None:
+        r, w = socket.socketpair()
+        r.setblocking(False)
+        w.setblocking(False)
+        self._signal_r, self._signal_w = r, w
+        signal.set_wakeup_fd(w.fileno())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)  # the wakeup fd carries the signal number
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.loop.add_reader(r.fileno(), self._on_signal)
+
+    def _on_signal(self) -> None:
+        assert self._signal_r is not None  # noqa: S101
+        try:
+            data = self._signal_r.recv(512)
+        except BlockingIOError:
+            return
+        if any(sig in (signal.SIGTERM, signal.SIGINT) for sig in data):
+            self.request_stop()
+
+    def _on_agent_channel(self, agent_id: int, added: bool) -> None:
+        entry = self.channels.agent_sockets.get(agent_id)
+        if added and entry is not None:
+            sock = entry[0]
+            self.loop.add_reader(sock, lambda: self.dispatcher.on_readable(sock))
+        elif not added:
+            # The supervisor closed the socket already; unregister it from the poller.
+            for sock in self.loop.readers():
+                if getattr(sock, "closed", False):
+                    self.loop.remove_reader(sock)
+
+    def _watch_zygote(self) -> None:
+        self._zygote_fd = self.launcher.fileno()
+        self.loop.add_reader(self._zygote_fd, self._on_zygote)
+
+    def _on_zygote(self) -> None:
+        for event in self.launcher.events():
+            if event.get("ev") == "lost":
+                self.loop.remove_reader(self._zygote_fd)
+            self.supervisor.handle_zygote_event(event)  # on "lost" this restarts the zygote
+            if event.get("ev") == "lost" and self.launcher.sock is not None:
+                self._watch_zygote()
+
+    def _housekeeping(self) -> None:
+        self.supervisor.housekeeping()
+
+    # ---- run and stop ------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if self._stopping:
+            return
+        log.info("stopping: %d live agents", self.supervisor.live_count())
+        self._stopping = True
+        self._stop_deadline = time.monotonic() + self.config.sandbox.kill_grace + 3.0
+        self.supervisor.stop_all()
+
+    def _done(self) -> bool:
+        return self._stopping and (self.supervisor.live_count() == 0 or time.monotonic() > self._stop_deadline)
+
+    def run(self) -> None:
+        try:
+            self.loop.run(until=self._done)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Remove cgroups, stop the zygote, flush the journal, remove the socket."""
+        self.supervisor.finish()
+        if self.backend is not None:
+            self.backend.close()
+        self.launcher.stop()
+        self.journal.append(Category.SYSCALL, "kernel.stopped", decision="n/a")
+        self.journal.close()
+        self.channels.close()
+        signal.set_wakeup_fd(-1)
+        log.info("clove kernel stopped")
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "success": True,
+            "version": __version__,
+            "pid": os.getpid(),
+            "socket": self.socket_path,
+            "state_dir": str(self.state_dir),
+            "journal": str(self.journal.path),
+            "sandbox_backend": self._backend_name(),
+            "backend": self.backend.describe() if self.backend is not None else {"name": "rlimit"},
+            "landlock_abi": abi_version(),
+            "require_isolation": self.config.sandbox.require_isolation,
+            "started_at": self.started_at,
+        }

@@ -1,0 +1,132 @@
+"""The single mediation point: decode → identify → authorize → execute → journal → reply.
+
+Every request gets exactly one reply that echoes its id, and one journal record, whether it is
+allowed, denied, malformed or fails inside the handler. A bug in a handler becomes an
+``internal`` error reply (the traceback goes to the kernel log only).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from clove import wire
+from clove.errors import CloveError, InternalError, PermissionDenied, UnknownSyscall
+from clove.kernel.channels import Caller
+from clove.kernel.journal import Category
+from clove.kernel.syscalls import SYSCALLS, Deferred, Syscall, SyscallContext
+
+if TYPE_CHECKING:
+    from clove.kernel.core import Kernel
+
+log = logging.getLogger(__name__)
+
+#: Messages taken from one socket per loop turn, so a flooding client cannot starve the others.
+BATCH = 32
+
+
+class Dispatcher:
+    def __init__(self, kernel: Kernel, registry: dict[str, Syscall] | None = None) -> None:
+        self.kernel = kernel
+        self.registry = registry if registry is not None else SYSCALLS
+        self.max_bytes = kernel.config.kernel.max_message_bytes
+
+    def on_readable(self, sock: zmq.Socket[bytes]) -> None:
+        for _ in range(BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.handle(sock, frames)
+
+    def handle(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        caller = self.kernel.channels.by_socket.get(sock)
+        if caller is None or not frames:
+            return
+        routing, payload = frames[0], frames[1:]
+        started = time.perf_counter_ns()
+        try:
+            request = wire.decode_request(payload, self.max_bytes)
+        except wire.BadRequest as bad:
+            self._send(sock, routing, wire.error_reply(bad.request_id, bad.error))
+            self._record(caller, None, None, started, bad.error, category=Category.SECURITY, event="proto.rejected")
+            return
+        syscall = self.registry.get(request.call)
+        agent = self.kernel.supervisor.table.get(caller.agent_id) if caller.agent_id is not None else None
+        try:
+            if syscall is None:
+                raise UnknownSyscall(f"unknown syscall {request.call!r}", details={"call": request.call})
+            if not caller.is_operator and not syscall.agent_allowed:
+                raise PermissionDenied(f"agents may not call {request.call}", details={"call": request.call})
+            args = syscall.parse(request.body)
+            result = syscall.execute(SyscallContext(self.kernel, caller, agent), args)
+        except CloveError as err:
+            self._send(sock, routing, wire.error_reply(request.id, err))
+            self._record(caller, request, syscall, started, err)
+            return
+        except Exception:
+            log.exception("syscall %s failed", request.call)
+            err = InternalError(f"{request.call} failed inside the kernel; see the kernel log")
+            self._send(sock, routing, wire.error_reply(request.id, err))
+            self._record(caller, request, syscall, started, err)
+            return
+        if isinstance(result, Deferred):
+            result.bind(lambda value, error: self._finish_deferred(sock, routing, caller, request, syscall, started, value, error))
+            return
+        self._send(sock, routing, wire.ok_reply(request.id, result))
+        self._record(caller, request, syscall, started, None)
+
+    def _finish_deferred(
+        self,
+        sock: zmq.Socket[bytes],
+        routing: bytes,
+        caller: Caller,
+        request: wire.Request,
+        syscall: Syscall,
+        started: int,
+        value: Any,
+        error: CloveError | None,
+    ) -> None:
+        if sock.closed:
+            return
+        frames = wire.error_reply(request.id, error) if error is not None else wire.ok_reply(request.id, value)
+        self._send(sock, routing, frames)
+        self._record(caller, request, syscall, started, error)
+
+    @staticmethod
+    def _send(sock: zmq.Socket[bytes], routing: bytes, frames: list[bytes]) -> None:
+        try:
+            sock.send_multipart([routing, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as err:  # peer gone or its queue full: the reply is dropped, not awaited
+            log.debug("reply dropped: %s", err)
+
+    def _record(
+        self,
+        caller: Caller,
+        request: wire.Request | None,
+        syscall: Syscall | None,
+        started: int,
+        error: CloveError | None,
+        *,
+        category: str | None = None,
+        event: str | None = None,
+    ) -> None:
+        denied = isinstance(error, (PermissionDenied,)) or (error is not None and error.code.startswith("proto."))
+        if category is None:
+            category = Category.SECURITY if denied else (syscall.category if syscall else Category.SYSCALL)
+        agent = self.kernel.supervisor.table.get(caller.agent_id) if caller.agent_id is not None else None
+        self.kernel.journal.append(
+            category,
+            event or (request.call if request else "unknown"),
+            agent_id=caller.agent_id,
+            agent_name=agent.name if agent else None,
+            syscall=request.call if request else None,
+            args=request.body if request else None,
+            decision="denied" if denied else "allowed",
+            code=error.code if error else "ok",
+            duration_us=(time.perf_counter_ns() - started) // 1000,
+            details={"caller": caller.kind, **({"message": error.message} if error else {})},
+        )

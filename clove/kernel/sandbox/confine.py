@@ -1,0 +1,128 @@
+"""The confinement steps a zygote child applies to itself before the agent's code runs.
+
+Order matters (each step needs the powers the next one removes): join cgroups, unshare
+namespaces, fork into the new pid namespace, build the mount view, then in the agent process
+apply rlimits, drop to the agent's uid, set no_new_privs and Landlock. Every function raises
+``OSError`` on failure; the caller reports it to the kernel and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import stat
+from collections.abc import Iterable, Sequence
+
+from clove.kernel.sandbox import landlock, linux
+from clove.kernel.sandbox.spec import Exposure
+
+#: Directories that always get a fresh, private tmpfs inside the sandbox.
+PRIVATE_TMPFS = ("/tmp", "/dev/shm")
+
+
+def join_cgroups(attach_files: Iterable[str]) -> None:
+    """Move the calling process into the agent's cgroups (children inherit them)."""
+    pid = str(os.getpid())
+    for path in attach_files:
+        with open(path, "w") as f:
+            f.write(pid)
+
+
+def unshare_namespaces(*, network: bool) -> list[str]:
+    """Enter new mount, uts, ipc, pid (for the next child) and, without network, net namespaces.
+
+    :returns: the names of the namespaces entered.
+    """
+    flags = linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWPID
+    names = ["mount", "uts", "ipc", "pid"]
+    if not network:
+        flags |= linux.CLONE_NEWNET
+        names.append("net")
+    linux.unshare(flags)
+    return names
+
+
+def _traversable_by_others(path: str) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & stat.S_IXOTH)
+    except OSError:
+        return False
+
+
+def _hiding_ancestor(path: str) -> str | None:
+    """The outermost directory that must be covered by a tmpfs before ``path`` can be exposed:
+    a private tmpfs root that contains it, or the first ancestor an unprivileged uid cannot
+    traverse. ``None`` when the path is already reachable as it is."""
+    for root in PRIVATE_TMPFS:
+        if path == root or path.startswith(root + "/"):
+            return root
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts)):
+        ancestor = "/" + "/".join(parts[:i])
+        if not _traversable_by_others(ancestor):
+            return ancestor
+    return None
+
+
+def build_mount_view(exposures: Sequence[Exposure]) -> None:
+    """Make the whole tree read-only and nosuid, give /tmp and /dev/shm private tmpfs, and bind
+    each exposure back in at its own path (read-only unless ``writable``).
+
+    Directories an unprivileged uid cannot traverse on the way to an exposure (``/root`` holding a
+    virtualenv, say) are covered by a tmpfs, which also hides everything else they hold.
+    """
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    # Open the sources before the tmpfs mounts hide them; bind from /proc/self/fd.
+    sources: list[tuple[Exposure, int, bool]] = []
+    for exp in exposures:
+        try:
+            fd = os.open(exp.path, os.O_PATH | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        sources.append((exp, fd, os.path.isdir(exp.path)))
+    covers = set(PRIVATE_TMPFS)
+    for exp, _, _ in sources:
+        ancestor = _hiding_ancestor(exp.path)
+        if ancestor is not None:
+            covers.add(ancestor)
+    # Only the outermost covers matter: a tmpfs inside another would be hidden or redundant.
+    outer = sorted(c for c in covers if not any(c != o and c.startswith(o + "/") for o in covers))
+    linux.make_tree_readonly("/")
+    for cover in outer:
+        if os.path.isdir(cover):
+            mode = "1777" if cover in PRIVATE_TMPFS else "0755"
+            linux.mount("tmpfs", cover, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, f"mode={mode},size=64m")
+    for exp, fd, is_dir in sources:
+        target = exp.path
+        if not os.path.exists(target):
+            os.makedirs(target if is_dir else os.path.dirname(target), mode=0o755, exist_ok=True)
+            if not is_dir:
+                open(target, "a").close()
+        linux.mount(f"/proc/self/fd/{fd}", target, None, linux.MS_BIND | linux.MS_REC)
+        flags = linux.MS_REMOUNT | linux.MS_BIND | linux.MS_NOSUID | (0 if exp.writable else linux.MS_RDONLY)
+        linux.mount(None, target, None, flags)
+        os.close(fd)
+
+
+def mount_proc() -> None:
+    """A /proc that shows only the agent's own pid namespace (called as its pid 1)."""
+    linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | 0x8)  # 0x8 = MS_NOEXEC
+
+
+def apply_rlimits(rlimits: Iterable[Sequence[int]]) -> None:
+    for res, soft, hard in rlimits:
+        resource.setrlimit(res, (soft, hard))
+
+
+def drop_privileges(uid: int) -> None:
+    """Become ``uid``/``uid`` with no supplementary groups: no root powers left to use."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if os.geteuid() == 0 or os.getuid() == 0:
+        raise OSError(1, "still root after setresuid")
+
+
+def restrict_filesystem(writable: Sequence[str], *, network: bool) -> dict[str, bool]:
+    """Landlock: read everywhere, write only under ``writable``; no TCP without network."""
+    return landlock.restrict(writable=writable, deny_tcp=not network)

@@ -1,0 +1,127 @@
+"""The kernel's side of the zygote: start it, send spawn requests, read its events.
+
+All calls are non-blocking once the zygote is up, so the kernel loop can poll :meth:`fileno`.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import msgpack
+
+from clove.errors import SandboxError
+from clove.kernel.sandbox.spec import SpawnSpec
+
+log = logging.getLogger(__name__)
+
+
+class ZygoteLauncher:
+    """Owns the zygote process and the SOCK_SEQPACKET pair that talks to it."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+        self.sock: socket.socket | None = None
+        self.pid: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start the zygote and wait for its hello (blocking: called at boot and after a crash).
+
+        :raises SandboxError: when it does not come up.
+        """
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._proc = subprocess.Popen(
+            [self.python, "-m", "clove.kernel.sandbox.zygote", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            close_fds=True,
+        )
+        theirs.close()
+        ours.settimeout(timeout)
+        try:
+            hello = msgpack.unpackb(ours.recv(65536), raw=False)
+        except (OSError, ValueError) as err:
+            self._proc.kill()
+            self._proc.wait()
+            raise SandboxError(f"the zygote did not start: {err}") from None
+        if not isinstance(hello, dict) or hello.get("ev") != "hello":
+            self._proc.kill()
+            self._proc.wait()
+            raise SandboxError("the zygote did not start: no hello")
+        ours.setblocking(False)
+        self.sock = ours
+        self.pid = self._proc.pid
+        log.debug("zygote %d up", self.pid)
+
+    def fileno(self) -> int:
+        if self.sock is None:
+            raise SandboxError("zygote not started")
+        return self.sock.fileno()
+
+    def spawn(self, spec: SpawnSpec, log_fd: int) -> None:
+        """Ask for one agent incarnation; ``log_fd`` becomes its stdout and stderr."""
+        if self.sock is None:
+            raise SandboxError("zygote not started")
+        payload = msgpack.packb({"op": "spawn", "spec": spec.to_wire()}, use_bin_type=True)
+        fds = array.array("i", [log_fd])
+        try:
+            self.sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        except OSError as err:
+            raise SandboxError(f"cannot reach the zygote: {err.strerror}") from None
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event the zygote has sent so far; ``[{"ev": "lost"}]`` when it died."""
+        if self.sock is None:
+            return []
+        out: list[dict[str, Any]] = []
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return out
+            except OSError:
+                data = b""
+            if not data:
+                out.append({"ev": "lost"})
+                self._close_sock()
+                return out
+            try:
+                event = msgpack.unpackb(data, raw=False)
+            except ValueError:
+                log.error("zygote sent an undecodable event")
+                continue
+            if isinstance(event, dict):
+                out.append(event)
+
+    def reap(self) -> int | None:
+        """Reap the zygote if it has exited; returns its wait status."""
+        if self._proc is None:
+            return None
+        code = self._proc.poll()
+        return code
+
+    def _close_sock(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Close the channel (the zygote exits on EOF), kill it if it lingers."""
+        self._close_sock()
+        if self._proc is None:
+            return
+        deadline = time.monotonic() + timeout
+        while self._proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        self._proc = None

@@ -1,0 +1,58 @@
+"""What the kernel asks the zygote to start: one frozen, msgpack-friendly description per agent
+incarnation, and the events the zygote sends back."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Exposure:
+    """A host path made visible inside the agent's mount namespace, at the same path."""
+
+    path: str
+    writable: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpawnSpec:
+    """Everything a zygote child needs to confine and start one agent process.
+
+    :param key: the kernel's handle for this incarnation (``"<agent id>.<incarnation>"``).
+    :param interpreter: ``None`` runs the script inside the warm zygote interpreter (fast path);
+        a path execs that interpreter instead.
+    :param uid: the unprivileged uid and gid the agent runs as; ``None`` keeps the zygote's.
+    :param namespaces: request new pid, mount, uts and ipc namespaces (and net unless ``network``).
+    :param cgroup_attach: ``cgroup.procs`` files the child writes its pid to before unsharing.
+    :param rlimits: ``(resource, soft, hard)`` applied just before the agent runs.
+    """
+
+    key: str
+    name: str
+    script: str
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    interpreter: str | None = None
+    cwd: str
+    uid: int | None = None
+    namespaces: bool = True
+    network: bool = False
+    hostname: str = "clove-agent"
+    cgroup_attach: tuple[str, ...] = ()
+    rlimits: tuple[tuple[int, int, int], ...] = ()
+    exposures: tuple[Exposure, ...] = ()
+    landlock: bool = True
+    no_new_privs: bool = True
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> SpawnSpec:
+        data = dict(data)
+        data["args"] = tuple(data.get("args", ()))
+        data["cgroup_attach"] = tuple(data.get("cgroup_attach", ()))
+        data["rlimits"] = tuple(tuple(r) for r in data.get("rlimits", ()))
+        data["exposures"] = tuple(Exposure(**e) for e in data.get("exposures", ()))
+        return cls(**data)

@@ -1,0 +1,420 @@
+"""The zygote: a warm, single-threaded process that forks one confined process tree per agent.
+
+Exec'ing a fresh Python and importing ZeroMQ costs ~45 ms; forking this process, which has
+already imported the SDK, costs ~1-2 ms. The kernel cannot fork itself (libzmq threads), so it
+starts a zygote at boot and talks to it over a SOCK_SEQPACKET socketpair: the kernel sends
+``{"op": "spawn", "spec": ...}`` with the agent's log pipe as an SCM_RIGHTS fd; the zygote
+answers with ``started`` and ``exited`` events.
+
+Process tree of one sandboxed agent::
+
+    zygote (child subreaper)
+     └─ C   host pid ns: setsid, join cgroups, unshare namespaces, fork G, report G, exit
+         └─ G   pid 1 of the new pid ns: mounts, hostname; forks A; forwards signals, reaps
+             └─ A   the agent: fds, cwd, rlimits, uid, no_new_privs, Landlock, then the script
+
+When A ends, G writes A's exact wait status to the status pipe and exits; as the namespace's
+init its exit kills everything A left behind. C's exit re-parents G to the zygote, which reaps
+it and reports. Without namespaces G is the agent itself.
+"""
+
+from __future__ import annotations
+
+import array
+import gc
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import msgpack
+
+from clove.kernel.sandbox import confine, linux
+from clove.kernel.sandbox.spec import SpawnSpec
+
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+MAX_DATAGRAM = 1 << 20
+
+
+def _write_status(fd: int, message: dict[str, Any]) -> None:
+    os.write(fd, (json.dumps(message) + "\n").encode())
+
+
+def _fail(status_w: int, stage: str, err: BaseException) -> NoReturn:
+    try:
+        _write_status(status_w, {"error": f"{type(err).__name__}: {err}", "stage": stage})
+    finally:
+        os._exit(127)
+
+
+# ---- per-agent processes (never return) ----------------------------------------------------
+
+
+def _run_c(spec: SpawnSpec, log_fd: int, status_w: int) -> NoReturn:
+    stage = "setsid"
+    try:
+        os.setsid()
+        stage = "cgroup"
+        confine.join_cgroups(spec.cgroup_attach)
+        stage = "namespaces"
+        entered = confine.unshare_namespaces(network=spec.network) if spec.namespaces else []
+        stage = "fork"
+        pid = os.fork()
+        if pid == 0:
+            _run_g(spec, log_fd, status_w, entered)
+        _write_status(status_w, {"g": pid})
+        os._exit(0)
+    except BaseException as err:
+        _fail(status_w, stage, err)
+
+
+def _run_g(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) -> NoReturn:
+    if not spec.namespaces:
+        _run_agent(spec, log_fd, status_w, entered)
+    stage = "mounts"
+    try:
+        confine.build_mount_view(spec.exposures)
+        stage = "proc"
+        confine.mount_proc()
+        stage = "hostname"
+        socket.sethostname(spec.hostname)
+        stage = "fork"
+        agent = os.fork()
+        if agent == 0:
+            _run_agent(spec, log_fd, status_w, entered)
+    except BaseException as err:
+        _fail(status_w, stage, err)
+    os.close(log_fd)
+    _init_loop(agent, status_w)
+
+
+def _init_loop(agent: int, status_w: int) -> NoReturn:
+    """pid 1 duties: pass signals on to the agent, reap every orphan, report the agent's end."""
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(agent, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in _FORWARDED:
+        signal.signal(sig, forward)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(0)
+        if pid == agent:
+            _write_status(status_w, {"status": status})
+            os._exit(0)
+
+
+def _run_agent(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) -> NoReturn:
+    stage = "fds"
+    try:
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.closerange(3, status_w)
+        os.closerange(status_w + 1, 65536)
+        stage = "cwd"
+        os.chdir(spec.cwd)
+        stage = "rlimits"
+        confine.apply_rlimits(spec.rlimits)
+        report: dict[str, Any] = {"namespaces": entered, "uid": os.getuid()}
+        if spec.uid is not None:
+            stage = "uid"
+            confine.drop_privileges(spec.uid)
+            report["uid"] = spec.uid
+        report["no_new_privs"] = False
+        if spec.no_new_privs:
+            stage = "no_new_privs"
+            linux.set_no_new_privs()
+            report["no_new_privs"] = True
+        report["landlock"] = {}
+        if spec.landlock:
+            stage = "landlock"
+            writable = [e.path for e in spec.exposures if e.writable] + list(confine.PRIVATE_TMPFS) + ["/dev/null"]
+            report["landlock"] = confine.restrict_filesystem(writable, network=spec.network)
+        stage = "start"
+        _write_status(status_w, {"ready": report})
+    except BaseException as err:
+        _fail(status_w, stage, err)
+    if spec.interpreter:
+        try:
+            os.set_inheritable(status_w, False)
+            os.set_blocking(status_w, True)
+            os.execve(spec.interpreter, [spec.interpreter, spec.script, *spec.args], spec.env)
+        except BaseException as err:
+            _fail(status_w, "exec", err)
+    os.close(status_w)
+    _run_script_here(spec)
+
+
+def _run_script_here(spec: SpawnSpec) -> NoReturn:
+    """Run the agent's script in this (forked, warm) interpreter as ``__main__``, then end the
+    process the way the interpreter would: join threads, run atexit, flush, exit."""
+    import atexit
+    import runpy
+    import threading
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.set_wakeup_fd(-1)
+    os.environ.clear()
+    os.environ.update(spec.env)
+    sys.argv = [spec.script, *spec.args]
+    sys.path[0] = os.path.dirname(spec.script)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    code = 0
+    try:
+        runpy.run_path(spec.script, run_name="__main__")
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except KeyboardInterrupt:
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # what Py_Finalize does first
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        traceback.print_exc()
+    os._exit(code)
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+# ---- the zygote itself --------------------------------------------------------------------
+
+
+@dataclass
+class _Tracked:
+    key: str
+    status_r: int
+    c_pid: int
+    g_pid: int | None = None
+    ready: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    final: int | None = None
+    started_sent: bool = False
+    buffer: bytes = field(default=b"")
+
+
+class Zygote:
+    """The zygote's loop: spawn requests in, lifecycle events out."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.selector = selectors.DefaultSelector()
+        self.by_pipe: dict[int, _Tracked] = {}
+        self.by_pid: dict[int, _Tracked] = {}
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        self.wake_r = wake_r
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.selector.register(sock, selectors.EVENT_READ, "kernel")
+        self.selector.register(wake_r, selectors.EVENT_READ, "sigchld")
+
+    def send(self, event: dict[str, Any]) -> None:
+        self.sock.send(msgpack.packb(event, use_bin_type=True))
+
+    def run(self) -> None:
+        self.send({"ev": "hello", "pid": os.getpid()})
+        while True:
+            for key, _ in self.selector.select():
+                if key.data == "kernel":
+                    if not self._handle_kernel():
+                        return
+                elif key.data == "sigchld":
+                    while True:
+                        try:
+                            if not os.read(self.wake_r, 4096):
+                                break
+                        except BlockingIOError:
+                            break
+                    self._reap()
+                else:
+                    self._read_status(key.data)
+
+    def _handle_kernel(self) -> bool:
+        fds = array.array("i")
+        try:
+            data, ancdata, _, _ = self.sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(4 * fds.itemsize))
+        except InterruptedError:
+            return True
+        if not data:
+            return False  # the kernel is gone
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+        request = msgpack.unpackb(data, raw=False)
+        if request.get("op") == "spawn" and len(fds) == 1:
+            self._spawn(SpawnSpec.from_wire(request["spec"]), fds[0])
+        else:
+            for fd in fds:
+                os.close(fd)
+        return True
+
+    def _spawn(self, spec: SpawnSpec, log_fd: int) -> None:
+        status_r, status_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(status_r)
+                self.sock.close()
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _run_c(spec, log_fd, status_w)
+            finally:
+                os._exit(127)
+        os.close(status_w)
+        os.close(log_fd)
+        os.set_blocking(status_r, False)
+        tracked = _Tracked(key=spec.key, status_r=status_r, c_pid=pid)
+        self.by_pipe[status_r] = tracked
+        self.by_pid[pid] = tracked
+        self.selector.register(status_r, selectors.EVENT_READ, tracked)
+
+    def _read_status(self, tracked: _Tracked) -> bool:
+        """Read what the tree wrote; False when nothing more is there now (or ever)."""
+        try:
+            chunk = os.read(tracked.status_r, 65536)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            self.selector.unregister(tracked.status_r)
+            os.close(tracked.status_r)
+            self.by_pipe.pop(tracked.status_r, None)
+            tracked.status_r = -1
+            return False
+        tracked.buffer += chunk
+        while b"\n" in tracked.buffer:
+            line, tracked.buffer = tracked.buffer.split(b"\n", 1)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if "g" in message:
+                tracked.g_pid = int(message["g"])
+                self.by_pid[tracked.g_pid] = tracked
+            elif "ready" in message:
+                tracked.ready = message["ready"]
+            elif "error" in message:
+                tracked.error = message
+            elif "status" in message:
+                tracked.final = int(message["status"])
+        self._maybe_started(tracked)
+        return True
+
+    def _maybe_started(self, tracked: _Tracked) -> None:
+        if tracked.started_sent or tracked.ready is None or tracked.g_pid is None:
+            return
+        agent_pid = tracked.g_pid
+        if tracked.ready.get("namespaces"):
+            agent_pid = _only_child(tracked.g_pid) or tracked.g_pid
+        tracked.started_sent = True
+        self.send(
+            {"ev": "started", "key": tracked.key, "pid": agent_pid, "init_pid": tracked.g_pid, "confinement": tracked.ready}
+        )
+
+    def _reap(self) -> None:
+        # A G's pid reaches us only after its C exited, and C wrote that pid to the status pipe
+        # first: read the pipes before matching pids.
+        for tracked in list(self.by_pipe.values()):
+            self._drain(tracked)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            tracked = self.by_pid.pop(pid, None)
+            if tracked is None:
+                continue
+            if pid == tracked.c_pid and (tracked.g_pid is not None or status == 0):
+                continue  # C did its job; G carries on (or its pid message is still in the pipe)
+            self._finish(tracked, status)
+
+    def _drain(self, tracked: _Tracked) -> None:
+        while tracked.status_r >= 0 and self._read_status(tracked):
+            pass
+
+    def _finish(self, tracked: _Tracked, status: int) -> None:
+        # Everything the tree wrote is in the pipe by now (written before the writers exited).
+        self._drain(tracked)
+        if tracked.status_r >= 0:
+            self.selector.unregister(tracked.status_r)
+            os.close(tracked.status_r)
+            self.by_pipe.pop(tracked.status_r, None)
+            tracked.status_r = -1
+        self.by_pid.pop(tracked.c_pid, None)
+        if tracked.g_pid is not None:
+            self.by_pid.pop(tracked.g_pid, None)
+        final = tracked.final if tracked.final is not None else status
+        event: dict[str, Any] = {"ev": "exited", "key": tracked.key}
+        if os.WIFSIGNALED(final):
+            event["signal"] = os.WTERMSIG(final)
+            event["core"] = os.WCOREDUMP(final)
+        else:
+            event["exit_code"] = os.WEXITSTATUS(final) if os.WIFEXITED(final) else None
+        if tracked.error is not None:
+            event["error"] = tracked.error["error"]
+            event["stage"] = tracked.error.get("stage")
+        if not tracked.started_sent and tracked.ready is not None:
+            self._maybe_started(tracked)
+        self.send(event)
+
+
+def _only_child(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = f.read().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    linux.set_parent_death_signal(signal.SIGKILL)
+    linux.set_child_subreaper()
+    sock = socket.socket(fileno=fd)
+    # Warm the imports every agent needs, then keep their objects out of the GC's way so forked
+    # children share the pages instead of copying them on the first collection.
+    import zmq  # noqa: F401
+
+    import clove_sdk  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+    Zygote(sock).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,597 @@
+"""The agent supervisor: spawn, stop, pause and restart agents without ever blocking the loop.
+
+Starting is asynchronous: the kernel asks the zygote for a process tree and learns from its
+``started``/``exited`` events what happened; callers that wait (a spawn reply, a kill reply) are
+called back when the agent settles. Killing is SIGTERM, a timer for the grace period, then
+SIGKILL of the whole tree (cgroup kill, or the pid namespace's init).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import clove_sdk
+from clove.config import AgentConfig, KernelConfig
+from clove.errors import CloveError, Conflict, IsolationUnavailable, SandboxError, SpawnFailed
+from clove.kernel.agents import TERMINAL, Agent, AgentState, AgentTable, ExitInfo, ExitReason
+from clove.kernel.channels import Channels
+from clove.kernel.journal import Category, Journal
+from clove.kernel.logs import LogCapture
+from clove.kernel.loop import Loop, Timer
+from clove.kernel.sandbox.cgroups import AgentCgroup, CgroupBackend
+from clove.kernel.sandbox.launcher import ZygoteLauncher
+from clove.kernel.sandbox.limits import Limits, LimitReport
+from clove.kernel.sandbox.rlimits import rlimits_for
+from clove.kernel.sandbox.spec import Exposure, SpawnSpec
+
+log = logging.getLogger(__name__)
+
+S = AgentState
+Callback = Callable[[Agent, "CloveError | None"], None]
+
+
+@dataclass(eq=False)
+class Runtime:
+    """What one agent holds while it exists: directories, channel, log, current cgroup."""
+
+    home: Path
+    endpoint: str
+    logs: LogCapture
+    cgroup: AgentCgroup | None = None
+    pgid: int | None = None
+    start_timer: Timer | None = None
+    kill_timer: Timer | None = None
+    backoff_timer: Timer | None = None
+    timed_out: bool = False
+    start_waiters: list[Callback] = field(default_factory=list)
+    gone_waiters: list[Callback] = field(default_factory=list)
+
+
+def _interpreter_paths() -> list[str]:
+    """What the kernel's own interpreter needs to be readable inside a sandbox."""
+    paths = {sys.base_prefix, sys.prefix, sys.exec_prefix}
+    paths.update(p for p in sys.path if p.startswith("/") and os.path.exists(p))
+    paths.add(str(Path(clove_sdk.__file__).resolve().parent.parent))
+    return sorted(paths)
+
+
+class Supervisor:
+    """Owns the agent table and every agent's processes, cgroups, channels and logs."""
+
+    def __init__(
+        self,
+        config: KernelConfig,
+        *,
+        loop: Loop,
+        journal: Journal,
+        channels: Channels,
+        launcher: ZygoteLauncher,
+        backend: CgroupBackend | None,
+        state_dir: Path,
+        on_channel: Callable[[int, bool], None],
+    ) -> None:
+        self.config = config
+        self.loop = loop
+        self.journal = journal
+        self.channels = channels
+        self.launcher = launcher
+        self.backend = backend
+        self.agents_dir = state_dir / "agents"
+        self.agents_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.table = AgentTable(max_exited=config.retention.max_exited)
+        self.on_channel = on_channel
+        self._rt: dict[int, Runtime] = {}
+        self._by_key: dict[str, Agent] = {}
+        self._orphan_cgroups: list[AgentCgroup] = []
+        self._interpreter_paths = _interpreter_paths()
+        self.listeners: list[Callable[[str, Agent, dict[str, Any]], None]] = []
+
+    # ---- events ------------------------------------------------------------------------------
+
+    def _event(self, event_type: str, agent: Agent, **details: Any) -> None:
+        self.journal.append(
+            Category.AGENT_LIFECYCLE,
+            event_type,
+            agent_id=agent.id,
+            agent_name=agent.name,
+            decision="n/a",
+            details={"state": agent.state.value, "incarnation": agent.incarnation, **details},
+        )
+        for listener in self.listeners:
+            listener(event_type, agent, details)
+
+    def _set_state(self, agent: Agent, new: AgentState, **details: Any) -> None:
+        old = agent.change_state(new)
+        self._event("agent.state", agent, previous=old.value, **details)
+
+    # ---- spawn -------------------------------------------------------------------------------
+
+    def limits_of(self, spec: AgentConfig) -> Limits:
+        return Limits(memory_bytes=spec.memory_bytes, cpu_quota_us=spec.cpu_quota_us, pids=spec.pids)
+
+    def check_spawnable(self, spec: AgentConfig) -> None:
+        """Everything that can be known before forking: a clear error instead of a ghost.
+
+        :raises SpawnFailed: missing script, interpreter or working dir.
+        :raises Conflict: the name belongs to a live agent.
+        :raises IsolationUnavailable: ``require_isolation`` and a limit cannot be enforced.
+        """
+        if self.table.name_in_use(spec.name):
+            raise Conflict(f"an agent named {spec.name!r} is already running", details={"name": spec.name})
+        if not os.path.isfile(spec.script):
+            raise SpawnFailed(f"script not found: {spec.script}", details={"script": spec.script})
+        if spec.interpreter is not None and not os.access(spec.interpreter, os.X_OK):
+            raise SpawnFailed(f"interpreter not executable: {spec.interpreter}", details={"interpreter": spec.interpreter})
+        if spec.working_dir is not None and not os.path.isdir(spec.working_dir):
+            raise SpawnFailed(f"working dir not found: {spec.working_dir}", details={"working_dir": spec.working_dir})
+        if self.config.sandbox.require_isolation:
+            report = self._limit_report(self.limits_of(spec), runs_as_root=not spec.sandboxed)
+            missing = [k for k, r in report.items() if r.requested is not None and not r.enforced]
+            if missing:
+                raise IsolationUnavailable(
+                    f"require_isolation is on and these limits cannot be enforced here: {', '.join(missing)}",
+                    details={k: report[k].to_dict() for k in missing},
+                )
+            if not spec.sandboxed:
+                raise IsolationUnavailable("require_isolation is on: unsandboxed agents are refused")
+
+    def _limit_report(self, limits: Limits, *, runs_as_root: bool) -> dict[str, LimitReport]:
+        if self.backend is not None:
+            return self.backend.planned_report(limits)
+        return rlimits_for(limits, runs_as_root=runs_as_root)[1]
+
+    def spawn(self, spec: AgentConfig, on_started: Callback | None = None) -> Agent:
+        """Create and start an agent; ``on_started`` fires once it runs or fails to start."""
+        self.check_spawnable(spec)
+        agent_id = self.table.new_id()
+        uid = self.config.sandbox.uid_base + agent_id if spec.sandboxed else None
+        agent = Agent(id=agent_id, spec=spec, uid=uid)
+        home = self.agents_dir / str(agent_id)
+        if home.exists():
+            shutil.rmtree(home)  # left by an earlier kernel run that reused this id
+        home.mkdir(mode=0o700)
+        work = Path(spec.working_dir) if spec.working_dir else home / "work"
+        if not spec.working_dir:
+            work.mkdir(mode=0o700)
+            if uid is not None:
+                os.chown(work, uid, uid)
+        try:
+            endpoint = self.channels.bind_agent(agent_id, home / "ipc", uid)
+        except CloveError:
+            shutil.rmtree(home, ignore_errors=True)
+            raise
+        runtime = Runtime(home=home, endpoint=endpoint, logs=LogCapture(home / "agent.log", max_bytes=self.config.logs.max_bytes))
+        self._rt[agent_id] = runtime
+        self.table.add(agent)
+        self.on_channel(agent_id, True)
+        if on_started is not None:
+            runtime.start_waiters.append(on_started)
+        self._event("agent.created", agent, script=spec.script, restart_policy=spec.restart)
+        self._start(agent)
+        return agent
+
+    def _start(self, agent: Agent) -> None:
+        rt = self._rt[agent.id]
+        rt.timed_out = False
+        agent.incarnation += 1
+        agent.pid = agent.init_pid = None
+        self._by_key[agent.key] = agent
+        spec = agent.spec
+        limits = self.limits_of(spec)
+        runs_as_root = agent.uid is None
+        rlimits: list[tuple[int, int, int]] = []
+        try:
+            if self.backend is not None:
+                rt.cgroup = self.backend.create(f"agent-{agent.id}.{agent.incarnation}", limits)
+                limit_report = rt.cgroup.report()
+            else:
+                rlimits, limit_report = rlimits_for(limits, runs_as_root=runs_as_root)
+        except SandboxError as err:
+            self._start_failed(agent, f"sandbox setup failed: {err.message}")
+            return
+        agent.isolation = {
+            "backend": self.backend.name if self.backend is not None else "rlimit",
+            "limits": {k: v.to_dict() for k, v in limit_report.items()},
+        }
+        write_fd = rt.logs.new_pipe()
+        self.loop.add_reader(rt.logs.read_fd, lambda capture=rt.logs: self._drain_log(capture))
+        work = spec.working_dir or str(rt.home / "work")
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": work,
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            **spec.env,
+            "CLOVE_AGENT_ENDPOINT": rt.endpoint,
+            "CLOVE_AGENT_ID": str(agent.id),
+            "CLOVE_AGENT_NAME": spec.name,
+        }
+        exposures: list[Exposure] = []
+        if spec.sandboxed:
+            exposures = [
+                *(Exposure(path=p) for p in self._interpreter_paths),
+                Exposure(path=os.path.dirname(spec.script)),
+                Exposure(path=os.path.dirname(rt.endpoint[len("ipc://") :]), writable=True),
+                Exposure(path=work, writable=True),
+            ]
+            if spec.interpreter:
+                exposures.append(Exposure(path=str(Path(os.path.realpath(spec.interpreter)).parent.parent)))
+        launch = SpawnSpec(
+            key=agent.key,
+            name=spec.name,
+            script=spec.script,
+            args=spec.args,
+            env=env,
+            interpreter=spec.interpreter,
+            cwd=work,
+            uid=agent.uid,
+            namespaces=spec.sandboxed,
+            network=spec.network,
+            hostname=f"clove-{spec.name}"[:63],
+            cgroup_attach=rt.cgroup.attach_paths if rt.cgroup is not None else (),
+            rlimits=tuple(rlimits),
+            exposures=tuple(exposures),
+            landlock=spec.sandboxed and self.config.sandbox.landlock,
+            no_new_privs=spec.sandboxed,
+        )
+        try:
+            self.launcher.spawn(launch, write_fd)
+        except SandboxError as err:
+            os.close(write_fd)
+            self._start_failed(agent, err.message)
+            return
+        os.close(write_fd)
+        rt.start_timer = self.loop.call_later(self.config.sandbox.start_timeout, lambda: self._start_timeout(agent))
+
+    def _drain_log(self, capture: LogCapture) -> None:
+        if not capture.drain() and capture.read_fd is not None:
+            self.loop.remove_reader(capture.read_fd)
+            capture.close_pipe()
+
+    # ---- zygote events -----------------------------------------------------------------------
+
+    def handle_zygote_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("ev")
+        agent = self._by_key.get(str(event.get("key")))
+        if kind == "lost":
+            self._zygote_lost()
+            return
+        if agent is None:
+            return
+        if kind == "started":
+            self._on_started(agent, event)
+        elif kind == "exited":
+            self._by_key.pop(agent.key, None)
+            self._on_exited(agent, event)
+
+    def _on_started(self, agent: Agent, event: dict[str, Any]) -> None:
+        rt = self._rt[agent.id]
+        if rt.start_timer is not None:
+            rt.start_timer.cancel()
+        agent.pid = int(event["pid"])
+        agent.init_pid = int(event.get("init_pid") or agent.pid)
+        try:
+            rt.pgid = os.getpgid(agent.init_pid)
+        except ProcessLookupError:
+            rt.pgid = None
+        agent.started_mono = time.monotonic()
+        confinement = event.get("confinement") or {}
+        agent.isolation.update(
+            namespaces=confinement.get("namespaces", []),
+            uid=confinement.get("uid"),
+            no_new_privs=confinement.get("no_new_privs", False),
+            landlock=confinement.get("landlock", {}),
+            network="host" if agent.spec.network or not agent.spec.sandboxed else "none",
+            seccomp=False,
+        )
+        if agent.state is S.STARTING:
+            self._set_state(agent, S.RUNNING, pid=agent.pid)
+        elif agent.state is S.STOPPING:
+            self._signal(agent, signal.SIGTERM)
+        self._notify(rt.start_waiters, agent, None)
+
+    def _on_exited(self, agent: Agent, event: dict[str, Any]) -> None:
+        rt = self._rt[agent.id]
+        for timer in (rt.start_timer, rt.kill_timer):
+            if timer is not None:
+                timer.cancel()
+        info = self._exit_info(agent, rt, event)
+        self._release_incarnation(agent, rt)
+        uptime = time.monotonic() - agent.started_mono if agent.started_mono else 0.0
+        agent.started_mono = None
+        agent.exit = info
+        self._event("agent.exited", agent, **info.to_dict(), uptime=round(uptime, 3))
+        if info.reason in (ExitReason.FAILED_TO_START, ExitReason.START_TIMEOUT):
+            self._settle(agent, S.FAILED)
+            self._notify(rt.start_waiters, agent, SpawnFailed(info.message or "agent failed to start", details=info.to_dict()))
+            return
+        if agent.state is S.STOPPING:
+            self._settle(agent, S.EXITED)
+            return
+        if self._should_restart(agent, info):
+            self._schedule_restart(agent, uptime)
+        else:
+            self._settle(agent, S.EXITED)
+
+    def _exit_info(self, agent: Agent, rt: Runtime, event: dict[str, Any]) -> ExitInfo:
+        sig = event.get("signal")
+        code = event.get("exit_code")
+        if agent.state is S.STARTING and not agent.operator_kill:
+            if event.get("error"):
+                return ExitInfo(ExitReason.FAILED_TO_START, code, sig, f"{event.get('stage')}: {event['error']}")
+            if rt.timed_out:
+                return ExitInfo(ExitReason.START_TIMEOUT, code, sig, f"not up after {self.config.sandbox.start_timeout} s")
+            return ExitInfo(ExitReason.FAILED_TO_START, code, sig, "ended before its sandbox was ready")
+        if agent.state is S.STOPPING and agent.operator_kill:
+            return ExitInfo(ExitReason.KILLED, code, sig, "stopped by operator")
+        if rt.cgroup is not None and rt.cgroup.oom_kills() > 0:
+            limit = agent.spec.memory_bytes
+            return ExitInfo(ExitReason.OOM_KILLED, code, sig, f"killed by the OOM killer at its memory limit ({limit} bytes)")
+        if sig is not None:
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            return ExitInfo(ExitReason.SIGNALED, None, sig, f"terminated by {name}")
+        if agent.state is S.STARTING:
+            return ExitInfo(ExitReason.KILLED, code, None, "stopped before it started")
+        if agent.state is S.STOPPING:
+            return ExitInfo(ExitReason.KILLED, code, None, "stopped")
+        return ExitInfo(ExitReason.EXITED, code, None, None)
+
+    def _release_incarnation(self, agent: Agent, rt: Runtime) -> None:
+        if rt.cgroup is not None:
+            rt.cgroup.kill_all()
+            if not rt.cgroup.remove():
+                self._orphan_cgroups.append(rt.cgroup)
+            rt.cgroup = None
+        elif rt.pgid is not None and agent.uid is None:
+            try:
+                os.killpg(rt.pgid, signal.SIGKILL)  # leftovers of an unconfined agent
+            except (ProcessLookupError, PermissionError):
+                pass
+        rt.pgid = None
+        agent.pid = agent.init_pid = None
+
+    def _should_restart(self, agent: Agent, info: ExitInfo) -> bool:
+        if agent.exit_requested:
+            return False
+        policy = agent.spec.restart
+        return policy == "always" or (policy == "on-failure" and not info.clean)
+
+    def _schedule_restart(self, agent: Agent, uptime: float) -> None:
+        sv = self.config.supervisor
+        now = time.monotonic()
+        window = agent.spec.restart_window
+        while agent.restart_times and now - agent.restart_times[0] > window:
+            agent.restart_times.popleft()
+        if len(agent.restart_times) >= agent.spec.max_restarts:
+            self._event("agent.escalated", agent, restarts_in_window=len(agent.restart_times), window=window)
+            self._settle(agent, S.FAILED)
+            return
+        if uptime >= sv.stable_after:
+            agent.consecutive_failures = 0
+        delay = min(sv.backoff_initial * (2**agent.consecutive_failures), sv.backoff_max)
+        agent.consecutive_failures += 1
+        agent.restart_times.append(now)
+        self._set_state(agent, S.BACKOFF, delay=delay)
+        self._rt[agent.id].backoff_timer = self.loop.call_later(delay, lambda: self._restart(agent))
+
+    def _restart(self, agent: Agent) -> None:
+        if agent.state is not S.BACKOFF:
+            return
+        agent.restarts += 1
+        self._set_state(agent, S.STARTING, restarts=agent.restarts)
+        self._start(agent)
+
+    def _start_failed(self, agent: Agent, message: str) -> None:
+        rt = self._rt[agent.id]
+        agent.exit = ExitInfo(ExitReason.FAILED_TO_START, message=message)
+        self._by_key.pop(agent.key, None)
+        self._release_incarnation(agent, rt)
+        self._event("agent.exited", agent, **agent.exit.to_dict())
+        self._settle(agent, S.FAILED)
+        self._notify(rt.start_waiters, agent, SpawnFailed(message, details=agent.exit.to_dict()))
+
+    def _start_timeout(self, agent: Agent) -> None:
+        if agent.state is not S.STARTING:
+            return
+        self._rt[agent.id].timed_out = True
+        self._force_kill(agent)
+
+    def _settle(self, agent: Agent, final: AgentState) -> None:
+        """Enter a terminal state: free the name, drop old records, answer waiters."""
+        self._set_state(agent, final, reason=agent.exit.reason.value if agent.exit else None)
+        rt = self._rt[agent.id]
+        rt.logs.close_pipe()
+        for dropped in self.table.settled(agent):
+            self._forget(dropped)
+        if agent.operator_kill:
+            self._forget(agent)
+        self._notify(rt.start_waiters, agent, SpawnFailed("agent stopped before it started") if final is S.EXITED else None)
+        self._notify(rt.gone_waiters, agent, None)
+
+    def _forget(self, agent: Agent) -> None:
+        """Remove an agent's record, channel and files."""
+        self.table.remove(agent)
+        rt = self._rt.pop(agent.id, None)
+        self.channels.close_agent(agent.id)
+        self.on_channel(agent.id, False)
+        if rt is not None:
+            if rt.logs.read_fd is not None:
+                self.loop.remove_reader(rt.logs.read_fd)
+            rt.logs.close()
+            shutil.rmtree(rt.home, ignore_errors=True)
+        self._event("agent.removed", agent)
+
+    @staticmethod
+    def _notify(waiters: list[Callback], agent: Agent, error: CloveError | None) -> None:
+        pending, waiters[:] = list(waiters), []
+        for waiter in pending:
+            waiter(agent, error)
+
+    # ---- operator actions --------------------------------------------------------------------
+
+    def kill(self, agent: Agent, on_gone: Callback | None = None, *, operator: bool = True) -> None:
+        """SIGTERM, then SIGKILL of the whole tree after the grace period. An operator's kill
+        removes the agent once it is gone; ``on_gone`` fires then."""
+        rt = self._rt.get(agent.id)
+        agent.operator_kill = agent.operator_kill or operator
+        if rt is None:
+            if on_gone:
+                on_gone(agent, None)
+            return
+        if on_gone is not None:
+            rt.gone_waiters.append(on_gone)
+        if agent.state in TERMINAL:
+            if operator:
+                self._forget(agent)
+            self._notify(rt.gone_waiters, agent, None)
+            return
+        if agent.state is S.STOPPING:
+            return
+        if agent.state is S.BACKOFF:
+            if rt.backoff_timer is not None:
+                rt.backoff_timer.cancel()
+            self._set_state(agent, S.STOPPING)
+            agent.exit = ExitInfo(ExitReason.KILLED, message="stopped by operator while waiting to restart")
+            self._settle(agent, S.EXITED)
+            return
+        was_paused = agent.state is S.PAUSED
+        self._set_state(agent, S.STOPPING, by="operator" if operator else "kernel")
+        if was_paused:
+            self._thaw(agent, rt)
+        self._signal(agent, signal.SIGTERM)
+        rt.kill_timer = self.loop.call_later(self.config.sandbox.kill_grace, lambda: self._force_kill(agent))
+
+    def _signal(self, agent: Agent, sig: int) -> None:
+        if agent.pid is None:
+            return
+        try:
+            os.kill(agent.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _force_kill(self, agent: Agent) -> None:
+        rt = self._rt.get(agent.id)
+        if rt is None or agent.state in TERMINAL:
+            return
+        self._event("agent.force_kill", agent)
+        if rt.cgroup is not None:
+            rt.cgroup.kill_all()
+        for pid in (agent.init_pid, agent.pid):
+            if pid is not None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if rt.pgid is not None:
+            try:
+                os.killpg(rt.pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def pause(self, agent: Agent) -> str:
+        """Freeze the agent's whole cgroup (or SIGSTOP its process group without one)."""
+        rt = self._rt[agent.id]
+        if agent.state is not S.RUNNING:
+            raise Conflict(f"agent {agent.name!r} is {agent.state.value}, not running")
+        if rt.cgroup is not None and rt.cgroup.can_freeze:
+            rt.cgroup.freeze()
+            how = "cgroup freezer"
+        elif rt.pgid is not None:
+            os.killpg(rt.pgid, signal.SIGSTOP)
+            how = "SIGSTOP"
+        else:
+            raise SandboxError("nothing to pause with")
+        self._set_state(agent, S.PAUSED, via=how)
+        return how
+
+    def resume(self, agent: Agent) -> None:
+        rt = self._rt[agent.id]
+        if agent.state is not S.PAUSED:
+            raise Conflict(f"agent {agent.name!r} is {agent.state.value}, not paused")
+        self._thaw(agent, rt)
+        self._set_state(agent, S.RUNNING)
+
+    @staticmethod
+    def _thaw(agent: Agent, rt: Runtime) -> None:
+        if rt.cgroup is not None and rt.cgroup.can_freeze:
+            rt.cgroup.thaw()
+        elif rt.pgid is not None:
+            try:
+                os.killpg(rt.pgid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    def remove(self, agent: Agent) -> None:
+        if agent.state not in TERMINAL:
+            raise Conflict(f"agent {agent.name!r} is {agent.state.value}; kill it first", details={"state": agent.state.value})
+        self._forget(agent)
+
+    def request_exit(self, agent: Agent) -> None:
+        """The agent said it is done: its next exit is final whatever the restart policy."""
+        agent.exit_requested = True
+
+    def runtime(self, agent: Agent) -> Runtime | None:
+        return self._rt.get(agent.id)
+
+    def stats(self, agent: Agent) -> dict[str, int]:
+        rt = self._rt.get(agent.id)
+        return rt.cgroup.stats() if rt is not None and rt.cgroup is not None else {}
+
+    # ---- housekeeping and shutdown -----------------------------------------------------------
+
+    def housekeeping(self) -> None:
+        if self._orphan_cgroups:
+            still = []
+            for cgroup in self._orphan_cgroups:
+                cgroup.kill_all()
+                if not cgroup.remove():
+                    still.append(cgroup)
+            self._orphan_cgroups = still
+
+    def _zygote_lost(self) -> None:
+        log.error("the zygote died; restarting it")
+        self.launcher.stop(timeout=0.5)
+        for agent in self.table:
+            if agent.state not in TERMINAL and agent.state is not S.BACKOFF:
+                self._force_kill(agent)
+                self._on_exited(agent, {"signal": signal.SIGKILL})
+        try:
+            self.launcher.start()
+        except SandboxError as err:
+            log.error("%s", err)
+
+    def live_count(self) -> int:
+        return sum(1 for a in self.table if a.state not in TERMINAL)
+
+    def stop_all(self) -> None:
+        for agent in self.table:
+            if agent.state not in TERMINAL:
+                self.kill(agent, operator=False)
+
+    def finish(self) -> None:
+        """Last step of shutdown: remove every cgroup and the agents' runtime files."""
+        for agent in self.table:
+            rt = self._rt.get(agent.id)
+            if rt is not None:
+                if rt.cgroup is not None:
+                    rt.cgroup.kill_all()
+                    if not rt.cgroup.remove():
+                        self._orphan_cgroups.append(rt.cgroup)
+                self.channels.close_agent(agent.id)
+                rt.logs.close()
+        deadline = time.monotonic() + 2.0
+        while self._orphan_cgroups and time.monotonic() < deadline:
+            self.housekeeping()
+            if self._orphan_cgroups:
+                time.sleep(0.01)
+        for cgroup in self._orphan_cgroups:
+            log.error("could not remove cgroup %s", cgroup.name)

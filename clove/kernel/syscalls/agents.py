@@ -1,0 +1,242 @@
+"""Agent lifecycle syscalls: spawn, kill, pause, resume, list, remove, logs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, final
+
+from clove.config import RESTART_POLICIES, AgentConfig, parse_cpu, parse_memory, parse_pids, validate_name
+from clove.errors import CloveError, InvalidArguments, PermissionDenied
+from clove.kernel.agents import Agent
+from clove.kernel.syscalls.base import Deferred, NoArgs, Syscall, SyscallContext
+
+_LIMIT_KEYS = ("memory", "cpu", "cpu_quota", "cpu_percent", "pids", "max_pids")
+
+
+def limits_from_wire(limits: dict[str, Any]) -> dict[str, int | None]:
+    """The spawn ``limits`` map (original Clove keys and Clove's own) → bytes, µs, count.
+
+    :raises InvalidArguments: naming the bad key.
+    """
+    unknown = sorted(set(limits) - set(_LIMIT_KEYS))
+    if unknown:
+        raise InvalidArguments(f"agent.spawn: unknown limit {unknown[0]!r}", details={"known": list(_LIMIT_KEYS)})
+    out: dict[str, int | None] = {"memory_bytes": None, "cpu_quota_us": None, "pids": None}
+    try:
+        if limits.get("memory") is not None:
+            out["memory_bytes"] = parse_memory(limits["memory"])
+        cpu = [k for k in ("cpu", "cpu_quota", "cpu_percent") if limits.get(k) is not None]
+        if len(cpu) > 1:
+            raise ValueError(f"give one of cpu, cpu_quota, cpu_percent; got {cpu}")
+        if cpu:
+            value = limits[cpu[0]]
+            if cpu[0] == "cpu_percent" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = f"{value}%"
+            out["cpu_quota_us"] = parse_cpu(value)
+        pids = limits.get("pids", limits.get("max_pids"))
+        if pids is not None:
+            out["pids"] = parse_pids(pids)
+    except ValueError as err:
+        raise InvalidArguments(f"agent.spawn: limits: {err}") from None
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnRequest:
+    name: str
+    script: str
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    sandboxed: bool = True
+    network: bool = False
+    limits: dict[str, Any] | None = None
+    restart_policy: str = "never"
+    max_restarts: int = 5
+    restart_window: float = 300.0
+    interpreter: str | None = None
+    working_dir: str | None = None
+
+
+@final
+class Spawn(Syscall):
+    """``agent.spawn`` → ``{success, id, name, pid, status, restart_policy, isolation}``, sent
+    once the agent's sandbox is up and its process runs.
+
+    :raises proto.invalid_args: bad name, limits or policy.  :raises conflict: name in use.
+    :raises spawn.failed: missing script, or the sandbox or interpreter failed to start.
+    :raises sandbox.unenforceable: ``require_isolation`` and a limit cannot be enforced.
+    """
+
+    name = "agent.spawn"
+    category = "AGENT_LIFECYCLE"
+    Request = SpawnRequest
+
+    def execute(self, ctx: SyscallContext, req: SpawnRequest) -> Deferred:
+        try:
+            validate_name(req.name)
+        except ValueError as err:
+            raise InvalidArguments(f"agent.spawn: {err}") from None
+        if req.restart_policy not in RESTART_POLICIES:
+            raise InvalidArguments(f"agent.spawn: restart_policy must be one of {', '.join(RESTART_POLICIES)}")
+        if req.max_restarts < 0 or req.restart_window <= 0:
+            raise InvalidArguments("agent.spawn: max_restarts must be >= 0 and restart_window > 0")
+        for label, path in (("script", req.script), ("interpreter", req.interpreter), ("working_dir", req.working_dir)):
+            if path is not None and not os.path.isabs(path):
+                raise InvalidArguments(f"agent.spawn: {label} must be an absolute path, got {path!r}")
+        spec = AgentConfig(
+            name=req.name,
+            script=os.path.normpath(req.script),
+            args=tuple(req.args),
+            env=dict(req.env),
+            sandboxed=req.sandboxed,
+            network=req.network,
+            restart=req.restart_policy,
+            max_restarts=req.max_restarts,
+            restart_window=float(req.restart_window),
+            interpreter=req.interpreter,
+            working_dir=req.working_dir,
+            **limits_from_wire(req.limits or {}),
+        )
+        deferred = Deferred()
+
+        def started(agent: Agent, error: CloveError | None) -> None:
+            if error is not None:
+                deferred.reject(error)
+            else:
+                deferred.resolve(spawn_reply(agent))
+
+        ctx.kernel.supervisor.spawn(spec, on_started=started)
+        return deferred
+
+
+def spawn_reply(agent: Agent) -> dict[str, Any]:
+    return {
+        "success": True,
+        "id": agent.id,
+        "name": agent.name,
+        "pid": agent.pid,
+        "status": agent.state.value,
+        "restart_policy": agent.spec.restart,
+        "isolation": agent.isolation,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRequest:
+    name: str | None = None
+    agent_id: int | None = None
+
+
+class _Targeted(Syscall):
+    category = "AGENT_LIFECYCLE"
+    Request = TargetRequest
+
+    @staticmethod
+    def target(ctx: SyscallContext, req: TargetRequest) -> Agent:
+        if req.name is None and req.agent_id is None:
+            raise InvalidArguments("give name or agent_id")
+        return ctx.kernel.supervisor.table.find(name=req.name, agent_id=req.agent_id)
+
+
+@final
+class Kill(_Targeted):
+    """``agent.kill {name | agent_id}`` → ``{success, id, name}`` once the agent is gone: SIGTERM,
+    SIGKILL of the whole tree after ``sandbox.kill_grace``; the record is removed.
+
+    :raises notfound: no such agent.
+    """
+
+    name = "agent.kill"
+
+    def execute(self, ctx: SyscallContext, req: TargetRequest) -> Deferred:
+        agent = self.target(ctx, req)
+        deferred = Deferred()
+        ctx.kernel.supervisor.kill(
+            agent, lambda a, _err: deferred.resolve({"success": True, "id": a.id, "name": a.name, "exit": a.exit.to_dict() if a.exit else None})
+        )
+        return deferred
+
+
+@final
+class Pause(_Targeted):
+    """``agent.pause`` → ``{success, via}``: freeze every process of the agent.
+
+    :raises conflict: the agent is not running.
+    """
+
+    name = "agent.pause"
+
+    def execute(self, ctx: SyscallContext, req: TargetRequest) -> dict[str, Any]:
+        return {"success": True, "via": ctx.kernel.supervisor.pause(self.target(ctx, req))}
+
+
+@final
+class Resume(_Targeted):
+    """``agent.resume`` → ``{success}``.  :raises conflict: the agent is not paused."""
+
+    name = "agent.resume"
+
+    def execute(self, ctx: SyscallContext, req: TargetRequest) -> dict[str, Any]:
+        ctx.kernel.supervisor.resume(self.target(ctx, req))
+        return {"success": True}
+
+
+@final
+class Remove(_Targeted):
+    """``agent.remove`` → ``{success}``: forget an exited or failed agent (``clove rm``).
+
+    :raises conflict: the agent is still alive.
+    """
+
+    name = "agent.remove"
+
+    def execute(self, ctx: SyscallContext, req: TargetRequest) -> dict[str, Any]:
+        ctx.kernel.supervisor.remove(self.target(ctx, req))
+        return {"success": True}
+
+
+@final
+class ListAgents(Syscall):
+    """``agent.list`` → ``{success, agents: [...]}``. Operators see every detail (pid, exit
+    reason, isolation report, cgroup stats); an agent sees ids, names and states only."""
+
+    name = "agent.list"
+    agent_allowed = True
+
+    def execute(self, ctx: SyscallContext, req: NoArgs) -> dict[str, Any]:
+        supervisor = ctx.kernel.supervisor
+        rows = []
+        for agent in sorted(supervisor.table, key=lambda a: a.id):
+            row = agent.summary(detailed=ctx.caller.is_operator)
+            if ctx.caller.is_operator:
+                row["stats"] = supervisor.stats(agent)
+            rows.append(row)
+        return {"success": True, "agents": rows}
+
+
+@dataclass(frozen=True, slots=True)
+class LogsRequest:
+    name: str | None = None
+    agent_id: int | None = None
+    offset: int = -16384
+    max_bytes: int = 65536
+
+
+@final
+class Logs(Syscall):
+    """``agent.logs {name | agent_id, offset, max_bytes}`` → ``{success, data, offset, size}``.
+    A negative offset reads the last ``-offset`` bytes; pass back ``offset`` to follow."""
+
+    name = "agent.logs"
+    Request = LogsRequest
+
+    def execute(self, ctx: SyscallContext, req: LogsRequest) -> dict[str, Any]:
+        supervisor = ctx.kernel.supervisor
+        agent = supervisor.table.find(name=req.name, agent_id=req.agent_id)
+        rt = supervisor.runtime(agent)
+        if rt is None:
+            raise PermissionDenied("no logs for this agent")
+        rt.logs.drain()
+        data, offset, size = rt.logs.read(req.offset, max(1, min(req.max_bytes, 1 << 20)))
+        return {"success": True, "data": data, "offset": offset, "size": size, "state": agent.state.value}

@@ -1,0 +1,135 @@
+"""What every syscall is: a small class with a name, a frozen ``Request`` dataclass checked
+field by field against the body, and ``execute(ctx, req)``.
+
+``execute`` returns the result (anything msgpack can carry) or a :class:`Deferred` that the
+handler resolves later (a spawn answered once the sandbox is up, a kill once the agent is gone),
+so nothing waits on the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Union
+
+from clove.errors import CloveError, InvalidArguments
+from clove.kernel.channels import Caller
+
+if TYPE_CHECKING:
+    from clove.kernel.agents import Agent
+    from clove.kernel.core import Kernel
+
+
+class Deferred:
+    """A reply that comes later: call :meth:`resolve` or :meth:`reject` exactly once."""
+
+    __slots__ = ("_callback", "done")
+
+    def __init__(self) -> None:
+        self._callback: Callable[[Any, CloveError | None], None] | None = None
+        self.done = False
+
+    def bind(self, callback: Callable[[Any, CloveError | None], None]) -> None:
+        self._callback = callback
+
+    def resolve(self, result: Any) -> None:
+        self._finish(result, None)
+
+    def reject(self, error: CloveError) -> None:
+        self._finish(None, error)
+
+    def _finish(self, result: Any, error: CloveError | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self._callback is not None:
+            self._callback(result, error)
+
+
+@dataclass(frozen=True, slots=True)
+class SyscallContext:
+    """Everything a syscall may touch: the kernel's parts and who is calling."""
+
+    kernel: Kernel
+    caller: Caller
+    agent: Agent | None
+
+
+@dataclass(frozen=True, slots=True)
+class NoArgs:
+    """The body of a syscall that takes nothing."""
+
+
+class Syscall:
+    """Base of every syscall. Subclasses set ``name``, ``Request`` and ``execute``."""
+
+    name: ClassVar[str]
+    category: ClassVar[str] = "SYSCALL"
+    #: Agents may make this call (operators may make every call).
+    agent_allowed: ClassVar[bool] = False
+    Request: ClassVar[type[Any]] = NoArgs
+
+    def execute(self, ctx: SyscallContext, req: Any) -> Any:
+        raise NotImplementedError
+
+    def parse(self, body: dict[str, Any]) -> Any:
+        """Build ``Request`` from the body.
+
+        :raises InvalidArguments: naming the unknown, missing or mistyped field.
+        """
+        return parse_body(self.Request, body, self.name)
+
+
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _check(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_check(value, arm) for arm in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_check(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(hint) or (Any, Any)
+        return isinstance(value, dict) and all(_check(k, key) and _check(v, item) for k, v in value.items())
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def parse_body(cls: type[Any], body: dict[str, Any], call: str) -> Any:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise InvalidArguments(f"{call}: unknown argument {unknown[0]!r}", details={"argument": unknown[0], "known": sorted(fields)})
+    values = {}
+    for name, field in fields.items():
+        if name not in body:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise InvalidArguments(f"{call}: missing argument {name!r}", details={"argument": name})
+            continue
+        value = body[name]
+        if not _check(value, hints[name]):
+            raise InvalidArguments(
+                f"{call}: argument {name!r} must be {_describe(hints[name])}, got {type(value).__name__}",
+                details={"argument": name, "expected": _describe(hints[name])},
+            )
+        values[name] = value
+    return cls(**values)

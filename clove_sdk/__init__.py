@@ -1,0 +1,12 @@
+"""The Clove SDK: what agents and operators import.
+
+    from clove_sdk import CloveClient
+
+    with CloveClient() as client:          # inside an agent: its own channel
+        client.noop("ping")
+"""
+
+from clove.errors import CloveError, KernelUnavailable
+from clove_sdk.client import CloveClient
+
+__all__ = ["CloveClient", "CloveError", "KernelUnavailable"]

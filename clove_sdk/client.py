@@ -1,0 +1,235 @@
+"""``CloveClient``: the one way agents and operators talk to a Clove kernel.
+
+Inside a spawned agent ``CloveClient()`` connects to the agent's own channel (the kernel put its
+address in ``CLOVE_AGENT_ENDPOINT``); elsewhere it connects to the operators' control socket
+(``socket_path``, else ``$CLOVE_SOCKET``, else ``/tmp/clove.sock``).
+
+Two layers, as in the original Clove SDK: :meth:`call` returns the result or raises the
+:mod:`clove.errors` class for the reply's code; the named methods keep the original return
+shapes (dicts with ``success``, bools, lists). Every call times out (``timeout`` seconds)
+instead of hanging on a dead kernel, raising :class:`KernelUnavailable`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket as pysocket
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from clove import wire
+from clove.errors import CloveError, KernelUnavailable
+
+DEFAULT_SOCKET = "/tmp/clove.sock"
+
+
+def default_endpoint(socket_path: str | None = None) -> str:
+    """The endpoint a client with these arguments connects to."""
+    if socket_path is None:
+        agent = os.environ.get("CLOVE_AGENT_ENDPOINT")
+        if agent:
+            return agent
+        socket_path = os.environ.get("CLOVE_SOCKET", DEFAULT_SOCKET)
+    return socket_path if socket_path.startswith("ipc://") else f"ipc://{socket_path}"
+
+
+class CloveClient:
+    """A connection to a kernel. Use it as a context manager, or call :meth:`close`.
+
+    :param socket_path: the control socket (``ipc://`` prefix optional); ``None`` picks the
+        agent channel inside an agent, else ``$CLOVE_SOCKET`` or ``/tmp/clove.sock``.
+    :param timeout: seconds to wait for each reply.
+    """
+
+    def __init__(self, socket_path: str | None = None, *, timeout: float = 30.0) -> None:
+        self.endpoint = default_endpoint(socket_path)
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._ctx = zmq.Context.instance()
+        self._sock: zmq.Socket[bytes] | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        self._sock = sock
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    def call(self, syscall: str, timeout: float | None = None, **body: Any) -> Any:
+        """Make one syscall and return its result.
+
+        :raises CloveError: the subclass named by the reply's error code.
+        :raises KernelUnavailable: no reply within ``timeout`` (the socket is then reset, so a
+            late reply cannot be mistaken for the next call's).
+        """
+        if self._sock is None:
+            raise KernelUnavailable("client is closed")
+        request_id = next(self._ids)
+        self._sock.send_multipart(wire.encode_request(request_id, syscall, body))
+        wait_ms = int((self.timeout if timeout is None else timeout) * 1000)
+        while True:
+            if not self._sock.poll(wait_ms, zmq.POLLIN):
+                self._sock.close(linger=0)
+                self._connect()
+                raise KernelUnavailable(
+                    f"no reply from the kernel at {self.endpoint} within {wait_ms / 1000:g} s",
+                    details={"endpoint": self.endpoint, "call": syscall},
+                )
+            reply = wire.decode_reply(self._sock.recv_multipart())
+            if reply.id == request_id:
+                break  # replies to earlier, timed-out calls are skipped
+        if not reply.ok:
+            assert reply.error is not None  # noqa: S101 - decode_reply sets it
+            raise reply.error
+        return reply.result
+
+    def _compat(self, syscall: str, **body: Any) -> dict[str, Any]:
+        """The original SDK's style: errors come back as ``{success: False, error, code}``."""
+        try:
+            result = self.call(syscall, **body)
+        except KernelUnavailable:
+            raise
+        except CloveError as err:
+            return {"success": False, "error": err.message, "code": err.code, "details": err.details}
+        return result if isinstance(result, dict) else {"success": True, "result": result}
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def __enter__(self) -> CloveClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # ---- session -----------------------------------------------------------------------------
+
+    def hello(self) -> dict[str, Any]:
+        """Who the kernel says you are: ``{success, version, role, agent_id, name}``."""
+        return self._compat("hello")
+
+    def noop(self, msg: str = "") -> str:
+        """Round-trip ``msg`` through the kernel and return it."""
+        return str(self.call("noop", msg=msg))
+
+    def echo(self, msg: str = "") -> str:
+        return str(self.call("echo", msg=msg))
+
+    def exit(self) -> bool:
+        """Tell the kernel this agent is done: its next exit will not be restarted."""
+        return bool(self._compat("exit").get("success"))
+
+    # ---- agents ------------------------------------------------------------------------------
+
+    def spawn(
+        self,
+        name: str,
+        script: str,
+        sandboxed: bool = True,
+        network: bool = False,
+        limits: dict[str, Any] | None = None,
+        restart_policy: str = "never",
+        max_restarts: int = 5,
+        restart_window: int = 300,
+        *,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        interpreter: str | None = None,
+        working_dir: str | None = None,
+    ) -> dict[str, Any]:
+        """Start an agent. ``limits`` takes ``memory`` (bytes or "64M"), ``cpu_quota`` (µs per
+        100 ms) or ``cpu`` ("20%"), and ``pids`` (or ``max_pids``).
+
+        :returns: ``{success, id, name, pid, status, restart_policy, isolation}`` or
+            ``{success: False, error, code}``.
+        """
+        body: dict[str, Any] = {
+            "name": name,
+            "script": os.path.abspath(script),
+            "sandboxed": sandboxed,
+            "network": network,
+            "restart_policy": restart_policy,
+            "max_restarts": max_restarts,
+            "restart_window": restart_window,
+        }
+        if limits:
+            body["limits"] = dict(limits)
+        if args:
+            body["args"] = list(args)
+        if env:
+            body["env"] = dict(env)
+        if interpreter:
+            body["interpreter"] = interpreter
+        if working_dir:
+            body["working_dir"] = os.path.abspath(working_dir)
+        return self._compat("agent.spawn", **body)
+
+    @staticmethod
+    def _target(name: str | None, agent_id: int | None) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if name is not None:
+            body["name"] = name
+        if agent_id is not None:
+            body["agent_id"] = agent_id
+        return body
+
+    def kill(self, name: str | None = None, agent_id: int | None = None) -> bool:
+        """Stop an agent (SIGTERM, then SIGKILL of its tree) and remove it; True once gone."""
+        return bool(self._compat("agent.kill", **self._target(name, agent_id)).get("success"))
+
+    def pause(self, name: str | None = None, agent_id: int | None = None) -> bool:
+        return bool(self._compat("agent.pause", **self._target(name, agent_id)).get("success"))
+
+    def resume(self, name: str | None = None, agent_id: int | None = None) -> bool:
+        return bool(self._compat("agent.resume", **self._target(name, agent_id)).get("success"))
+
+    def remove(self, name: str | None = None, agent_id: int | None = None) -> bool:
+        """Forget an exited or failed agent (``clove rm``)."""
+        return bool(self._compat("agent.remove", **self._target(name, agent_id)).get("success"))
+
+    def list_agents(self) -> list[dict[str, Any]]:
+        """Every agent the kernel knows, exited and failed ones included."""
+        return list(self.call("agent.list")["agents"])
+
+    def logs(self, name: str | None = None, agent_id: int | None = None, offset: int = -16384, max_bytes: int = 65536) -> dict[str, Any]:
+        """A chunk of the agent's log: ``{data: bytes, offset, size, state}``."""
+        return dict(self.call("agent.logs", offset=offset, max_bytes=max_bytes, **self._target(name, agent_id)))
+
+    # ---- audit -------------------------------------------------------------------------------
+
+    def get_audit_log(
+        self, category: str | None = None, agent_id: int | None = None, since_id: int = 0, limit: int = 100
+    ) -> dict[str, Any]:
+        """Recent journal records: ``{success, count, entries}``; each entry has ``id``,
+        ``timestamp``, ``category``, ``event_type``, ``agent_id`` and more."""
+        body: dict[str, Any] = {"since_id": since_id, "limit": limit}
+        if category is not None:
+            body["category"] = category
+        if agent_id is not None:
+            body["agent_id"] = agent_id
+        return self._compat("audit.query", **body)
+
+    def kernel_info(self) -> dict[str, Any]:
+        return dict(self.call("kernel.info"))
+
+
+def kernel_listening(socket_path: str) -> bool:
+    """True when a process accepts connections on ``socket_path`` (a fast liveness probe that
+    does not wait for a ZeroMQ timeout)."""
+    path = socket_path[len("ipc://") :] if socket_path.startswith("ipc://") else socket_path
+    probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
