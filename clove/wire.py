@@ -93,6 +93,23 @@ def encode_request(request_id: int | str, call: str, body: dict[str, Any] | None
     return [PROTOCOL, KIND_REQUEST, _pack({"id": request_id, "call": call, "body": body or {}})]
 
 
+def _peek_id(payload: bytes) -> int | str | None:
+    """The request id of an oversized payload, read without decoding the rest (the SDK packs
+    ``id`` first; anything else gives up after three keys)."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=len(payload))
+    unpacker.feed(payload)
+    try:
+        for _ in range(min(3, unpacker.read_map_header())):
+            key = unpacker.unpack()
+            if key == "id":
+                value = unpacker.unpack()
+                return value if _valid_id(value) else None
+            unpacker.skip()
+    except Exception:  # not a map, truncated, ...: no id to echo
+        return None
+    return None
+
+
 def _valid_id(value: Any) -> bool:
     return (isinstance(value, int) and not isinstance(value, bool)) or (
         isinstance(value, str) and len(value) <= 128
@@ -122,7 +139,8 @@ def decode_request(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYT
             MessageTooLarge(
                 f"request of {len(payload)} bytes exceeds the limit of {max_bytes}",
                 details={"size": len(payload), "max_bytes": max_bytes},
-            )
+            ),
+            _peek_id(payload),
         )
     try:
         message = _unpack(payload)
@@ -141,7 +159,7 @@ def decode_request(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYT
         raise BadRequest(ProtocolError("'body' must be a map"), request_id)
     unknown = set(message) - {"id", "call", "body"}
     if unknown:
-        raise BadRequest(ProtocolError(f"unknown envelope keys: {sorted(unknown)}"), request_id)
+        raise BadRequest(ProtocolError(f"unknown envelope keys: {sorted(unknown, key=str)}"), request_id)
     return Request(request_id, call, body)
 
 

@@ -1,0 +1,4 @@
+"""Spins on the CPU forever."""
+x = 0
+while True:
+    x += 1

@@ -1,0 +1,14 @@
+"""Ignores SIGTERM, so only SIGKILL can stop it; has a child to prove the tree dies too."""
+import os
+import signal
+import time
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = os.fork()
+if child == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(600)
+    os._exit(0)
+print(f"ready child={child}", flush=True)
+while True:
+    time.sleep(1)

@@ -1,0 +1,82 @@
+"""What a sandboxed agent can and cannot do: network, files, /tmp, secrets, other processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+from tests.conftest import agent_script, read_report, requires_root
+
+pytestmark = [pytest.mark.integration, requires_root]
+
+
+@pytest.fixture
+def tcp_server():
+    """A loopback server that counts the connections it accepts."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.2)
+    accepted = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            accepted.append(conn.getpeername())
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield srv.getsockname()[1], accepted
+    stop.set()
+    thread.join()
+    srv.close()
+
+
+def test_sandboxed_agent_is_confined_but_reaches_the_kernel(kernel, tcp_server, tmp_path):
+    port, accepted = tcp_server
+    outside = tmp_path / "outside.txt"
+    with kernel.client() as c:
+        r = c.spawn("probe", agent_script("probe.py"), args=[str(port), str(outside)])
+    report = read_report(kernel, "probe")
+    assert report["hello"]["ok"] and report["hello"]["value"]["agent_id"] == r["id"]
+    assert not report["tcp"]["ok"] and accepted == []
+    assert not report["write_outside"]["ok"] and not outside.exists()
+    assert not report["shadow"]["ok"] and "PermissionError" in report["shadow"]["error"]
+    assert report["write_work"]["ok"] and report["write_tmp"]["ok"]
+    # /tmp holds only what the agent wrote plus the mount points of its own exposed paths
+    # (its script's directory when that lives under /tmp).
+    assert "agent-tmp.txt" in report["tmp_listing"]["value"]
+    assert set(report["tmp_listing"]["value"]) - {"agent-tmp.txt"} <= {kernel.dir.parts[2]}
+    assert report["uid"] == r["isolation"]["uid"] and report["uid"] >= 300_000
+    assert report["hostname"] == "clove-probe"
+    assert report["pid"] == 2  # pid 1 is the sandbox's init
+    assert not report["kill_init"]["ok"]  # cannot signal its own init (root-owned), let alone others
+
+
+def test_private_tmp_is_not_the_hosts(kernel, tmp_path):
+    marker = "/tmp/clove-host-marker-visible"
+    open(marker, "w").close()
+    try:
+        with kernel.client() as c:
+            c.spawn("probe", agent_script("probe.py"), args=["1", str(tmp_path / "x")])
+        report = read_report(kernel, "probe")
+        assert "clove-host-marker-visible" not in report["tmp_listing"]["value"]
+        assert not os.path.exists("/tmp/agent-tmp.txt")
+    finally:
+        os.unlink(marker)
+
+
+def test_network_grant_allows_tcp(kernel, tcp_server, tmp_path):
+    port, accepted = tcp_server
+    with kernel.client() as c:
+        r = c.spawn("netprobe", agent_script("probe.py"), args=[str(port), str(tmp_path / "x")], network=True)
+    report = read_report(kernel, "netprobe")
+    assert report["tcp"]["ok"], report["tcp"]
+    assert "net" not in r["isolation"]["namespaces"] and r["isolation"]["network"] == "host"
+    assert not report["write_outside"]["ok"]
