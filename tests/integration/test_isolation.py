@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 
 import pytest
@@ -80,3 +81,26 @@ def test_network_grant_allows_tcp(kernel, tcp_server, tmp_path):
     assert report["tcp"]["ok"], report["tcp"]
     assert "net" not in r["isolation"]["namespaces"] and r["isolation"]["network"] == "host"
     assert not report["write_outside"]["ok"]
+
+
+def test_script_anywhere_is_visible_read_only_and_custom_interpreter_works(kernel, tmp_path):
+    # pytest's tmp_path sits under a 0700 directory the agent's uid cannot traverse on the host.
+    script = tmp_path / "deep" / "agent.py"
+    script.parent.mkdir()
+    script.write_text(
+        "import json, sys\n"
+        "from clove_sdk import CloveClient\n"
+        "try:\n    open(__file__, 'a').write('#')\n    ro = False\n"
+        "except OSError:\n    ro = True\n"
+        "with CloveClient(timeout=10) as c:\n    who = c.hello()['agent_id']\n"
+        "print('REPORT ' + json.dumps({'ro': ro, 'who': who, 'exe': sys.executable, 'argv': sys.argv[1:]}), flush=True)\n"
+    )
+    original = script.read_text()
+    with kernel.client() as c:
+        fast = c.spawn("fast", str(script), args=["a", "b"])
+        slow = c.spawn("slow", str(script), interpreter=sys.executable, args=["c"])
+    for name, r, argv in (("fast", fast, ["a", "b"]), ("slow", slow, ["c"])):
+        report = read_report(kernel, name)
+        assert report == {"ro": True, "who": r["id"], "exe": report["exe"], "argv": argv}
+    assert read_report(kernel, "slow")["exe"] == sys.executable
+    assert script.read_text() == original
