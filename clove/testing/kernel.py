@@ -41,16 +41,20 @@ def poll_for(condition: Callable[[], T], timeout: float = 10.0, interval: float 
 class KernelProcess:
     """A ``clove kernel`` child process with private paths.
 
-    :param config: TOML text for the kernel's config (``[kernel]`` paths are filled in).
+    :param config: TOML text for the kernel's config (socket and state dir come from the
+        command line); ``config_file`` uses an existing file instead.
     """
 
-    def __init__(self, config: str = "", *, env: dict[str, str] | None = None, base_dir: str | None = None) -> None:
+    def __init__(
+        self, config: str = "", *, config_file: str | None = None, env: dict[str, str] | None = None, base_dir: str | None = None
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="clv", dir=base_dir or "/tmp"))
         os.chmod(self.dir, 0o755)
         self.socket = str(self.dir / "k.sock")
         self.state_dir = self.dir / "state"
-        self.config_path = self.dir / "kernel.toml"
-        self.config_path.write_text(config)
+        self.config_path = Path(config_file) if config_file else self.dir / "kernel.toml"
+        if not config_file:
+            self.config_path.write_text(config)
         self.log_path = self.dir / "kernel.log"
         self.env = {**os.environ, **(env or {})}
         self.env.pop("CLOVE_SOCKET", None)

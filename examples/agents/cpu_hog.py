@@ -1,0 +1,4 @@
+"""An agent stuck in an infinite loop."""
+print("spinning forever", flush=True)
+while True:
+    pass
