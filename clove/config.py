@@ -7,6 +7,7 @@ The schema is documented in README.md ("Configuration").
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -49,6 +50,7 @@ class SandboxSection:
     require_isolation: bool = False
     uid_base: int = 200_000
     landlock: bool = True
+    seccomp: bool = True
     start_timeout: float = 10.0
     kill_grace: float = 3.0
 
@@ -120,7 +122,10 @@ def parse_memory(value: object) -> int:
     if isinstance(value, int):
         number = value
     elif isinstance(value, str) and (m := _SIZE_RE.match(value)):
-        number = int(float(m.group(1)) * _SCALE[m.group(2).upper()])
+        size = float(m.group(1)) * _SCALE[m.group(2).upper()]
+        if not math.isfinite(size):  # "999...9G" would overflow int()
+            raise ValueError(f"expected a size like '64M' or bytes, got {value!r}")
+        number = int(size)
     else:
         raise ValueError(f"expected a size like '64M' or bytes, got {value!r}")
     if number < 4 << 20:
@@ -137,6 +142,8 @@ def parse_cpu(value: object) -> int:
             percent = float(value.strip()[:-1])
         except ValueError:
             raise ValueError(f"expected a percentage like '20%', got {value!r}") from None
+        if not math.isfinite(percent * 1000):  # "inf%" would overflow int()
+            raise ValueError(f"expected a percentage like '20%', got {value!r}")
         quota = int(round(percent * 1000))
     elif isinstance(value, int):
         quota = value
@@ -154,7 +161,7 @@ def parse_pids(value: object) -> int:
 
 
 def validate_name(value: object) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):  # match() lets 'a\n' through
         raise ValueError(f"agent names are 1-63 of [A-Za-z0-9_.-], starting alphanumeric; got {value!r}")
     return value
 
@@ -203,7 +210,7 @@ class _Table:
 
     def positive(self, key: str, kind: type, default: Any) -> Any:
         value = self.get(key, kind, default)
-        if value is not None and value <= 0:
+        if value is not None and not value > 0:  # also refuses nan
             raise self.fail(key, f"must be positive, got {value!r}")
         return value
 
@@ -306,6 +313,7 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
         require_isolation=s.get("require_isolation", bool, False),
         uid_base=s.positive("uid_base", int, 200_000),
         landlock=s.get("landlock", bool, True),
+        seccomp=s.get("seccomp", bool, True),
         start_timeout=s.positive("start_timeout", float, 10.0),
         kill_grace=s.positive("kill_grace", float, 3.0),
     )

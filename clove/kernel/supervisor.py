@@ -241,6 +241,7 @@ class Supervisor:
             rlimits=tuple(rlimits),
             exposures=tuple(exposures),
             landlock=spec.sandboxed and self.config.sandbox.landlock,
+            seccomp=spec.sandboxed and self.config.sandbox.seccomp,
             no_new_privs=spec.sandboxed,
         )
         try:
@@ -291,7 +292,7 @@ class Supervisor:
             no_new_privs=confinement.get("no_new_privs", False),
             landlock=confinement.get("landlock", {}),
             network="host" if agent.spec.network or not agent.spec.sandboxed else "none",
-            seccomp=False,
+            seccomp=confinement.get("seccomp", False),
         )
         if agent.state is S.STARTING:
             self._set_state(agent, S.RUNNING, pid=agent.pid)

@@ -27,6 +27,7 @@ attempt("write_tmp", lambda: open("/tmp/agent-tmp.txt", "w").write("x"))
 attempt("tmp_listing", lambda: sorted(os.listdir("/tmp")))
 attempt("shadow", lambda: len(open("/etc/shadow").read()))
 attempt("kill_init", lambda: os.kill(1, 0))
+attempt("inet_socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close())
 with CloveClient(timeout=10) as client:
     attempt("hello", client.hello)
 print("REPORT " + json.dumps(report), flush=True)

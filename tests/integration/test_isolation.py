@@ -58,6 +58,8 @@ def test_sandboxed_agent_is_confined_but_reaches_the_kernel(kernel, tcp_server, 
     assert report["hostname"] == "clove-probe"
     assert report["pid"] == 2  # pid 1 is the sandbox's init
     assert not report["kill_init"]["ok"]  # cannot signal its own init (root-owned), let alone others
+    assert r["isolation"]["seccomp"] is True
+    assert not report["inet_socket"]["ok"] and "Operation not permitted" in report["inet_socket"]["error"]
 
 
 def test_private_tmp_is_not_the_hosts(kernel, tmp_path):
@@ -79,6 +81,7 @@ def test_network_grant_allows_tcp(kernel, tcp_server, tmp_path):
         r = c.spawn("netprobe", agent_script("probe.py"), args=[str(port), str(tmp_path / "x")], network=True)
     report = read_report(kernel, "netprobe")
     assert report["tcp"]["ok"], report["tcp"]
+    assert report["inet_socket"]["ok"]
     assert "net" not in r["isolation"]["namespaces"] and r["isolation"]["network"] == "host"
     assert not report["write_outside"]["ok"]
 

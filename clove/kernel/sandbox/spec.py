@@ -43,6 +43,7 @@ class SpawnSpec:
     rlimits: tuple[tuple[int, int, int], ...] = ()
     exposures: tuple[Exposure, ...] = ()
     landlock: bool = True
+    seccomp: bool = True
     no_new_privs: bool = True
 
     def to_wire(self) -> dict[str, Any]:

@@ -34,9 +34,11 @@ from typing import Any, NoReturn
 
 import msgpack
 
-from clove.kernel.sandbox import confine, linux
+from clove.kernel.sandbox import confine, linux, seccomp
 from clove.kernel.sandbox.spec import SpawnSpec
 
+#: Compiled once at warm-up (``{network: filter}``); None when seccomp is unavailable.
+_SECCOMP: dict[bool, Any] | None = None
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 MAX_DATAGRAM = 1 << 20
 
@@ -144,6 +146,11 @@ def _run_agent(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) 
             stage = "landlock"
             writable = [e.path for e in spec.exposures if e.writable] + list(confine.PRIVATE_TMPFS) + ["/dev/null"]
             report["landlock"] = confine.restrict_filesystem(writable, network=spec.network)
+        report["seccomp"] = False
+        if spec.seccomp and _SECCOMP is not None:
+            stage = "seccomp"
+            seccomp.load(_SECCOMP, network=spec.network)
+            report["seccomp"] = True
         stage = "start"
         _write_status(status_w, {"ready": report})
     except BaseException as err:
@@ -411,6 +418,8 @@ def main() -> None:
 
     import clove_sdk  # noqa: F401
 
+    global _SECCOMP
+    _SECCOMP = seccomp.build_filters()
     gc.collect()
     gc.freeze()
     Zygote(sock).run()
