@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -267,13 +268,25 @@ def _agent(source: str, name: str, data: Any, base_dir: Path) -> AgentConfig:
         restart=t.choice("restart", RESTART_POLICIES, "never"),
         max_restarts=t.get("max_restarts", int, 5),
         restart_window=t.positive("restart_window", float, 300.0),
-        interpreter=interpreter,
+        interpreter=_resolve_interpreter(interpreter, base_dir, t),
         working_dir=str((base_dir / working_dir).resolve()) if working_dir else None,
     )
     if agent.max_restarts < 0:
         raise t.fail("max_restarts", f"must be >= 0, got {agent.max_restarts}")
     t.done()
     return agent
+
+
+def _resolve_interpreter(value: str | None, base_dir: Path, t: _Table) -> str | None:
+    """A path is taken relative to the config file; a bare name is looked up on PATH."""
+    if value is None:
+        return None
+    if "/" in value:
+        return os.path.normpath(base_dir / value)  # not resolve(): a venv python is a symlink that must stay one
+    found = shutil.which(value)
+    if found is None:
+        raise t.fail("interpreter", f"{value!r} not found on PATH")
+    return found
 
 
 def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:

@@ -44,6 +44,7 @@ __all__ = [
     "UnknownSyscall",
     "VersionMismatch",
     "from_wire",
+    "register_error",
     "to_wire",
 ]
 

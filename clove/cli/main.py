@@ -63,7 +63,12 @@ def cmd_spawn(args: argparse.Namespace) -> int:
         if args.memory:
             limits["memory"] = parse_memory(args.memory)
         if args.cpu:
-            limits["cpu_quota"] = parse_cpu(args.cpu if args.cpu.endswith("%") else int(args.cpu))
+            cpu: str | int = args.cpu
+            if not args.cpu.strip().endswith("%"):
+                if not args.cpu.strip().isdigit():
+                    raise ValueError(f"--cpu takes a percentage like '20%' or µs per 100 ms, got {args.cpu!r}")
+                cpu = int(args.cpu)
+            limits["cpu_quota"] = parse_cpu(cpu)
         if args.pids is not None:
             limits["pids"] = args.pids
     except ValueError as err:
@@ -242,8 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_cli(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line. For ``spawn``, everything after ``--`` goes to the script as it is
+    (argparse alone cannot take script arguments after options)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tail: list[str] = []
+    if argv and argv[0] == "spawn" and "--" in argv:
+        cut = argv.index("--")
+        argv, tail = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
+    if tail:
+        args.args = [*args.args, *tail]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_cli(argv)
     try:
         return int(args.func(args))
     except CliError as err:

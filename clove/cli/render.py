@@ -26,6 +26,7 @@ def human_bytes(n: int | None) -> str:
 def human_duration(seconds: float) -> str:
     if seconds <= 0:
         return "-"
+    seconds = round(seconds)  # else 59.7 s prints as "60s" and 3599.7 s as "59m60s"
     if seconds < 60:
         return f"{seconds:.0f}s"
     if seconds < 3600:

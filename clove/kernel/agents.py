@@ -1,6 +1,7 @@
 """Agent records and their lifecycle state machine (after supervisor's ProcessStates).
 
-::
+The main paths (``_ALLOWED`` below is the complete table: any live state may also go to
+STOPPING, EXITED or FAILED, for a kill, a death or a failure)::
 
     STARTING ──started──▶ RUNNING ◀──resume── PAUSED
        │                    │  ╲──pause──────▶  │

@@ -62,6 +62,7 @@ class Channels:
 
     def __init__(self, *, max_message_bytes: int) -> None:
         self.ctx = zmq.Context(io_threads=1)
+        self.ctx.set(zmq.MAX_SOCKETS, 16384)  # one ROUTER per agent; libzmq's default is 1023
         self.max_message_bytes = max_message_bytes
         self.control: zmq.Socket[bytes] | None = None
         self.control_path: str | None = None

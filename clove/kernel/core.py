@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -25,6 +26,14 @@ from clove.kernel.sandbox.launcher import ZygoteLauncher
 from clove.kernel.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+
+def _raise_fd_limit() -> None:
+    """Each agent costs the kernel a handful of fds (its socket, log pipe and file): take the
+    hard limit rather than failing at the 200th agent under a 1024 soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Kernel:
@@ -56,6 +65,7 @@ class Kernel:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o711)  # traversable, not listable: agents reach their own dirs only
         linux.set_child_subreaper()
+        _raise_fd_limit()
         self.channels.bind_control(self.socket_path)  # first: refuses to start beside a live kernel
         try:
             self.journal.open()

@@ -32,6 +32,7 @@ from clove.kernel.journal_verify import (
     GENESIS_HASH,
     Category,
     VerifyResult,
+    canonical_bytes,
     canonical_json,
     clip_text,
     parse_record,
@@ -249,8 +250,8 @@ class Journal:
             "details": self._summarize(details or {}, 2000, 100, 6),
             "prev_hash": self._last_hash,
         }
-        record["hash"] = hashlib.sha256(canonical_json(record).encode()).hexdigest()
-        line = (canonical_json(record) + "\n").encode()
+        record["hash"] = hashlib.sha256(canonical_bytes(record)).hexdigest()
+        line = canonical_bytes(record) + b"\n"
         self._last_id, self._last_hash = record["id"], record["hash"]
         self._queue.put((record["id"], line))
         self._ring.append(record)

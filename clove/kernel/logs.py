@@ -49,7 +49,9 @@ class LogCapture:
 
     def write(self, data: bytes) -> None:
         """Append ``data`` (also used for the kernel's own notes about the agent)."""
-        if self._size + len(data) > self.max_bytes:
+        if len(data) > self.max_bytes:
+            data = data[-self.max_bytes :]  # only the newest fits under the cap
+        if self._size + len(data) > self.max_bytes and self._size > 0:
             self._rotate()
         try:
             self._file.write(data)

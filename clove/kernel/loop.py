@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -69,7 +70,7 @@ class Loop:
         wait = self.tick
         if self._timers:
             wait = min(wait, max(0.0, self._timers[0][0] - self.clock()))
-        return int(wait * 1000)
+        return math.ceil(wait * 1000)  # int() woke up to 1 ms early, then spun with 0 ms polls
 
     def run_once(self) -> None:
         for source, _ in self.poller.poll(self._timeout_ms()):

@@ -34,7 +34,9 @@ def limits_from_wire(limits: dict[str, Any]) -> dict[str, int | None]:
             if cpu[0] == "cpu_percent" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = f"{value}%"
             out["cpu_quota_us"] = parse_cpu(value)
-        pids = limits.get("pids", limits.get("max_pids"))
+        if limits.get("pids") is not None and limits.get("max_pids") is not None:
+            raise ValueError("give pids or max_pids, not both")
+        pids = limits.get("pids") if limits.get("pids") is not None else limits.get("max_pids")
         if pids is not None:
             out["pids"] = parse_pids(pids)
     except ValueError as err:

@@ -26,14 +26,18 @@ if TYPE_CHECKING:
 class Deferred:
     """A reply that comes later: call :meth:`resolve` or :meth:`reject` exactly once."""
 
-    __slots__ = ("_callback", "done")
+    __slots__ = ("_callback", "_outcome", "done")
 
     def __init__(self) -> None:
         self._callback: Callable[[Any, CloveError | None], None] | None = None
+        self._outcome: tuple[Any, CloveError | None] | None = None
         self.done = False
 
     def bind(self, callback: Callable[[Any, CloveError | None], None]) -> None:
         self._callback = callback
+        if self._outcome is not None:  # settled inside execute(), before the dispatcher bound
+            outcome, self._outcome = self._outcome, None
+            callback(*outcome)
 
     def resolve(self, result: Any) -> None:
         self._finish(result, None)
@@ -47,6 +51,8 @@ class Deferred:
         self.done = True
         if self._callback is not None:
             self._callback(result, error)
+        else:
+            self._outcome = (result, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +89,31 @@ class Syscall:
         return parse_body(self.Request, body, self.name)
 
 
-_HINTS: dict[type[Any], dict[str, Any]] = {}
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    hint: Any
+    required: bool
+
+
+_FIELDS: dict[type[Any], tuple[tuple[_Field, ...], frozenset[str]]] = {}
+
+
+def _fields_of(cls: type[Any]) -> tuple[tuple[_Field, ...], frozenset[str]]:
+    """The request class's fields with resolved type hints, and their names: once per class."""
+    cached = _FIELDS.get(cls)
+    if cached is None:
+        hints = typing.get_type_hints(cls)
+        fields = tuple(
+            _Field(f.name, hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)
+        )
+        cached = _FIELDS[cls] = (fields, frozenset(f.name for f in fields))
+    return cached
 
 
 def _check(value: Any, hint: Any) -> bool:
-    if hint is Any:
+    if hint is Any or type(value) is hint:  # the fast, common case (type(True) is bool, not int)
         return True
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
@@ -108,28 +134,27 @@ def _check(value: Any, hint: Any) -> bool:
 
 
 def _describe(hint: Any) -> str:
+    if typing.get_args(hint):  # list[str] has a __name__ too ("list"); say what it holds
+        return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def parse_body(cls: type[Any], body: dict[str, Any], call: str) -> Any:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(body) - set(fields))
-    if unknown:
-        raise InvalidArguments(f"{call}: unknown argument {unknown[0]!r}", details={"argument": unknown[0], "known": sorted(fields)})
+    fields, names = _fields_of(cls)
+    if not names.issuperset(body):
+        unknown = min((key for key in body if key not in names), key=str)  # keys may be bytes (msgpack bin)
+        raise InvalidArguments(f"{call}: unknown argument {unknown!r}", details={"argument": unknown, "known": sorted(names)})
     values = {}
-    for name, field in fields.items():
-        if name not in body:
-            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                raise InvalidArguments(f"{call}: missing argument {name!r}", details={"argument": name})
+    for field in fields:
+        if field.name not in body:
+            if field.required:
+                raise InvalidArguments(f"{call}: missing argument {field.name!r}", details={"argument": field.name})
             continue
-        value = body[name]
-        if not _check(value, hints[name]):
+        value = body[field.name]
+        if not _check(value, field.hint):
             raise InvalidArguments(
-                f"{call}: argument {name!r} must be {_describe(hints[name])}, got {type(value).__name__}",
-                details={"argument": name, "expected": _describe(hints[name])},
+                f"{call}: argument {field.name!r} must be {_describe(field.hint)}, got {type(value).__name__}",
+                details={"argument": field.name, "expected": _describe(field.hint)},
             )
-        values[name] = value
+        values[field.name] = value
     return cls(**values)
