@@ -35,6 +35,14 @@ def cgroup_leftovers(kernel_pid: int) -> list[str]:
     return [str(d / f"clove-{kernel_pid}") for d in _own_cgroup_dirs() if (d / f"clove-{kernel_pid}").exists()]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def processes_with_uids(low: int, high: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -68,24 +76,26 @@ stable_after = 5.0
 def make_kernel() -> Iterator[Callable[..., KernelProcess]]:
     """Start kernels with the test config (plus ``extra`` TOML); each is stopped and checked
     for leaks (cgroups, processes, socket) at teardown."""
-    made: list[tuple[KernelProcess, int]] = []
+    made: list[tuple[KernelProcess, int, int]] = []
 
     def make(extra: str = "", *, sandbox: str = "") -> KernelProcess:
         """``sandbox``: extra lines for the ``[sandbox]`` table; ``extra``: more tables."""
         uid_base = random.randrange(300_000, 4_000_000, 1000)
         k = KernelProcess(TEST_CONFIG.format(uid_base=uid_base, sandbox=sandbox) + extra).start()
-        made.append((k, uid_base))
+        made.append((k, uid_base, k.call("kernel.info")["zygote_pid"]))
         return k
 
     yield make
     problems = []
-    for k, uid_base in made:
+    for k, uid_base, zygote in made:
         pid = k.pid
         code = k.stop()
         if code != 0:
             problems.append(f"kernel exited {code}:\n{k.log()[-4000:]}")
         if os.path.exists(k.socket):
             problems.append(f"socket left behind: {k.socket}")
+        if _alive(zygote):
+            problems.append(f"zygote {zygote} outlived its kernel")
         left = cgroup_leftovers(pid)
         if left:
             problems.append(f"cgroups left behind: {left}")

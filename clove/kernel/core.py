@@ -194,6 +194,7 @@ class Kernel:
             "state_dir": str(self.state_dir),
             "journal": str(self.journal.path),
             "sandbox_backend": self._backend_name(),
+            "zygote_pid": self.launcher.pid,
             "backend": self.backend.describe() if self.backend is not None else {"name": "rlimit"},
             "landlock_abi": abi_version(),
             "require_isolation": self.config.sandbox.require_isolation,
