@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 import socket as pysocket
 from types import TracebackType
 from typing import Any
@@ -57,6 +58,7 @@ class CloveClient:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self.endpoint)
         self._sock = sock
+        self._rcvtimeo = -1
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -71,18 +73,27 @@ class CloveClient:
             raise KernelUnavailable("client is closed")
         request_id = next(self._ids)
         self._sock.send_multipart(wire.encode_request(request_id, syscall, body))
-        wait_ms = int((self.timeout if timeout is None else timeout) * 1000)
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        remaining_ms = max(1, int(wait * 1000))
         while True:
-            if not self._sock.poll(wait_ms, zmq.POLLIN):
+            # RCVTIMEO rather than a poll per call: pyzmq builds a Poller for each poll().
+            if remaining_ms != self._rcvtimeo:
+                self._sock.setsockopt(zmq.RCVTIMEO, remaining_ms)
+                self._rcvtimeo = remaining_ms
+            try:
+                frames = self._sock.recv_multipart()
+            except zmq.Again:
                 self._sock.close(linger=0)
                 self._connect()
                 raise KernelUnavailable(
-                    f"no reply from the kernel at {self.endpoint} within {wait_ms / 1000:g} s",
+                    f"no reply from the kernel at {self.endpoint} within {wait:g} s",
                     details={"endpoint": self.endpoint, "call": syscall},
-                )
-            reply = wire.decode_reply(self._sock.recv_multipart())
+                ) from None
+            reply = wire.decode_reply(frames)
             if reply.id == request_id:
-                break  # replies to earlier, timed-out calls are skipped
+                break
+            remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))  # a stale reply: skip it
         if not reply.ok:
             assert reply.error is not None  # noqa: S101 - decode_reply sets it
             raise reply.error

@@ -96,12 +96,12 @@ class Dispatcher:
         self._send(sock, routing, frames)
         self._record(caller, request, syscall, started, error)
 
-    @staticmethod
-    def _send(sock: zmq.Socket[bytes], routing: bytes, frames: list[bytes]) -> None:
+    def _send(self, sock: zmq.Socket[bytes], routing: bytes, frames: list[bytes]) -> None:
         try:
             sock.send_multipart([routing, *frames], zmq.NOBLOCK)
         except zmq.ZMQError as err:  # peer gone or its queue full: the reply is dropped, not awaited
             log.debug("reply dropped: %s", err)
+        self.kernel.loop.recheck(sock)  # a send can swallow the socket's ZMQ_FD wake-up
 
     def _record(
         self,

@@ -61,6 +61,7 @@ _FSYNC_INTERVAL = 1.0  # seconds between fdatasync calls while records keep arri
 _RETRY_INTERVAL = 1.0  # seconds between write attempts after a failed write
 _MAX_PENDING_BYTES = 64 * 1024 * 1024  # unwritable records kept for retry before the oldest are dropped
 _CLOSE_TIMEOUT = 5.0
+_MAX_BATCH = 256  # lines batched before a hand-off regardless of time
 _MAX_NAME = 200  # event_type, agent_name, syscall and code are clipped to this many characters
 
 
@@ -96,7 +97,11 @@ class Journal:
         ring_size: int = 10_000,
         clock: Callable[[], float] = time.time,
         log: logging.Logger | None = None,
+        batch: bool = False,
     ) -> None:
+        """:param batch: keep appended lines until :meth:`hand_off` (the kernel calls it every
+            couple of milliseconds), so a burst of records wakes the writer thread once instead
+            of once per record. Without it every append is handed off at once."""
         if ring_size < 1:
             raise ValueError(f"ring_size must be >= 1, got {ring_size}")
         self._path = Path(path)
@@ -110,6 +115,8 @@ class Journal:
         self._last_id = 0
         self._last_hash = GENESIS_HASH
         self._thread: threading.Thread | None = None
+        self._batching = batch
+        self._batch: list[bytes] = []
         self._cond = threading.Condition()  # guards the three fields below
         self._written_id = 0
         self._write_errors = 0
@@ -253,7 +260,9 @@ class Journal:
         record["hash"] = hashlib.sha256(canonical_bytes(record)).hexdigest()
         line = canonical_bytes(record) + b"\n"
         self._last_id, self._last_hash = record["id"], record["hash"]
-        self._queue.put((record["id"], line))
+        self._batch.append(line)
+        if not self._batching or len(self._batch) >= _MAX_BATCH:
+            self.hand_off()
         self._ring.append(record)
         return record
 
@@ -295,6 +304,17 @@ class Journal:
                     break
         return found
 
+    @property
+    def batch_pending(self) -> bool:
+        """Records appended but not yet handed to the writer thread."""
+        return bool(self._batch)
+
+    def hand_off(self) -> None:
+        """Give the batched lines to the writer thread in one piece (one wake-up)."""
+        if self._batch and self._state == "open":
+            data, self._batch = b"".join(self._batch), []
+            self._queue.put((self._last_id, data))
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every record appended so far has been written to the file.
 
@@ -303,6 +323,7 @@ class Journal:
         """
         if self._state != "open":
             return self._written_id >= self._last_id
+        self.hand_off()
         target = self._last_id
         with self._cond:
             self._cond.wait_for(lambda: self._written_id >= target or self._writer_done, timeout)
@@ -316,6 +337,7 @@ class Journal:
         if self._state != "open":
             self._state = "closed"
             return
+        self.hand_off()
         self._state = "closed"
         self._queue.put(None)
         if self._thread is not None:

@@ -1,8 +1,14 @@
-"""The kernel's single event loop: one ZeroMQ poller over sockets and raw fds, plus timers.
+"""The kernel's single event loop: one epoll set over ZeroMQ sockets and raw fds, plus timers.
 
 Modelled on the Majordomo broker's ``mediate()``: poll with a timeout no longer than the next
 timer (or the housekeeping tick), run ready handlers, run due timers, run housekeeping. Nothing
 here blocks; handlers must not either.
+
+Why epoll rather than ``zmq.Poller``: the kernel holds one socket and one log pipe per agent, and
+``zmq.Poller.poll`` rebuilds its whole item array on every call (about 0.3 µs per item, 70 µs a
+turn with 100 agents). epoll costs what is ready, not what is registered. ZeroMQ sockets join
+through their ``ZMQ_FD``, which only says "look at ``ZMQ_EVENTS``"; :class:`EpollPoller` checks
+it after every wake, after each handler, and after every send (:meth:`Loop.recheck`).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import heapq
 import itertools
 import logging
 import math
+import select
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,11 +41,72 @@ class Timer:
         self.cancelled = True
 
 
+class EpollPoller:
+    """``zmq.Poller``'s interface (register, unregister, poll) over one epoll set."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._by_fd: dict[int, Any] = {}
+        self._fd_of: dict[int, int] = {}  # id(source) -> fd, still known after a socket closed
+        self._recheck: dict[int, Any] = {}
+
+    @staticmethod
+    def _fd(source: Any) -> int:
+        if isinstance(source, zmq.Socket):
+            return int(source.getsockopt(zmq.FD))
+        return source if isinstance(source, int) else int(source.fileno())
+
+    def register(self, source: Any, flags: int = zmq.POLLIN) -> None:
+        fd = self._fd(source)
+        self._epoll.register(fd, select.EPOLLIN)
+        self._by_fd[fd] = source
+        self._fd_of[id(source)] = fd
+        if isinstance(source, zmq.Socket):
+            self._recheck[id(source)] = source  # messages may be queued already
+
+    def unregister(self, source: Any) -> None:
+        fd = self._fd_of.pop(id(source), None)
+        self._recheck.pop(id(source), None)
+        if fd is None:
+            return
+        self._by_fd.pop(fd, None)
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass  # closing the fd already took it out of the set
+
+    def recheck(self, source: Any) -> None:
+        """After a send or a handler: a ZeroMQ socket with input left is served next turn."""
+        if isinstance(source, zmq.Socket) and id(source) in self._fd_of and self._readable(source):
+            self._recheck[id(source)] = source
+
+    @staticmethod
+    def _readable(source: Any) -> bool:
+        if not isinstance(source, zmq.Socket):
+            return True
+        return not source.closed and bool(source.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
+    def poll(self, timeout_ms: int) -> list[tuple[Any, int]]:
+        events = self._epoll.poll(0 if self._recheck else timeout_ms / 1000)
+        candidates = list(self._recheck.values())
+        self._recheck.clear()
+        candidates.extend(self._by_fd[fd] for fd, _ in events if fd in self._by_fd)
+        ready, seen = [], set()
+        for source in candidates:
+            if id(source) not in seen and self._readable(source):
+                seen.add(id(source))
+                ready.append((source, zmq.POLLIN))
+        return ready
+
+    def close(self) -> None:
+        self._epoll.close()
+
+
 class Loop:
-    """Readers, timers and a housekeeping hook on one zmq.Poller."""
+    """Readers, timers and a housekeeping hook on one poller."""
 
     def __init__(self, *, tick: float = 0.1, clock: Callable[[], float] = time.monotonic) -> None:
-        self.poller = zmq.Poller()
+        self.poller: Any = EpollPoller()
         self.clock = clock
         self.tick = tick
         self._readers: dict[Any, Callable[[], None]] = {}
@@ -72,11 +140,19 @@ class Loop:
             wait = min(wait, max(0.0, self._timers[0][0] - self.clock()))
         return math.ceil(wait * 1000)  # int() woke up to 1 ms early, then spun with 0 ms polls
 
+    def recheck(self, source: Any) -> None:
+        """Tell the poller a socket was used outside a read handler (a reply was sent)."""
+        recheck = getattr(self.poller, "recheck", None)
+        if recheck is not None:
+            recheck(source)
+
     def run_once(self) -> None:
         for source, _ in self.poller.poll(self._timeout_ms()):
             callback = self._readers.get(source)
             if callback is not None:
                 self._guard(callback)
+                if source in self._readers:
+                    self.recheck(source)  # a handler reads a bounded batch; more may be waiting
         now = self.clock()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)

@@ -354,6 +354,15 @@ def test_remove_busy_returns_false_then_true(fs: FakeCgroupFS, backend: CgroupV1
     assert agent.remove() is True  # already gone
 
 
+def test_removed_cgroups_are_not_tracked_forever(backend: CgroupV1Backend) -> None:
+    """A long-lived kernel creates a cgroup per incarnation; removed ones must be let go."""
+    for i in range(50):
+        assert backend.create(f"agent-{i}", Limits(pids=8)).remove() is True
+    kept = backend.create("alive", Limits())
+    assert list(backend._agents) == ["alive"]
+    assert kept.remove() and backend._agents == {}
+
+
 def test_remove_other_error_raises(fs: FakeCgroupFS, backend: CgroupV1Backend) -> None:
     agent = backend.create("a", Limits())
     fs.fail("rmdir", agent.dirs[0], errno.EACCES)

@@ -582,3 +582,30 @@ def test_records_dropped_past_the_retry_cap_show_as_a_chain_break(
     result = verify_journal(jpath)
     assert (result.ok, result.first_bad_id, result.first_bad_line) == (False, 1, 1)
     assert "deleted" in result.reason
+
+
+def test_batch_mode_hands_off_in_one_piece(jpath: Path) -> None:
+    j = Journal(jpath, batch=True)
+    j.open()
+    try:
+        puts: list[tuple[int, bytes]] = []
+        real_queue = j._queue
+
+        class Spy:
+            def put(self, item: tuple[int, bytes]) -> None:
+                puts.append(item)
+                real_queue.put(item)
+
+        j._queue = Spy()  # type: ignore[assignment]
+        fill(j, 10)
+        assert j.batch_pending and puts == []  # nothing woke the writer yet
+        j.hand_off()
+        assert len(puts) == 1 and puts[0][0] == 10 and puts[0][1].count(b"\n") == 10
+        assert not j.batch_pending
+        fill(j, 3)
+        j._queue = real_queue
+        assert j.flush()  # flush hands off what is batched
+        assert len(lines_of(jpath)) == 13
+    finally:
+        j.close()
+    assert verify_journal(jpath).ok

@@ -247,7 +247,7 @@ class CgroupV1Backend(CgroupBackend):
         agent = CgroupV1Agent(
             name=name, by_controller=by_controller, report=report, fs=self.fs, kill=self._kill
         )
-        self._agents[name] = agent
+        self._register(agent)
         log.debug("created %r with %s", agent, limits)
         return agent
 

@@ -318,7 +318,7 @@ class CgroupV2Backend(CgroupBackend):
             rmdir_quiet(self.fs, path)
             raise
         agent = CgroupV2Agent(name=name, path=path, report=report, fs=self.fs, kill=self._kill)
-        self._agents[name] = agent
+        self._register(agent)
         log.debug("created %r with %s", agent, limits)
         return agent
 

@@ -74,6 +74,8 @@ class AgentCgroup(ABC):
         self._report = dict(report)
         self._fs = fs
         self._kill = kill
+        #: Called with the name once every directory is gone (the backend stops tracking it).
+        self.on_removed: Callable[[str], object] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} dirs={[str(d) for d in self.dirs]}>"
@@ -169,6 +171,8 @@ class AgentCgroup(ABC):
                     f"cannot remove cgroup {d}: {err.strerror or err}",
                     details={"path": str(d), "errno": err.errno},
                 ) from err
+        if gone and self.on_removed is not None:
+            self.on_removed(self.name)
         return gone
 
     def _signal_each(self, sig: int) -> int:
@@ -292,6 +296,11 @@ class CgroupBackend(ABC):
         if self._closed:
             raise SandboxError(f"{self.name} backend {self.kernel_tag!r} is closed")
 
+    def _register(self, agent: AgentCgroup) -> None:
+        """Track ``agent`` until it is removed (so :meth:`close` can clean up what is left)."""
+        self._agents[agent.name] = agent
+        agent.on_removed = lambda name: self._agents.pop(name, None)
+
     def _close_agents(self) -> None:
         for agent in list(self._agents.values()):
             try:
@@ -299,9 +308,7 @@ class CgroupBackend(ABC):
             except SandboxError as err:
                 log.warning("cannot remove %r: %s", agent, err)
                 continue
-            if gone:
-                del self._agents[agent.name]
-            else:
+            if not gone:  # removed ones drop out of _agents through on_removed
                 log.warning("cgroup of %s still has processes; left in place", agent.name)
 
 
