@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from clove.errors import ConfigError
+from clove.errors import CloveError, ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,6 +27,7 @@ else:  # pragma: no cover
 DEFAULT_SOCKET: Final = "/tmp/clove.sock"
 BACKENDS: Final = ("auto", "cgroup2", "cgroup1", "rlimit", "none")
 RESTART_POLICIES: Final = ("never", "on-failure", "always")
+LEVELS: Final = ("unrestricted", "standard", "sandboxed", "readonly", "minimal")
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -43,6 +44,7 @@ class KernelSection:
     max_message_bytes: int = 1 << 20
     log_level: str = "info"
     audit_ring: int = 10_000
+    operator_level: str = "unrestricted"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +96,8 @@ class AgentConfig:
     restart_window: float = 300.0
     interpreter: str | None = None
     working_dir: str | None = None
+    level: str = "standard"
+    permissions: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -270,11 +274,24 @@ def _agent(source: str, name: str, data: Any, base_dir: Path) -> AgentConfig:
         restart_window=t.positive("restart_window", float, 300.0),
         interpreter=_resolve_interpreter(interpreter, base_dir, t),
         working_dir=str((base_dir / working_dir).resolve()) if working_dir else None,
+        level=t.choice("level", LEVELS, "standard"),
+        permissions=_grants(t),
     )
     if agent.max_restarts < 0:
         raise t.fail("max_restarts", f"must be >= 0, got {agent.max_restarts}")
     t.done()
     return agent
+
+
+def _grants(t: _Table) -> dict[str, Any]:
+    grants = t.get("permissions", dict, {})
+    from clove.kernel.policy import parse_grants  # the policy module owns the grant schema
+
+    try:
+        parse_grants(grants)
+    except CloveError as err:
+        raise t.fail("permissions", err.message) from None
+    return dict(grants)
 
 
 def _resolve_interpreter(value: str | None, base_dir: Path, t: _Table) -> str | None:
@@ -318,6 +335,7 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
         max_message_bytes=k.positive("max_message_bytes", int, 1 << 20),
         log_level=k.choice("log_level", ("debug", "info", "warning", "error"), "info"),
         audit_ring=k.positive("audit_ring", int, 10_000),
+        operator_level=k.choice("operator_level", LEVELS, "unrestricted"),
     )
     k.done()
     s = _section(source, raw, "sandbox")

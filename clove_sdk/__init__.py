@@ -8,5 +8,6 @@
 
 from clove.errors import CloveError, KernelUnavailable
 from clove_sdk.client import CloveClient
+from clove_sdk.ops import SyscallOp
 
-__all__ = ["CloveClient", "CloveError", "KernelUnavailable"]
+__all__ = ["CloveClient", "CloveError", "KernelUnavailable", "SyscallOp"]

@@ -23,6 +23,14 @@ import zmq
 
 from clove import wire
 from clove.errors import CloveError, KernelUnavailable
+from clove_sdk._events import EventsMixin
+from clove_sdk._exec import ExecMixin
+from clove_sdk._files import FilesMixin
+from clove_sdk._http import HttpMixin
+from clove_sdk._messaging import MessagingMixin
+from clove_sdk._metrics import MetricsMixin
+from clove_sdk._permissions import PermissionsMixin
+from clove_sdk._state import StateMixin
 
 DEFAULT_SOCKET = "/tmp/clove.sock"
 
@@ -37,7 +45,9 @@ def default_endpoint(socket_path: str | None = None) -> str:
     return socket_path if socket_path.startswith("ipc://") else f"ipc://{socket_path}"
 
 
-class CloveClient:
+class CloveClient(
+    MessagingMixin, StateMixin, EventsMixin, FilesMixin, ExecMixin, HttpMixin, PermissionsMixin, MetricsMixin
+):
     """A connection to a kernel. Use it as a context manager, or call :meth:`close`.
 
     :param socket_path: the control socket (``ipc://`` prefix optional); ``None`` picks the
@@ -110,9 +120,16 @@ class CloveClient:
         return result if isinstance(result, dict) else {"success": True, "result": result}
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        """Close the connection; an operator session ends at once (its names are released)."""
+        if self._sock is None:
+            return
+        if not self.endpoint == os.environ.get("CLOVE_AGENT_ENDPOINT"):
+            try:
+                self.call("session.close", timeout=min(self.timeout, 1.0))
+            except CloveError:
+                pass  # the kernel is gone or busy: the session ends when this process does
+        self._sock.close(linger=0)
+        self._sock = None
 
     def __enter__(self) -> CloveClient:
         return self
@@ -226,6 +243,16 @@ class CloveClient:
         if agent_id is not None:
             body["agent_id"] = agent_id
         return self._compat("audit.query", **body)
+
+    def set_audit_config(self, **kwargs: Any) -> dict[str, Any]:
+        """Change what the journal records: ``log_syscalls``, ``log_security``, ``log_lifecycle``,
+        ``log_ipc``, ``log_state`` (bools), ``max_entries``. :returns: ``{success, config}``."""
+        return self._compat("audit.config", changes=kwargs)
+
+    def poll_async(self, max_results: int = 10) -> dict[str, Any]:
+        """Results of ``async_=True`` calls: ``{success, results, count}``; each result is
+        ``{request_id, opcode_name, payload}`` with ``payload`` the JSON of the sync reply."""
+        return self._compat("async.poll", max_results=max_results)
 
     def kernel_info(self) -> dict[str, Any]:
         return dict(self.call("kernel.info"))

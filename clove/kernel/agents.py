@@ -20,12 +20,12 @@ from __future__ import annotations
 import enum
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from clove.config import AgentConfig
 from clove.errors import Conflict, InternalError, NotFound
+from clove.kernel.policy import Permissions, for_level
 
 
 class AgentState(str, enum.Enum):
@@ -103,7 +103,8 @@ class Agent:
     isolation: dict[str, Any] = field(default_factory=dict)
     operator_kill: bool = False
     exit_requested: bool = False
-    on_settled: list[Callable[[Agent], None]] = field(default_factory=list)
+    permissions: Permissions = field(default_factory=lambda: for_level("standard"))
+    parent_id: int | None = None
 
     @property
     def name(self) -> str:
@@ -143,6 +144,8 @@ class Agent:
         row.update(
             pid=self.pid,
             restarts=self.restarts,
+            parent_id=self.parent_id,
+            level=self.permissions.level,
             restart_policy=self.spec.restart,
             exit_code=self.exit.exit_code if self.exit else None,
             exit_signal=self.exit.signal if self.exit else None,

@@ -27,14 +27,22 @@ HARD_CAP_FACTOR = 4
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is on the other end of a socket: an operator, or agent ``agent_id``."""
+    """Who is on the other end: agent ``agent_id``, or operator session ``session_id``."""
 
     kind: str  # "operator" | "agent"
     agent_id: int | None = None
+    session_id: int | None = None
 
     @property
     def is_operator(self) -> bool:
         return self.kind == "operator"
+
+    @property
+    def principal_id(self) -> int:
+        """The caller's id for messaging, events and async results (agents and operator
+        sessions share one id space)."""
+        value = self.agent_id if self.agent_id is not None else self.session_id
+        return -1 if value is None else value
 
 
 OPERATOR = Caller("operator")

@@ -10,19 +10,28 @@ import signal
 import socket
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from clove import __version__
 from clove.config import AgentConfig, KernelConfig
 from clove.errors import CloveError
+from clove.kernel.asyncjobs import AsyncResults
+from clove.kernel.auditconfig import AuditConfig
 from clove.kernel.channels import Channels
 from clove.kernel.dispatch import Dispatcher
+from clove.kernel.events import EventBus
+from clove.kernel.policy import for_level
+from clove.kernel.sessions import OperatorSession, OperatorSessions
 from clove.kernel.journal import Category, Journal
 from clove.kernel.loop import Loop, Timer
 from clove.kernel.sandbox import linux
 from clove.kernel.sandbox.cgroups import CgroupBackend, detect_backend
 from clove.kernel.sandbox.landlock import abi_version
 from clove.kernel.sandbox.launcher import ZygoteLauncher
+from clove.kernel.agents import Agent
+from clove.kernel.lifecycle import lifecycle_events
+from clove.kernel.services import SERVICES
 from clove.kernel.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,14 @@ class Kernel:
         self.backend: CgroupBackend | None = None
         self.supervisor: Supervisor  # set in start()
         self.dispatcher = Dispatcher(self)
+        self.events = EventBus(loop=self.loop)
+        self.async_results = AsyncResults()
+        self.audit_config = AuditConfig(max_entries=config.kernel.audit_ring)
+        self.operator_permissions = for_level(config.kernel.operator_level)
+        #: Called with every zygote event the supervisor does not own (``exec_*``).
+        self.zygote_listeners: list[Callable[[dict[str, Any]], None]] = []
+        #: Called in order at shutdown, before the journal closes.
+        self.on_shutdown: list[Callable[[], None]] = []
         self.started_at = time.time()
         self._stopping = False
         self._stop_deadline = 0.0
@@ -87,6 +104,11 @@ class Kernel:
             state_dir=self.state_dir,
             on_channel=self._on_agent_channel,
         )
+        self.sessions = OperatorSessions(self.supervisor.table.new_id)
+        self.sessions.on_close.append(self._session_closed)
+        self.supervisor.listeners.append(self._lifecycle_event)
+        for attach in SERVICES:
+            attach(self)
         control = self.channels.control
         assert control is not None  # noqa: S101 - bind_control just set it
         self.loop.add_reader(control, lambda: self.dispatcher.on_readable(control))
@@ -148,14 +170,32 @@ class Kernel:
 
     def _on_zygote(self) -> None:
         for event in self.launcher.events():
-            if event.get("ev") == "lost":
+            kind = str(event.get("ev", ""))
+            if kind == "lost":
                 self.loop.remove_reader(self._zygote_fd)
+            if kind.startswith("exec_"):
+                for listener in self.zygote_listeners:
+                    listener(event)
+                continue
             self.supervisor.handle_zygote_event(event)  # on "lost" this restarts the zygote
             if event.get("ev") == "lost" and self.launcher.sock is not None:
                 self._watch_zygote()
 
+    def _session_closed(self, session: OperatorSession) -> None:
+        self.events.drop(session.id)
+        self.async_results.drop(session.id)
+
+    def _lifecycle_event(self, event_type: str, agent: Agent, details: dict[str, Any]) -> None:
+        """Supervisor lifecycle records become bus events (AGENT_SPAWNED, AGENT_EXITED, ...)."""
+        for kind, data in lifecycle_events(event_type, agent, details):
+            self.events.emit(kind, data, source_agent_id=agent.id)
+        if event_type == "agent.removed":
+            self.events.drop(agent.id)
+            self.async_results.drop(agent.id)
+
     def _housekeeping(self) -> None:
         self.supervisor.housekeeping()
+        self.sessions.reap()
         if self.journal.batch_pending and self._hand_off_timer is None:
             # Records reach the writer thread within 2 ms, in one wake-up per batch.
             self._hand_off_timer = self.loop.call_later(JOURNAL_HAND_OFF_S, self._hand_off)
@@ -186,6 +226,11 @@ class Kernel:
     def shutdown(self) -> None:
         """Remove cgroups, stop the zygote, flush the journal, remove the socket."""
         self.supervisor.finish()
+        for hook in self.on_shutdown:
+            try:
+                hook()
+            except Exception:
+                log.exception("shutdown hook %r failed", hook)
         if self.backend is not None:
             self.backend.close()
         self.launcher.stop()

@@ -2,7 +2,8 @@
 
 Every request gets exactly one reply that echoes its id, and one journal record, whether it is
 allowed, denied, malformed or fails inside the handler. A bug in a handler becomes an
-``internal`` error reply (the traceback goes to the kernel log only).
+``internal`` error reply (the traceback goes to the kernel log only). A denial also emits
+SYSCALL_BLOCKED.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from clove.kernel.syscalls import SYSCALLS, Deferred, Syscall, SyscallContext
 
 if TYPE_CHECKING:
     from clove.kernel.core import Kernel
+    from clove.kernel.sessions import OperatorSession
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +37,37 @@ class Dispatcher:
         self.max_bytes = kernel.config.kernel.max_message_bytes
 
     def on_readable(self, sock: zmq.Socket[bytes]) -> None:
+        control = sock is self.kernel.channels.control
         for _ in range(BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                if control:  # frames keep their properties: the peer's credentials
+                    raw = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    session = self._session(raw)
+                    frames = [frame.bytes for frame in raw]
+                else:
+                    frames, session = sock.recv_multipart(zmq.NOBLOCK), None
             except zmq.Again:
                 return
-            self.handle(sock, frames)
+            self.handle(sock, frames, session)
 
-    def handle(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    def _session(self, raw: list[zmq.Frame]) -> OperatorSession:
+        sessions = self.kernel.sessions
+        routing = raw[0].bytes
+        session = sessions.lookup(routing)
+        if session is None:
+            try:
+                peer = raw[-1].get("Peer-Address")
+            except zmq.ZMQError:
+                peer = None
+            session = sessions.open(routing, peer if isinstance(peer, str) else None)
+        return session
+
+    def handle(self, sock: zmq.Socket[bytes], frames: list[bytes], session: OperatorSession | None = None) -> None:
         caller = self.kernel.channels.by_socket.get(sock)
         if caller is None or not frames:
             return
+        if session is not None:
+            caller = Caller("operator", session_id=session.id)
         routing, payload = frames[0], frames[1:]
         started = time.perf_counter_ns()
         try:
@@ -59,10 +81,10 @@ class Dispatcher:
         try:
             if syscall is None:
                 raise UnknownSyscall(f"unknown syscall {request.call!r}", details={"call": request.call})
-            if not caller.is_operator and not syscall.agent_allowed:
-                raise PermissionDenied(f"agents may not call {request.call}", details={"call": request.call})
+            perms = agent.permissions if agent is not None else self.kernel.operator_permissions
+            perms.require(syscall.right, request.call)
             args = syscall.parse(request.body)
-            result = syscall.execute(SyscallContext(self.kernel, caller, agent), args)
+            result = syscall.execute(SyscallContext(self.kernel, caller, agent, perms, session), args)
         except CloveError as err:
             self._send(sock, routing, wire.error_reply(request.id, err))
             self._record(caller, request, syscall, started, err)
@@ -114,19 +136,28 @@ class Dispatcher:
         category: str | None = None,
         event: str | None = None,
     ) -> None:
-        denied = isinstance(error, (PermissionDenied,)) or (error is not None and error.code.startswith("proto."))
+        denied = isinstance(error, PermissionDenied) or (error is not None and error.code.startswith("proto."))
         if category is None:
             category = Category.SECURITY if denied else (syscall.category if syscall else Category.SYSCALL)
         agent = self.kernel.supervisor.table.get(caller.agent_id) if caller.agent_id is not None else None
+        call = request.call if request else None
+        if isinstance(error, PermissionDenied):
+            self.kernel.events.emit(
+                "SYSCALL_BLOCKED",
+                {"syscall": call, "reason": error.message, "caller": caller.kind, "caller_id": caller.principal_id, **error.details},
+                source_agent_id=caller.agent_id,
+            )
+        if not self.kernel.audit_config.wants(category, denied):
+            return
         self.kernel.journal.append(
             category,
-            event or (request.call if request else "unknown"),
+            event or (call or "unknown"),
             agent_id=caller.agent_id,
             agent_name=agent.name if agent else None,
-            syscall=request.call if request else None,
+            syscall=call,
             args=request.body if request else None,
             decision="denied" if denied else "allowed",
             code=error.code if error else "ok",
             duration_us=(time.perf_counter_ns() - started) // 1000,
-            details={"caller": caller.kind, **({"message": error.message} if error else {})},
+            details={"caller": caller.kind, "caller_id": caller.principal_id, **({"message": error.message} if error else {})},
         )

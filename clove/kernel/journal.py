@@ -304,6 +304,12 @@ class Journal:
                     break
         return found
 
+    def set_ring_size(self, size: int) -> None:
+        """Keep the ``size`` most recent records for :meth:`query` (``set_audit_config``)."""
+        if size < 1:
+            raise ValueError(f"ring size must be >= 1, got {size}")
+        self._ring = deque(self._ring, maxlen=size)
+
     @property
     def batch_pending(self) -> bool:
         """Records appended but not yet handed to the writer thread."""

@@ -21,11 +21,12 @@ from typing import Any
 
 import clove_sdk
 from clove.config import AgentConfig, KernelConfig
-from clove.errors import CloveError, Conflict, IsolationUnavailable, SandboxError, SpawnFailed
+from clove.errors import CloveError, Conflict, IsolationUnavailable, PermissionDenied, SandboxError, SpawnFailed
 from clove.kernel.agents import TERMINAL, Agent, AgentState, AgentTable, ExitInfo, ExitReason
 from clove.kernel.channels import Channels
 from clove.kernel.journal import Category, Journal
 from clove.kernel.logs import LogCapture
+from clove.kernel.policy import for_level
 from clove.kernel.loop import Loop, Timer
 from clove.kernel.sandbox.cgroups import AgentCgroup, CgroupBackend
 from clove.kernel.sandbox.launcher import ZygoteLauncher
@@ -149,17 +150,28 @@ class Supervisor:
             return self.backend.planned_report(limits)
         return rlimits_for(limits, runs_as_root=runs_as_root)[1]
 
-    def spawn(self, spec: AgentConfig, on_started: Callback | None = None) -> Agent:
-        """Create and start an agent; ``on_started`` fires once it runs or fails to start."""
+    def spawn(self, spec: AgentConfig, on_started: Callback | None = None, *, parent: Agent | None = None) -> Agent:
+        """Create and start an agent; ``on_started`` fires once it runs or fails to start.
+
+        :param parent: the agent that asks (agents with the spawn right); the child's
+            permissions must lie within the parent's.
+        :raises PermissionDenied: the child would get more than its parent has.
+        """
         self.check_spawnable(spec)
         agent_id = self.table.new_id()
         uid = self.config.sandbox.uid_base + agent_id if spec.sandboxed else None
-        agent = Agent(id=agent_id, spec=spec, uid=uid)
         home = self.agents_dir / str(agent_id)
+        work = Path(spec.working_dir) if spec.working_dir else home / "work"
+        permissions = for_level(spec.level, work_dir=str(work)).with_grants(spec.permissions)
+        if parent is not None and not permissions.within(parent.permissions):
+            raise PermissionDenied(
+                "a child's permissions cannot exceed its parent's",
+                details={"requested": permissions.to_wire(), "parent": parent.permissions.to_wire()},
+            )
+        agent = Agent(id=agent_id, spec=spec, uid=uid, permissions=permissions, parent_id=parent.id if parent else None)
         if home.exists():
             shutil.rmtree(home)  # left by an earlier kernel run that reused this id
         home.mkdir(mode=0o700)
-        work = Path(spec.working_dir) if spec.working_dir else home / "work"
         if not spec.working_dir:
             work.mkdir(mode=0o700)
             if uid is not None:
@@ -535,6 +547,18 @@ class Supervisor:
         if agent.state not in TERMINAL:
             raise Conflict(f"agent {agent.name!r} is {agent.state.value}; kill it first", details={"state": agent.state.value})
         self._forget(agent)
+
+    def permissions_changed(self, agent: Agent) -> None:
+        self._event("agent.permissions", agent, level=agent.permissions.level, permissions=agent.permissions.to_wire())
+
+    def children_of(self, agent: Agent) -> list[Agent]:
+        from clove.kernel.agents import LIVE
+
+        return [a for a in self.table if a.parent_id == agent.id and a.state in LIVE]
+
+    def work_dir(self, agent: Agent) -> str:
+        """The agent's writable work dir (the same path inside and outside its sandbox)."""
+        return agent.permissions.work_dir
 
     def request_exit(self, agent: Agent) -> None:
         """The agent said it is done: its next exit is final whatever the restart policy."""

@@ -9,6 +9,7 @@ from typing import Any, final
 from clove.config import RESTART_POLICIES, AgentConfig, parse_cpu, parse_memory, parse_pids, validate_name
 from clove.errors import CloveError, InvalidArguments, PermissionDenied
 from clove.kernel.agents import Agent
+from clove.kernel.policy import for_level
 from clove.kernel.syscalls.base import Deferred, NoArgs, Syscall, SyscallContext
 
 _LIMIT_KEYS = ("memory", "cpu", "cpu_quota", "cpu_percent", "pids", "max_pids")
@@ -58,6 +59,22 @@ class SpawnRequest:
     restart_window: float = 300.0
     interpreter: str | None = None
     working_dir: str | None = None
+    level: str | None = None
+    permissions: dict[str, Any] | None = None
+
+
+def _child_limits(parent: Agent, limits: dict[str, int | None]) -> dict[str, int | None]:
+    """An agent's child gets at most its parent's limits (the parent's, where it asks none)."""
+    own = {"memory_bytes": parent.spec.memory_bytes, "cpu_quota_us": parent.spec.cpu_quota_us, "pids": parent.spec.pids}
+    out = dict(limits)
+    for key, ceiling in own.items():
+        if ceiling is None:
+            continue
+        if out[key] is None:
+            out[key] = ceiling
+        elif out[key] > ceiling:  # type: ignore[operator]
+            raise PermissionDenied(f"a child's {key} cannot exceed its parent's ({ceiling})", details={"limit": key, "parent": ceiling})
+    return out
 
 
 @final
@@ -72,6 +89,7 @@ class Spawn(Syscall):
 
     name = "agent.spawn"
     category = "AGENT_LIFECYCLE"
+    right = "agents.spawn"
     Request = SpawnRequest
 
     def execute(self, ctx: SyscallContext, req: SpawnRequest) -> Deferred:
@@ -86,6 +104,14 @@ class Spawn(Syscall):
         for label, path in (("script", req.script), ("interpreter", req.interpreter), ("working_dir", req.working_dir)):
             if path is not None and not os.path.isabs(path):
                 raise InvalidArguments(f"agent.spawn: {label} must be an absolute path, got {path!r}")
+        limits = limits_from_wire(req.limits or {})
+        parent = ctx.agent
+        if parent is not None:  # an agent spawning a child: sandboxed, within its own limits and rights
+            ctx.perms.check_spawn(len(ctx.kernel.supervisor.children_of(parent)))
+            if not req.sandboxed or req.network and not parent.spec.network or req.interpreter or req.working_dir:
+                raise PermissionDenied("an agent's children run sandboxed, with its interpreter and no more network than it has")
+            limits = _child_limits(parent, limits)
+        level = req.level or (parent.permissions.level if parent is not None else "standard")
         spec = AgentConfig(
             name=req.name,
             script=os.path.normpath(req.script),
@@ -98,7 +124,9 @@ class Spawn(Syscall):
             restart_window=float(req.restart_window),
             interpreter=req.interpreter,
             working_dir=req.working_dir,
-            **limits_from_wire(req.limits or {}),
+            level=level,
+            permissions=dict(req.permissions or {}),
+            **limits,
         )
         deferred = Deferred()
 
@@ -108,7 +136,8 @@ class Spawn(Syscall):
             else:
                 deferred.resolve(spawn_reply(agent))
 
-        ctx.kernel.supervisor.spawn(spec, on_started=started)
+        for_level(level).with_grants(spec.permissions)  # bad level or grants: refused before anything exists
+        ctx.kernel.supervisor.spawn(spec, on_started=started, parent=parent)
         return deferred
 
 
@@ -132,13 +161,21 @@ class TargetRequest:
 
 class _Targeted(Syscall):
     category = "AGENT_LIFECYCLE"
+    right = "agents.spawn"
     Request = TargetRequest
 
     @staticmethod
     def target(ctx: SyscallContext, req: TargetRequest) -> Agent:
         if req.name is None and req.agent_id is None:
             raise InvalidArguments("give name or agent_id")
-        return ctx.kernel.supervisor.table.find(name=req.name, agent_id=req.agent_id)
+        return own_child_or_any(ctx, ctx.kernel.supervisor.table.find(name=req.name, agent_id=req.agent_id))
+
+
+def own_child_or_any(ctx: SyscallContext, agent: Agent) -> Agent:
+    """Operators act on any agent; an agent only on its own children."""
+    if ctx.agent is not None and agent.parent_id != ctx.agent.id:
+        raise PermissionDenied(f"agent {agent.name!r} is not a child of the caller", details={"target": agent.id})
+    return agent
 
 
 @final
@@ -204,7 +241,7 @@ class ListAgents(Syscall):
     reason, isolation report, cgroup stats); an agent sees ids, names and states only."""
 
     name = "agent.list"
-    agent_allowed = True
+    right = "agents.read"
 
     def execute(self, ctx: SyscallContext, req: NoArgs) -> dict[str, Any]:
         supervisor = ctx.kernel.supervisor
@@ -231,11 +268,12 @@ class Logs(Syscall):
     A negative offset reads the last ``-offset`` bytes; pass back ``offset`` to follow."""
 
     name = "agent.logs"
+    right = "agents.logs"
     Request = LogsRequest
 
     def execute(self, ctx: SyscallContext, req: LogsRequest) -> dict[str, Any]:
         supervisor = ctx.kernel.supervisor
-        agent = supervisor.table.find(name=req.name, agent_id=req.agent_id)
+        agent = own_child_or_any(ctx, supervisor.table.find(name=req.name, agent_id=req.agent_id))
         rt = supervisor.runtime(agent)
         if rt is None:
             raise PermissionDenied("no logs for this agent")

@@ -25,6 +25,7 @@ class GetAuditLog(Syscall):
 
     name = "audit.query"
     category = "SECURITY"
+    right = "audit"
     Request = AuditQuery
 
     def execute(self, ctx: SyscallContext, req: AuditQuery) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from clove.kernel.channels import Caller
 if TYPE_CHECKING:
     from clove.kernel.agents import Agent
     from clove.kernel.core import Kernel
+    from clove.kernel.policy import Permissions
+    from clove.kernel.sessions import OperatorSession
 
 
 class Deferred:
@@ -57,11 +59,27 @@ class Deferred:
 
 @dataclass(frozen=True, slots=True)
 class SyscallContext:
-    """Everything a syscall may touch: the kernel's parts and who is calling."""
+    """Everything a syscall may touch: the kernel's parts and who is calling.
+
+    :param agent: the calling agent's record (``None`` for operators).
+    :param session: the calling operator's session (``None`` for agents).
+    :param perms: the caller's permissions (checked again by handlers for paths, commands, URLs).
+    """
 
     kernel: Kernel
     caller: Caller
     agent: Agent | None
+    perms: Permissions
+    session: OperatorSession | None = None
+
+    @property
+    def principal_id(self) -> int:
+        """The caller's id: the agent's spawn id, or the operator session's id."""
+        return self.caller.principal_id
+
+    @property
+    def is_operator(self) -> bool:
+        return self.caller.is_operator
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +92,8 @@ class Syscall:
 
     name: ClassVar[str]
     category: ClassVar[str] = "SYSCALL"
-    #: Agents may make this call (operators may make every call).
-    agent_allowed: ClassVar[bool] = False
+    #: The right (see :mod:`clove.kernel.policy`) a caller needs; checked before ``execute``.
+    right: ClassVar[str] = "admin"
     Request: ClassVar[type[Any]] = NoArgs
 
     def execute(self, ctx: SyscallContext, req: Any) -> Any:

@@ -16,7 +16,7 @@ class Hello(Syscall):
     """``hello`` → ``{version, protocol, agent_id, name, role}``: who the kernel thinks you are."""
 
     name = "hello"
-    agent_allowed = True
+    right = "session"
 
     def execute(self, ctx: SyscallContext, req: NoArgs) -> dict[str, Any]:
         agent = ctx.agent
@@ -41,7 +41,7 @@ class Noop(Syscall):
     """``noop {msg}`` → ``msg``: the cheapest round trip through the whole kernel path."""
 
     name = "noop"
-    agent_allowed = True
+    right = "session"
     Request = NoopRequest
 
     def execute(self, ctx: SyscallContext, req: NoopRequest) -> str:
@@ -53,7 +53,7 @@ class Echo(Syscall):
     """``echo {msg}`` → ``msg`` (an alias of noop kept from the original Clove SDK)."""
 
     name = "echo"
-    agent_allowed = True
+    right = "session"
     Request = NoopRequest
 
     def execute(self, ctx: SyscallContext, req: NoopRequest) -> str:
@@ -66,7 +66,7 @@ class Exit(Syscall):
     policy. From an operator: nothing to do (the session simply ends)."""
 
     name = "exit"
-    agent_allowed = True
+    right = "session"
     category = "AGENT_LIFECYCLE"
 
     def execute(self, ctx: SyscallContext, req: NoArgs) -> dict[str, Any]:
@@ -80,6 +80,64 @@ class KernelInfo(Syscall):
     """``kernel.info`` → pid, version, socket, state dir, journal path, sandbox backend."""
 
     name = "kernel.info"
+    right = "admin"
 
     def execute(self, ctx: SyscallContext, req: NoArgs) -> dict[str, Any]:
         return ctx.kernel.info()
+
+
+@final
+class SessionClose(Syscall):
+    """``session.close`` → ``{success}``: an operator session ends now (names, mailbox and
+    subscriptions released). The SDK sends it from ``close()``. For an agent: no effect."""
+
+    name = "session.close"
+    right = "session"
+
+    def execute(self, ctx: SyscallContext, req: NoArgs) -> dict[str, Any]:
+        if ctx.session is not None:
+            ctx.kernel.sessions.close(ctx.session)
+        return {"success": True}
+
+
+@dataclass(frozen=True, slots=True)
+class PollAsyncRequest:
+    max_results: int = 10
+
+
+@final
+class PollAsync(Syscall):
+    """``async.poll {max_results}`` → ``{success, results, count}``; each result is
+    ``{request_id, opcode_name, payload}`` with ``payload`` the JSON of the synchronous reply."""
+
+    name = "async.poll"
+    right = "session"
+    Request = PollAsyncRequest
+
+    def execute(self, ctx: SyscallContext, req: PollAsyncRequest) -> dict[str, Any]:
+        results = ctx.kernel.async_results.poll(ctx.principal_id, max(1, min(req.max_results, 1000)))
+        return {"success": True, "results": results, "count": len(results)}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfigRequest:
+    changes: dict[str, Any]
+
+
+@final
+class SetAuditConfig(Syscall):
+    """``audit.config {changes}`` → ``{success, config}``: ``log_syscalls``, ``log_security``,
+    ``log_lifecycle``, ``log_ipc``, ``log_state`` (bools), ``max_entries`` (records kept for
+    queries). Denials are journaled whatever the switches say."""
+
+    name = "audit.config"
+    category = "SECURITY"
+    right = "audit"
+    Request = AuditConfigRequest
+
+    def execute(self, ctx: SyscallContext, req: AuditConfigRequest) -> dict[str, Any]:
+        config = ctx.kernel.audit_config
+        config.update(req.changes)
+        if "max_entries" in req.changes:
+            ctx.kernel.journal.set_ring_size(config.max_entries)
+        return {"success": True, "config": config.to_dict()}

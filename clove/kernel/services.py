@@ -1,0 +1,21 @@
+"""The kernel's agent services, attached at boot in this order. Each ``attach(kernel)`` builds
+its service, sets it on the kernel and registers housekeeping and shutdown hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from clove.kernel import exec_service, files, http_service, messaging, metrics, state
+
+if TYPE_CHECKING:
+    from clove.kernel.core import Kernel
+
+SERVICES: tuple[Callable[[Kernel], None], ...] = (
+    state.attach,
+    messaging.attach,
+    files.attach,
+    exec_service.attach,
+    http_service.attach,
+    metrics.attach,
+)

@@ -1,0 +1,99 @@
+"""Event syscalls: subscribe, unsubscribe, poll (optionally blocking), emit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, final
+
+from clove.errors import InvalidArguments
+from clove.kernel.syscalls.base import Deferred, Syscall, SyscallContext
+
+MAX_WAIT = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class TypesRequest:
+    event_types: list[str] = field(default_factory=list)
+
+
+def _types(req: TypesRequest) -> list[str]:
+    if not req.event_types:
+        raise InvalidArguments("give at least one event type", details={"argument": "event_types"})
+    return req.event_types
+
+
+@final
+class Subscribe(Syscall):
+    """``events.subscribe {event_types}`` → ``{success, subscribed}`` (all current subscriptions)."""
+
+    name = "events.subscribe"
+    right = "events"
+    Request = TypesRequest
+
+    def execute(self, ctx: SyscallContext, req: TypesRequest) -> dict[str, Any]:
+        return {"success": True, "subscribed": ctx.kernel.events.subscribe(ctx.principal_id, _types(req))}
+
+
+@final
+class Unsubscribe(Syscall):
+    """``events.unsubscribe {event_types}`` → ``{success, unsubscribed}`` (those removed)."""
+
+    name = "events.unsubscribe"
+    right = "events"
+    Request = TypesRequest
+
+    def execute(self, ctx: SyscallContext, req: TypesRequest) -> dict[str, Any]:
+        return {"success": True, "unsubscribed": ctx.kernel.events.unsubscribe(ctx.principal_id, _types(req))}
+
+
+@dataclass(frozen=True, slots=True)
+class PollRequest:
+    max_events: int = 10
+    timeout: float | None = None
+
+
+@final
+class Poll(Syscall):
+    """``events.poll {max_events, timeout}`` → ``{success, events, count, dropped}``. With a
+    timeout (seconds) the reply waits for the first event instead of returning empty."""
+
+    name = "events.poll"
+    right = "events"
+    Request = PollRequest
+
+    def execute(self, ctx: SyscallContext, req: PollRequest) -> dict[str, Any] | Deferred:
+        bus = ctx.kernel.events
+        limit = max(1, min(req.max_events, 1000))
+        principal = ctx.principal_id
+
+        def reply(events: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"success": True, "events": events, "count": len(events), "dropped": bus.dropped(principal)}
+
+        if not req.timeout:
+            return reply(bus.poll(principal, limit))
+        waiting, answer = Deferred(), Deferred()
+        waiting.bind(lambda events, _err: answer.resolve(reply(events)))
+        bus.wait(principal, limit, min(max(req.timeout, 0.0), MAX_WAIT), waiting)
+        return answer
+
+
+@dataclass(frozen=True, slots=True)
+class EmitRequest:
+    event_type: str
+    data: Any = None
+
+
+@final
+class Emit(Syscall):
+    """``events.emit {event_type, data}`` → ``{success, event}``. Kernel event names are refused."""
+
+    name = "events.emit"
+    right = "events"
+    Request = EmitRequest
+
+    def execute(self, ctx: SyscallContext, req: EmitRequest) -> dict[str, Any]:
+        event = ctx.kernel.events.emit_custom(req.event_type, req.data, source_agent_id=ctx.caller.agent_id)
+        return {"success": True, "event": event}
+
+
+SYSCALLS: tuple[type[Syscall], ...] = (Subscribe, Unsubscribe, Poll, Emit)
