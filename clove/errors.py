@@ -15,6 +15,10 @@
     ├── SandboxError         "sandbox.setup"
     │   └── IsolationUnavailable "sandbox.unenforceable"
     ├── SpawnFailed          "spawn.failed"
+    ├── MailboxFull          "ipc.mailbox_full"
+    ├── OperationTimeout     "timeout"
+    ├── UpstreamError        "upstream.failed"
+    ├── QuotaExceeded        "quota.exceeded"
     ├── KernelUnavailable    "kernel.unavailable"  (raised by clients, never sent by the kernel)
     └── InternalError        "internal"
 
@@ -35,13 +39,17 @@ __all__ = [
     "InvalidArguments",
     "IsolationUnavailable",
     "KernelUnavailable",
+    "MailboxFull",
     "MessageTooLarge",
     "NotFound",
+    "OperationTimeout",
     "PermissionDenied",
     "ProtocolError",
+    "QuotaExceeded",
     "SandboxError",
     "SpawnFailed",
     "UnknownSyscall",
+    "UpstreamError",
     "VersionMismatch",
     "from_wire",
     "register_error",
@@ -143,6 +151,30 @@ class SpawnFailed(CloveError):
     code = "spawn.failed"
 
 
+class MailboxFull(CloveError):
+    """The recipient's mailbox (or a caller's queue) is full; nothing was delivered."""
+
+    code = "ipc.mailbox_full"
+
+
+class OperationTimeout(CloveError):
+    """An operation the kernel performs for the caller (exec, HTTP) ran out of time."""
+
+    code = "timeout"
+
+
+class UpstreamError(CloveError):
+    """An outside service failed: connection refused, DNS, TLS, a reset mid-response."""
+
+    code = "upstream.failed"
+
+
+class QuotaExceeded(CloveError):
+    """A size or count quota was reached (state size, in-flight requests, output size)."""
+
+    code = "quota.exceeded"
+
+
 class KernelUnavailable(CloveError):
     """No kernel answered: the socket is missing, refused, or the reply timed out."""
 
@@ -173,6 +205,10 @@ _BY_CODE: dict[str, type[CloveError]] = {
         SpawnFailed,
         KernelUnavailable,
         InternalError,
+        MailboxFull,
+        OperationTimeout,
+        UpstreamError,
+        QuotaExceeded,
     )
 }
 

@@ -43,15 +43,22 @@ class KernelProcess:
 
     :param config: TOML text for the kernel's config (socket and state dir come from the
         command line); ``config_file`` uses an existing file instead.
+    :param state_dir: reuse a state dir (a kernel restart); by default a fresh one.
     """
 
     def __init__(
-        self, config: str = "", *, config_file: str | None = None, env: dict[str, str] | None = None, base_dir: str | None = None
+        self,
+        config: str = "",
+        *,
+        config_file: str | None = None,
+        env: dict[str, str] | None = None,
+        base_dir: str | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="clv", dir=base_dir or "/tmp"))
         os.chmod(self.dir, 0o755)
         self.socket = str(self.dir / "k.sock")
-        self.state_dir = self.dir / "state"
+        self.state_dir = Path(state_dir) if state_dir is not None else self.dir / "state"
         self.config_path = Path(config_file) if config_file else self.dir / "kernel.toml"
         if not config_file:
             self.config_path.write_text(config)

@@ -27,6 +27,10 @@ FROZEN_CODES: dict[str, str] = {
     "SpawnFailed": "spawn.failed",
     "KernelUnavailable": "kernel.unavailable",
     "InternalError": "internal",
+    "MailboxFull": "ipc.mailbox_full",
+    "OperationTimeout": "timeout",
+    "UpstreamError": "upstream.failed",
+    "QuotaExceeded": "quota.exceeded",
 }
 
 FROZEN_PARENTS: dict[str, str] = {
