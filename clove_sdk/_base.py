@@ -6,7 +6,7 @@ from typing import Any
 
 
 class ClientBase:
-    def call(self, syscall: str, timeout: float | None = None, **body: Any) -> Any:
+    def call(self, syscall: str, /, reply_timeout: float | None = None, **body: Any) -> Any:
         raise NotImplementedError  # CloveClient implements it
 
     def _compat(self, syscall: str, **body: Any) -> dict[str, Any]:

@@ -72,8 +72,10 @@ class CloveClient(
 
     # ---- plumbing ----------------------------------------------------------------------------
 
-    def call(self, syscall: str, timeout: float | None = None, **body: Any) -> Any:
-        """Make one syscall and return its result.
+    def call(self, syscall: str, /, reply_timeout: float | None = None, **body: Any) -> Any:
+        """Make one syscall and return its result. ``body`` is the syscall's arguments (a
+        ``timeout`` there is the syscall's own, e.g. a blocking receive's; the wait for the reply
+        is stretched to cover it). ``reply_timeout`` overrides the client's timeout.
 
         :raises CloveError: the subclass named by the reply's error code.
         :raises KernelUnavailable: no reply within ``timeout`` (the socket is then reset, so a
@@ -83,7 +85,10 @@ class CloveClient(
             raise KernelUnavailable("client is closed")
         request_id = next(self._ids)
         self._sock.send_multipart(wire.encode_request(request_id, syscall, body))
-        wait = self.timeout if timeout is None else timeout
+        wait = self.timeout if reply_timeout is None else reply_timeout
+        own = body.get("timeout")
+        if isinstance(own, (int, float)) and not isinstance(own, bool):
+            wait = max(wait, float(own) + 5.0)  # the kernel answers by then, even if with nothing
         deadline = time.monotonic() + wait
         remaining_ms = max(1, int(wait * 1000))
         while True:
@@ -125,7 +130,7 @@ class CloveClient(
             return
         if not self.endpoint == os.environ.get("CLOVE_AGENT_ENDPOINT"):
             try:
-                self.call("session.close", timeout=min(self.timeout, 1.0))
+                self.call("session.close", reply_timeout=min(self.timeout, 1.0))
             except CloveError:
                 pass  # the kernel is gone or busy: the session ends when this process does
         self._sock.close(linger=0)

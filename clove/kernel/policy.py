@@ -51,6 +51,7 @@ _LEVEL_RIGHTS: Final = {
     "readonly": frozenset({"session", "agents.read", "ipc", "events", "state.read", "fs.read", "metrics", "permissions.read"}),
     "minimal": frozenset({"session", "ipc", "permissions.read"}),
 }
+_SPAWN_RIGHTS: Final = frozenset({"agents.spawn", "agents.logs"})
 _GRANT_KEYS: Final = (
     "read_paths", "write_paths", "exec_allow", "exec_deny", "http_domains", "http_methods",
     "can_spawn", "max_children", "llm_tokens",
@@ -77,10 +78,12 @@ class Permissions:
     # ---- checks ----------------------------------------------------------------------------------
 
     def has(self, right: str) -> bool:
-        return right in self.rights
+        """A right of the level, or one the spawn grant brings: managing (and reading the logs
+        of) one's own children."""
+        return right in self.rights or (self.can_spawn and right in _SPAWN_RIGHTS)
 
     def require(self, right: str, call: str) -> None:
-        if right not in self.rights:
+        if not self.has(right):
             raise PermissionDenied(
                 f"{call} needs the '{right}' right, which level '{self.level}' does not have",
                 details={"call": call, "right": right, "level": self.level},
