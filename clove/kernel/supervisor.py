@@ -12,19 +12,19 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import clove_sdk
 from clove.config import AgentConfig, KernelConfig
 from clove.errors import CloveError, Conflict, IsolationUnavailable, PermissionDenied, SandboxError, SpawnFailed
 from clove.kernel.agents import TERMINAL, Agent, AgentState, AgentTable, ExitInfo, ExitReason
 from clove.kernel.channels import Channels
+from clove.kernel.exits import classify_exit, restart_delay, should_restart
 from clove.kernel.journal import Category, Journal
+from clove.kernel.launchspec import build_spawn_spec, interpreter_paths
 from clove.kernel.logs import LogCapture
 from clove.kernel.policy import for_level
 from clove.kernel.loop import Loop, Timer
@@ -32,7 +32,6 @@ from clove.kernel.sandbox.cgroups import AgentCgroup, CgroupBackend
 from clove.kernel.sandbox.launcher import ZygoteLauncher
 from clove.kernel.sandbox.limits import Limits, LimitReport
 from clove.kernel.sandbox.rlimits import rlimits_for
-from clove.kernel.sandbox.spec import Exposure, SpawnSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +54,6 @@ class Runtime:
     timed_out: bool = False
     start_waiters: list[Callback] = field(default_factory=list)
     gone_waiters: list[Callback] = field(default_factory=list)
-
-
-def _interpreter_paths() -> list[str]:
-    """What the kernel's own interpreter needs to be readable inside a sandbox."""
-    paths = {sys.base_prefix, sys.prefix, sys.exec_prefix}
-    paths.update(p for p in sys.path if p.startswith("/") and os.path.exists(p))
-    paths.add(str(Path(clove_sdk.__file__).resolve().parent.parent))
-    return sorted(paths)
 
 
 class Supervisor:
@@ -93,7 +84,7 @@ class Supervisor:
         self._rt: dict[int, Runtime] = {}
         self._by_key: dict[str, Agent] = {}
         self._orphan_cgroups: list[AgentCgroup] = []
-        self._interpreter_paths = _interpreter_paths()
+        self._interpreter_paths = interpreter_paths()
         self.listeners: list[Callable[[str, Agent, dict[str, Any]], None]] = []
 
     # ---- events ------------------------------------------------------------------------------
@@ -216,45 +207,14 @@ class Supervisor:
         }
         write_fd = rt.logs.new_pipe()
         self.loop.add_reader(rt.logs.read_fd, lambda capture=rt.logs: self._drain_log(capture))
-        work = spec.working_dir or str(rt.home / "work")
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": work,
-            "LANG": "C.UTF-8",
-            "PYTHONUNBUFFERED": "1",
-            **spec.env,
-            "CLOVE_AGENT_ENDPOINT": rt.endpoint,
-            "CLOVE_AGENT_ID": str(agent.id),
-            "CLOVE_AGENT_NAME": spec.name,
-        }
-        exposures: list[Exposure] = []
-        if spec.sandboxed:
-            exposures = [
-                *(Exposure(path=p) for p in self._interpreter_paths),
-                Exposure(path=os.path.dirname(spec.script)),
-                Exposure(path=os.path.dirname(rt.endpoint[len("ipc://") :]), writable=True),
-                Exposure(path=work, writable=True),
-            ]
-            if spec.interpreter:
-                exposures.append(Exposure(path=str(Path(os.path.realpath(spec.interpreter)).parent.parent)))
-        launch = SpawnSpec(
-            key=agent.key,
-            name=spec.name,
-            script=spec.script,
-            args=spec.args,
-            env=env,
-            interpreter=spec.interpreter,
-            cwd=work,
-            uid=agent.uid,
-            namespaces=spec.sandboxed,
-            network=spec.network,
-            hostname=f"clove-{spec.name}"[:63],
+        launch = build_spawn_spec(
+            agent,
+            endpoint=rt.endpoint,
+            work=spec.working_dir or str(rt.home / "work"),
+            sandbox=self.config.sandbox,
             cgroup_attach=rt.cgroup.attach_paths if rt.cgroup is not None else (),
-            rlimits=tuple(rlimits),
-            exposures=tuple(exposures),
-            landlock=spec.sandboxed and self.config.sandbox.landlock,
-            seccomp=spec.sandboxed and self.config.sandbox.seccomp,
-            no_new_privs=spec.sandboxed,
+            rlimits=rlimits,
+            interpreter=self._interpreter_paths,
         )
         try:
             self.launcher.spawn(launch, write_fd)
@@ -317,7 +277,13 @@ class Supervisor:
         for timer in (rt.start_timer, rt.kill_timer):
             if timer is not None:
                 timer.cancel()
-        info = self._exit_info(agent, rt, event)
+        info = classify_exit(
+            agent,
+            event,
+            oom_kills=rt.cgroup.oom_kills() if rt.cgroup is not None else 0,
+            timed_out=rt.timed_out,
+            start_timeout=self.config.sandbox.start_timeout,
+        )
         self._release_incarnation(agent, rt)
         uptime = time.monotonic() - agent.started_mono if agent.started_mono else 0.0
         agent.started_mono = None
@@ -330,33 +296,10 @@ class Supervisor:
         if agent.state is S.STOPPING:
             self._settle(agent, S.EXITED)
             return
-        if self._should_restart(agent, info):
+        if should_restart(agent, info):
             self._schedule_restart(agent, uptime)
         else:
             self._settle(agent, S.EXITED)
-
-    def _exit_info(self, agent: Agent, rt: Runtime, event: dict[str, Any]) -> ExitInfo:
-        sig = event.get("signal")
-        code = event.get("exit_code")
-        if agent.state is S.STARTING and not agent.operator_kill:
-            if event.get("error"):
-                return ExitInfo(ExitReason.FAILED_TO_START, code, sig, f"{event.get('stage')}: {event['error']}")
-            if rt.timed_out:
-                return ExitInfo(ExitReason.START_TIMEOUT, code, sig, f"not up after {self.config.sandbox.start_timeout} s")
-            return ExitInfo(ExitReason.FAILED_TO_START, code, sig, "ended before its sandbox was ready")
-        if agent.state is S.STOPPING and agent.operator_kill:
-            return ExitInfo(ExitReason.KILLED, code, sig, "stopped by operator")
-        if rt.cgroup is not None and rt.cgroup.oom_kills() > 0:
-            limit = agent.spec.memory_bytes
-            return ExitInfo(ExitReason.OOM_KILLED, code, sig, f"killed by the OOM killer at its memory limit ({limit} bytes)")
-        if sig is not None:
-            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-            return ExitInfo(ExitReason.SIGNALED, None, sig, f"terminated by {name}")
-        if agent.state is S.STARTING:
-            return ExitInfo(ExitReason.KILLED, code, None, "stopped before it started")
-        if agent.state is S.STOPPING:
-            return ExitInfo(ExitReason.KILLED, code, None, "stopped")
-        return ExitInfo(ExitReason.EXITED, code, None, None)
 
     def _release_incarnation(self, agent: Agent, rt: Runtime) -> None:
         if rt.cgroup is not None:
@@ -372,27 +315,12 @@ class Supervisor:
         rt.pgid = None
         agent.pid = agent.init_pid = None
 
-    def _should_restart(self, agent: Agent, info: ExitInfo) -> bool:
-        if agent.exit_requested:
-            return False
-        policy = agent.spec.restart
-        return policy == "always" or (policy == "on-failure" and not info.clean)
-
     def _schedule_restart(self, agent: Agent, uptime: float) -> None:
-        sv = self.config.supervisor
-        now = time.monotonic()
-        window = agent.spec.restart_window
-        while agent.restart_times and now - agent.restart_times[0] > window:
-            agent.restart_times.popleft()
-        if len(agent.restart_times) >= agent.spec.max_restarts:
-            self._event("agent.escalated", agent, restarts_in_window=len(agent.restart_times), window=window)
+        delay = restart_delay(agent, uptime=uptime, now=time.monotonic(), policy=self.config.supervisor)
+        if delay is None:
+            self._event("agent.escalated", agent, restarts_in_window=len(agent.restart_times), window=agent.spec.restart_window)
             self._settle(agent, S.FAILED)
             return
-        if uptime >= sv.stable_after:
-            agent.consecutive_failures = 0
-        delay = min(sv.backoff_initial * (2**agent.consecutive_failures), sv.backoff_max)
-        agent.consecutive_failures += 1
-        agent.restart_times.append(now)
         self._set_state(agent, S.BACKOFF, delay=delay)
         self._rt[agent.id].backoff_timer = self.loop.call_later(delay, lambda: self._restart(agent))
 
