@@ -27,6 +27,7 @@ class Hello(Syscall):
             "role": ctx.caller.kind,
             "agent_id": agent.id if agent else None,
             "name": agent.name if agent else None,
+            "session_id": ctx.session.id if ctx.session else None,
             "kernel_pid": os.getpid(),
         }
 
