@@ -27,6 +27,7 @@ from clove_sdk._events import EventsMixin
 from clove_sdk._exec import ExecMixin
 from clove_sdk._files import FilesMixin
 from clove_sdk._http import HttpMixin
+from clove_sdk._llm import LlmMixin
 from clove_sdk._messaging import MessagingMixin
 from clove_sdk._metrics import MetricsMixin
 from clove_sdk._permissions import PermissionsMixin
@@ -46,7 +47,7 @@ def default_endpoint(socket_path: str | None = None) -> str:
 
 
 class CloveClient(
-    MessagingMixin, StateMixin, EventsMixin, FilesMixin, ExecMixin, HttpMixin, PermissionsMixin, MetricsMixin
+    MessagingMixin, StateMixin, EventsMixin, FilesMixin, ExecMixin, HttpMixin, LlmMixin, PermissionsMixin, MetricsMixin
 ):
     """A connection to a kernel. Use it as a context manager, or call :meth:`close`.
 

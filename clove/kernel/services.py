@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from clove.kernel import exec_service, files, http_service, messaging, metrics, state
+from clove.kernel import exec_service, files, http_service, llm_service, messaging, metrics, state
 
 if TYPE_CHECKING:
     from clove.kernel.core import Kernel
@@ -18,4 +18,5 @@ SERVICES: tuple[Callable[[Kernel], None], ...] = (
     exec_service.attach,
     http_service.attach,
     metrics.attach,
+    llm_service.attach,
 )

@@ -6,5 +6,6 @@
 from __future__ import annotations
 
 from clove.testing.cgroupfs import FakeCgroupFS
+from clove.testing.httpserver import HttpTestServer
 
-__all__ = ["FakeCgroupFS"]
+__all__ = ["FakeCgroupFS", "HttpTestServer"]
