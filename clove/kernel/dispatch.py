@@ -18,6 +18,7 @@ from clove import wire
 from clove.errors import CloveError, InternalError, PermissionDenied, UnknownSyscall
 from clove.kernel.channels import Caller
 from clove.kernel.journal import Category
+from clove.kernel.redact import redact
 from clove.kernel.syscalls import SYSCALLS, Deferred, Syscall, SyscallContext
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ class Dispatcher:
             agent_id=caller.agent_id,
             agent_name=agent.name if agent else None,
             syscall=call,
-            args=request.body if request else None,
+            args=redact(request.body) if request else None,
             decision="denied" if denied else "allowed",
             code=error.code if error else "ok",
             duration_us=(time.perf_counter_ns() - started) // 1000,
