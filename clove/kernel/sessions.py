@@ -70,6 +70,10 @@ class OperatorSessions:
         self._by_id[session.id] = session
         return session
 
+    def ids(self) -> list[int]:
+        """The ids of the open sessions."""
+        return list(self._by_id)
+
     def get(self, session_id: int) -> OperatorSession | None:
         return self._by_id.get(session_id)
 
