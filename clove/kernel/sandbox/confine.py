@@ -4,20 +4,37 @@ Order matters (each step needs the powers the next one removes): join cgroups, u
 namespaces, fork into the new pid namespace, build the mount view, then in the agent process
 apply rlimits, drop to the agent's uid, set no_new_privs and Landlock. Every function raises
 ``OSError`` on failure; the caller reports it to the kernel and exits.
+
+A command an agent runs through ``exec`` gets the same steps, except that it joins the agent's
+existing namespaces (:func:`enter_namespaces`) instead of creating new ones.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import resource
 import stat
 from collections.abc import Iterable, Sequence
 
 from clove.kernel.sandbox import landlock, linux
-from clove.kernel.sandbox.spec import Exposure
+from clove.kernel.sandbox.spec import Exposure, SpawnSpec
 
 #: Directories that always get a fresh, private tmpfs inside the sandbox.
 PRIVATE_TMPFS = ("/tmp", "/dev/shm")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+#: Joined in this order (as nsenter does): the mount namespace last, since entering it changes
+#: what paths mean. The pid namespace applies to the caller's next child only.
+_NAMESPACES = (
+    ("ipc", linux.CLONE_NEWIPC),
+    ("uts", linux.CLONE_NEWUTS),
+    ("net", linux.CLONE_NEWNET),
+    ("pid", linux.CLONE_NEWPID),
+    ("mnt", linux.CLONE_NEWNS),
+)
 
 
 def join_cgroups(attach_files: Iterable[str]) -> None:
@@ -40,6 +57,40 @@ def unshare_namespaces(*, network: bool) -> list[str]:
         names.append("net")
     linux.unshare(flags)
     return names
+
+
+def enter_namespaces(pid: int) -> list[str]:
+    """Join the namespaces of process ``pid`` that differ from the caller's (the caller must be
+    single-threaded; its next child is then in ``pid``'s pid namespace).
+
+    All namespace files are opened before the first ``setns``, so ``pid`` dying half-way cannot
+    leave the caller in a mix of namespaces from different owners.
+
+    :returns: the names of the namespaces entered.
+    """
+    fds: list[tuple[str, int, int]] = []
+    try:
+        for name, flag in _NAMESPACES:
+            fd = os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            fds.append((name, flag, fd))
+        entered = []
+        for name, flag, fd in fds:
+            theirs, ours = os.fstat(fd), os.stat(f"/proc/self/ns/{name}")
+            if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+                continue
+            if _libc.setns(ctypes.c_int(fd), ctypes.c_int(flag)) < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns {name}: {os.strerror(err)}")
+            entered.append(name)
+        return entered
+    finally:
+        for _, _, fd in fds:
+            os.close(fd)
+
+
+def landlock_writable(spec: SpawnSpec) -> list[str]:
+    """Where an agent (and every command it runs) may write under Landlock."""
+    return [e.path for e in spec.exposures if e.writable] + list(PRIVATE_TMPFS) + ["/dev/null"]
 
 
 def _traversable_by_others(path: str) -> bool:
@@ -121,6 +172,13 @@ def drop_privileges(uid: int) -> None:
     os.setresuid(uid, uid, uid)
     if os.geteuid() == 0 or os.getuid() == 0:
         raise OSError(1, "still root after setresuid")
+
+
+def become(uid: int, gid: int, groups: Sequence[int]) -> None:
+    """Become a host user (a command an operator runs): its uid, gid and supplementary groups."""
+    os.setgroups(list(groups))
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
 
 
 def restrict_filesystem(writable: Sequence[str], *, network: bool) -> dict[str, bool]:

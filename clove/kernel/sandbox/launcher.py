@@ -1,4 +1,4 @@
-"""The kernel's side of the zygote: start it, send spawn requests, read its events.
+"""The kernel's side of the zygote: start it, send spawn and exec requests, read its events.
 
 All calls are non-blocking once the zygote is up, so the kernel loop can poll :meth:`fileno`.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 
 from clove.errors import SandboxError
-from clove.kernel.sandbox.spec import SpawnSpec
+from clove.kernel.sandbox.spec import ExecSpec, SpawnSpec
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,27 @@ class ZygoteLauncher:
 
     def spawn(self, spec: SpawnSpec, log_fd: int) -> None:
         """Ask for one agent incarnation; ``log_fd`` becomes its stdout and stderr."""
+        self._send({"op": "spawn", "spec": spec.to_wire()}, [log_fd])
+
+    def exec(self, spec: ExecSpec, stdout_fd: int, stderr_fd: int) -> None:
+        """Run one command (see the zygote's docstring); the two fds become its stdout and stderr.
+        The zygote answers with ``exec_started`` and ``exec_exited`` events carrying ``spec.job``.
+
+        :raises SandboxError: the zygote is not reachable.
+        """
+        self._send({"op": "exec", "spec": spec.to_wire()}, [stdout_fd, stderr_fd])
+
+    def exec_kill(self, job: str) -> None:
+        """SIGKILL a command's process group, session and descendants (no-op once it ended)."""
+        self._send({"op": "exec_kill", "job": job}, [])
+
+    def _send(self, message: dict[str, Any], fds: list[int]) -> None:
         if self.sock is None:
             raise SandboxError("zygote not started")
-        payload = msgpack.packb({"op": "spawn", "spec": spec.to_wire()}, use_bin_type=True)
-        fds = array.array("i", [log_fd])
+        payload = msgpack.packb(message, use_bin_type=True)
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         try:
-            self.sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            self.sock.sendmsg([payload], ancillary)
         except OSError as err:
             raise SandboxError(f"cannot reach the zygote: {err.strerror}") from None
 

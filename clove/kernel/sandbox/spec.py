@@ -1,5 +1,5 @@
 """What the kernel asks the zygote to start: one frozen, msgpack-friendly description per agent
-incarnation, and the events the zygote sends back."""
+incarnation (:class:`SpawnSpec`) or per command run for ``exec`` (:class:`ExecSpec`)."""
 
 from __future__ import annotations
 
@@ -56,4 +56,38 @@ class SpawnSpec:
         data["cgroup_attach"] = tuple(data.get("cgroup_attach", ()))
         data["rlimits"] = tuple(tuple(r) for r in data.get("rlimits", ()))
         data["exposures"] = tuple(Exposure(**e) for e in data.get("exposures", ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecSpec:
+    """One command the zygote runs for the kernel's ``exec`` syscall.
+
+    :param job: the kernel's handle for this command; the zygote's ``exec_*`` events carry it.
+    :param argv: the program and its arguments (the program is looked up on ``env["PATH"]``).
+    :param cwd: the working directory, already resolved (no symlinks) in the view it runs in.
+    :param agent_key: run inside this agent incarnation's sandbox (its cgroups, namespaces, uid,
+        rlimits, no_new_privs, Landlock and seccomp, exactly as its spawn spec says) and with its
+        environment; ``None`` runs on the host as ``uid``/``gid``/``groups``.
+    :param env: the environment of a host command (ignored for an agent's).
+    :param uid: for a host command, the user to run as; ``None`` keeps the zygote's.
+    """
+
+    job: str
+    argv: tuple[str, ...]
+    cwd: str
+    agent_key: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    uid: int | None = None
+    gid: int | None = None
+    groups: tuple[int, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ExecSpec:
+        data = dict(data)
+        data["argv"] = tuple(data.get("argv", ()))
+        data["groups"] = tuple(data.get("groups", ()))
         return cls(**data)

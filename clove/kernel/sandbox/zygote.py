@@ -16,11 +16,30 @@ Process tree of one sandboxed agent::
 When A ends, G writes A's exact wait status to the status pipe and exits; as the namespace's
 init its exit kills everything A left behind. C's exit re-parents G to the zygote, which reaps
 it and reports. Without namespaces G is the agent itself.
+
+The kernel's ``exec`` syscall runs commands here too (``{"op": "exec", "spec": ...}`` with the
+command's stdout and stderr pipes as two SCM_RIGHTS fds), because joining another process's
+namespaces needs a single-threaded caller and the kernel has libzmq's threads::
+
+    zygote
+     └─ X   host pid ns: join the agent's cgroups, setns into G's namespaces, fork Y, report Y, exit
+         └─ Y   in the agent's pid ns: setsid, fds, rlimits, uid, cwd, no_new_privs, Landlock,
+                seccomp (all from the agent's own spawn spec), then execve the command
+
+A command for an operator (no agent) skips the cgroups and namespaces and takes the operator's
+uid, gid and groups instead. Y is its own session and process group. When Y ends, the zygote
+kills what is left of its process group before reaping it (the zombie still holds the group's
+id, so the id cannot have been reused), then sends ``exec_exited``; ``{"op": "exec_kill"}``
+kills the group, the session and every descendant of Y. A process that left both the group
+and the session *and* lost its parent escapes these kills; inside an agent it still dies with
+the agent's pid namespace and cgroup.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
+import errno
 import gc
 import json
 import os
@@ -35,7 +54,7 @@ from typing import Any, NoReturn
 import msgpack
 
 from clove.kernel.sandbox import confine, linux, seccomp
-from clove.kernel.sandbox.spec import SpawnSpec
+from clove.kernel.sandbox.spec import ExecSpec, SpawnSpec
 
 #: Compiled once at warm-up (``{network: filter}``); None when seccomp is unavailable.
 _SECCOMP: dict[bool, Any] | None = None
@@ -49,7 +68,10 @@ def _write_status(fd: int, message: dict[str, Any]) -> None:
 
 def _fail(status_w: int, stage: str, err: BaseException) -> NoReturn:
     try:
-        _write_status(status_w, {"error": f"{type(err).__name__}: {err}", "stage": stage})
+        message: dict[str, Any] = {"error": f"{type(err).__name__}: {err}", "stage": stage}
+        if isinstance(err, OSError) and err.errno is not None:
+            message["errno"] = err.errno
+        _write_status(status_w, message)
     finally:
         os._exit(127)
 
@@ -144,7 +166,7 @@ def _run_agent(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) 
         report["landlock"] = {}
         if spec.landlock:
             stage = "landlock"
-            writable = [e.path for e in spec.exposures if e.writable] + list(confine.PRIVATE_TMPFS) + ["/dev/null"]
+            writable = confine.landlock_writable(spec)
             report["landlock"] = confine.restrict_filesystem(writable, network=spec.network)
         report["seccomp"] = False
         if spec.seccomp and _SECCOMP is not None:
@@ -214,14 +236,130 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
+# ---- commands run for exec (never return) --------------------------------------------------
+
+
+def _run_exec(
+    job: ExecSpec, agent: SpawnSpec | None, init_pid: int | None, out_fd: int, err_fd: int, status_w: int
+) -> NoReturn:
+    """X: still in the host pid namespace. Joins the agent's cgroups and namespaces, forks Y."""
+    stage = "cgroup"
+    try:
+        if agent is not None:
+            confine.join_cgroups(agent.cgroup_attach)
+            if agent.namespaces and init_pid is not None:
+                stage = "namespaces"
+                confine.enter_namespaces(init_pid)
+        stage = "fork"
+        pid = os.fork()
+        if pid == 0:
+            _run_command(job, agent, out_fd, err_fd, status_w)
+        _write_status(status_w, {"g": pid})
+        os._exit(0)
+    except BaseException as err:
+        _fail(status_w, stage, err)
+
+
+def _run_command(job: ExecSpec, agent: SpawnSpec | None, out_fd: int, err_fd: int, status_w: int) -> NoReturn:
+    """Y: the command itself, confined exactly like the agent it runs for (or as the operator)."""
+    stage = "setsid"
+    try:
+        os.setsid()
+        stage = "fds"
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.closerange(3, status_w)
+        os.closerange(status_w + 1, 65536)
+        env = dict(job.env)
+        if agent is not None:
+            env = dict(agent.env)
+            stage = "rlimits"
+            confine.apply_rlimits(agent.rlimits)
+            if agent.uid is not None:
+                stage = "uid"
+                confine.drop_privileges(agent.uid)
+        elif job.uid is not None:
+            stage = "uid"
+            confine.become(job.uid, job.gid if job.gid is not None else job.uid, job.groups)
+        stage = "cwd"  # as the command's user: its own search permissions apply
+        os.chdir(job.cwd)
+        if os.getcwd() != job.cwd:  # a directory on the way became a symlink since the kernel checked
+            raise OSError(errno.ESTALE, f"the working directory moved: {job.cwd}")
+        if agent is not None:
+            if agent.no_new_privs:
+                stage = "no_new_privs"
+                linux.set_no_new_privs()
+            if agent.landlock:
+                stage = "landlock"
+                confine.restrict_filesystem(confine.landlock_writable(agent), network=agent.network)
+            if agent.seccomp and _SECCOMP is not None:
+                stage = "seccomp"
+                seccomp.load(_SECCOMP, network=agent.network)
+        stage = "exec"
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, *_FORWARDED, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)  # Python ignores SIGPIPE; a command must not inherit that
+        os.execvpe(job.argv[0], list(job.argv), env)
+    except BaseException as err:
+        _fail(status_w, stage, err)
+
+
+def _process_tree(root: int) -> set[int]:
+    """Every process in ``root``'s process group or session, and every descendant of ``root``."""
+    children: dict[int, list[int]] = {}
+    members: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid, ppid, pgrp, session = int(entry), int(fields[1]), int(fields[2]), int(fields[3])
+        children.setdefault(ppid, []).append(pid)
+        if pgrp == root or session == root:
+            members.add(pid)
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in members:
+                members.add(child)
+                stack.append(child)
+    members.discard(os.getpid())
+    members.discard(1)
+    return members
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _kill_tree(root: int) -> None:
+    """SIGKILL a command's whole tree; a second round catches processes forked meanwhile."""
+    for _ in range(2):
+        _kill_group(root)
+        for pid in _process_tree(root):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
 # ---- the zygote itself --------------------------------------------------------------------
 
 
 @dataclass
 class _Tracked:
+    """One process tree: an agent incarnation (``key``: its spawn key; X is C, Y is G) or a
+    command (``kind == "exec"``; ``key``: the job id; C is X and G is Y)."""
+
     key: str
     status_r: int
     c_pid: int
+    kind: str = "agent"
+    spec: SpawnSpec | None = None
+    kill_requested: bool = False
     g_pid: int | None = None
     ready: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
@@ -238,6 +376,8 @@ class Zygote:
         self.selector = selectors.DefaultSelector()
         self.by_pipe: dict[int, _Tracked] = {}
         self.by_pid: dict[int, _Tracked] = {}
+        self.agents: dict[str, _Tracked] = {}
+        self.jobs: dict[str, _Tracked] = {}
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -280,11 +420,16 @@ class Zygote:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
         request = msgpack.unpackb(data, raw=False)
-        if request.get("op") == "spawn" and len(fds) == 1:
+        op = request.get("op")
+        if op == "spawn" and len(fds) == 1:
             self._spawn(SpawnSpec.from_wire(request["spec"]), fds[0])
+        elif op == "exec" and len(fds) == 2:
+            self._exec(request["spec"], fds[0], fds[1])
         else:
             for fd in fds:
                 os.close(fd)
+            if op == "exec_kill":
+                self._exec_kill(str(request.get("job")))
         return True
 
     def _spawn(self, spec: SpawnSpec, log_fd: int) -> None:
@@ -302,10 +447,63 @@ class Zygote:
         os.close(status_w)
         os.close(log_fd)
         os.set_blocking(status_r, False)
-        tracked = _Tracked(key=spec.key, status_r=status_r, c_pid=pid)
-        self.by_pipe[status_r] = tracked
-        self.by_pid[pid] = tracked
-        self.selector.register(status_r, selectors.EVENT_READ, tracked)
+        tracked = _Tracked(key=spec.key, status_r=status_r, c_pid=pid, spec=spec)
+        self.agents[spec.key] = tracked
+        self._track(tracked)
+
+    def _track(self, tracked: _Tracked) -> None:
+        self.by_pipe[tracked.status_r] = tracked
+        self.by_pid[tracked.c_pid] = tracked
+        self.selector.register(tracked.status_r, selectors.EVENT_READ, tracked)
+
+    def _exec(self, wire_spec: dict[str, Any], out_fd: int, err_fd: int) -> None:
+        try:
+            job = ExecSpec.from_wire(wire_spec)
+        except (TypeError, ValueError) as err:
+            os.close(out_fd)
+            os.close(err_fd)
+            job_id = str(wire_spec.get("job"))
+            self.send({"ev": "exec_exited", "job": job_id, "error": f"bad exec spec: {err}", "stage": "spec"})
+            return
+        agent: SpawnSpec | None = None
+        init_pid: int | None = None
+        if job.agent_key is not None:
+            owner = self.agents.get(job.agent_key)
+            if owner is None or owner.g_pid is None or not owner.started_sent or owner.final is not None:
+                os.close(out_fd)
+                os.close(err_fd)
+                error = "the agent is not running"
+                self.send({"ev": "exec_exited", "job": job.job, "error": error, "stage": "lookup"})
+                return
+            agent, init_pid = owner.spec, owner.g_pid
+        status_r, status_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(status_r)
+                self.sock.close()
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _run_exec(job, agent, init_pid, out_fd, err_fd, status_w)
+            finally:
+                os._exit(127)
+        os.close(status_w)
+        os.close(out_fd)
+        os.close(err_fd)
+        os.set_blocking(status_r, False)
+        tracked = _Tracked(key=job.job, status_r=status_r, c_pid=pid, kind="exec")
+        self.jobs[job.job] = tracked
+        self._track(tracked)
+
+    def _exec_kill(self, job: str) -> None:
+        tracked = self.jobs.get(job)
+        if tracked is None:
+            return
+        self._drain(tracked)
+        tracked.kill_requested = True
+        if tracked.g_pid is not None:
+            _kill_tree(tracked.g_pid)  # not reaped yet (it would have left self.jobs): the pid is still Y's
+        # else: X is still setting up; the tree is killed as soon as X reports Y
 
     def _read_status(self, tracked: _Tracked) -> bool:
         """Read what the tree wrote; False when nothing more is there now (or ever)."""
@@ -339,6 +537,13 @@ class Zygote:
         return True
 
     def _maybe_started(self, tracked: _Tracked) -> None:
+        if tracked.kind == "exec":
+            if not tracked.started_sent and tracked.g_pid is not None:
+                tracked.started_sent = True
+                self.send({"ev": "exec_started", "job": tracked.key, "pid": tracked.g_pid})
+                if tracked.kill_requested:
+                    _kill_tree(tracked.g_pid)
+            return
         if tracked.started_sent or tracked.ready is None or tracked.g_pid is None:
             return
         agent_pid = tracked.g_pid
@@ -352,15 +557,23 @@ class Zygote:
     def _reap(self) -> None:
         # A G's pid reaches us only after its C exited, and C wrote that pid to the status pipe
         # first: read the pipes before matching pids.
-        for tracked in list(self.by_pipe.values()):
-            self._drain(tracked)
+        for pending in list(self.by_pipe.values()):
+            self._drain(pending)
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if pid == 0:
+            if info is None or info.si_pid == 0:
                 return
+            pid = info.si_pid
+            tracked = self.by_pid.get(pid)
+            if tracked is not None and tracked.kind == "exec" and pid == tracked.g_pid:
+                _kill_group(pid)  # what the command left in its group dies with it; the zombie pins the id
+            try:
+                pid, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                continue
             tracked = self.by_pid.pop(pid, None)
             if tracked is None:
                 continue
@@ -384,7 +597,22 @@ class Zygote:
         if tracked.g_pid is not None:
             self.by_pid.pop(tracked.g_pid, None)
         final = tracked.final if tracked.final is not None else status
-        event: dict[str, Any] = {"ev": "exited", "key": tracked.key}
+        if tracked.kind == "exec":
+            self.jobs.pop(tracked.key, None)
+            event: dict[str, Any] = {"ev": "exec_exited", "job": tracked.key}
+            if tracked.error is not None:
+                error = tracked.error
+                event.update(error=error["error"], stage=error.get("stage"), errno=error.get("errno"))
+            elif os.WIFSIGNALED(final):
+                event["signal"] = os.WTERMSIG(final)
+            else:
+                event["exit_code"] = os.WEXITSTATUS(final) if os.WIFEXITED(final) else None
+            if not tracked.started_sent:
+                self._maybe_started(tracked)
+            self.send(event)
+            return
+        self.agents.pop(tracked.key, None)
+        event = {"ev": "exited", "key": tracked.key}
         if os.WIFSIGNALED(final):
             event["signal"] = os.WTERMSIG(final)
             event["core"] = os.WCOREDUMP(final)
