@@ -109,6 +109,7 @@ class Kernel:
         self.supervisor.listeners.append(self._lifecycle_event)
         for attach in SERVICES:
             attach(self)
+        self.supervisor.prepare_spare()
         control = self.channels.control
         assert control is not None  # noqa: S101 - bind_control just set it
         self.loop.add_reader(control, lambda: self.dispatcher.on_readable(control))

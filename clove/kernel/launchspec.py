@@ -19,7 +19,16 @@ def interpreter_paths() -> list[str]:
     paths = {sys.base_prefix, sys.prefix, sys.exec_prefix}
     paths.update(p for p in sys.path if p.startswith("/") and os.path.exists(p))
     paths.add(str(Path(clove_sdk.__file__).resolve().parent.parent))
-    return sorted(paths)
+    return outermost(paths)
+
+
+def outermost(paths: set[str]) -> list[str]:
+    """Drop paths that lie inside another one: each bind mount costs the spawn time."""
+    kept: list[str] = []
+    for path in sorted(paths):
+        if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(path)
+    return kept
 
 
 def agent_env(agent: Agent, *, endpoint: str, work: str) -> dict[str, str]:

@@ -85,7 +85,7 @@ def test_commands_run_inside_the_agents_sandbox(kernel):
     hostname, uid, cgroup, where, shadow, inet, escape, _, private = (item["value"] for item in report)
     assert hostname["stdout"] == "clove-boxed\n"
     assert uid["stdout"] == f"{r['isolation']['uid']}\n"
-    assert f"/agent-{r['id']}." in cgroup["stdout"]
+    assert f"/{r['isolation']['cgroup']}\n" in cgroup["stdout"]
     pwd, *rest = where["stdout"].split("\n")
     assert pwd == f"{kernel.state_dir}/agents/{r['id']}/work"
     assert "agent-private.txt" not in rest and int(rest[-2]) < 100  # a pid in the agent's own namespace

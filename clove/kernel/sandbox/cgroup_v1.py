@@ -251,6 +251,12 @@ class CgroupV1Backend(CgroupBackend):
         log.debug("created %r with %s", agent, limits)
         return agent
 
+    def apply_limits(self, agent: AgentCgroup, limits: Limits) -> dict[str, LimitReport]:
+        if not isinstance(agent, CgroupV1Agent):
+            raise SandboxError(f"{agent!r} is not a cgroup v1 agent")
+        agent._report = self._apply(agent._by, limits)
+        return dict(agent._report)
+
     def _apply(self, dirs: Mapping[str, Path], limits: Limits) -> dict[str, LimitReport]:
         """Write the limit files; returns the report. Raises :class:`SandboxError` on a refusal."""
         report: dict[str, LimitReport] = {}

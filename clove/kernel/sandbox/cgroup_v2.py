@@ -322,6 +322,12 @@ class CgroupV2Backend(CgroupBackend):
         log.debug("created %r with %s", agent, limits)
         return agent
 
+    def apply_limits(self, agent: AgentCgroup, limits: Limits) -> dict[str, LimitReport]:
+        if not isinstance(agent, CgroupV2Agent):
+            raise SandboxError(f"{agent!r} is not a cgroup v2 agent")
+        agent._report = self._apply(agent.path, limits)
+        return dict(agent._report)
+
     def _apply(self, path: Path, limits: Limits) -> dict[str, LimitReport]:
         """Write the limit files; returns the report. Raises :class:`SandboxError` on a refusal."""
         have = set(self._controllers)

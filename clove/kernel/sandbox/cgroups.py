@@ -275,6 +275,14 @@ class CgroupBackend(ABC):
         """JSON-safe facts for the kernel's info: ``backend``, ``parents``, ``controllers``..."""
 
     @abstractmethod
+    def apply_limits(self, agent: AgentCgroup, limits: Limits) -> dict[str, LimitReport]:
+        """Write ``limits`` into an existing agent cgroup (one made ahead of time with no
+        limits, already holding the process that will become the agent); returns the report.
+
+        :raises SandboxError: a limit file refused the value (e.g. memory already above it).
+        """
+
+    @abstractmethod
     def controllers(self) -> frozenset[str]:
         """The limit controllers (``memory``, ``cpu``, ``pids``) this backend can apply."""
 

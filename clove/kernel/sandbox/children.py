@@ -4,6 +4,7 @@ and never returns: it ends with an exec or ``os._exit``."""
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import json
@@ -14,11 +15,14 @@ import sys
 import traceback
 from typing import Any, NoReturn
 
+import msgpack
+
 from clove.kernel.sandbox import confine, linux, seccomp
 from clove.kernel.sandbox.spec import ExecSpec, SpawnSpec
 
 #: Compiled by the zygote at warm-up (``{network: filter}``); None when seccomp is unavailable.
 SECCOMP: dict[bool, Any] | None = None
+MAX_SPEC = 1 << 20
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -39,12 +43,40 @@ def _fail(status_w: int, stage: str, err: BaseException) -> NoReturn:
 # ---- per-agent processes (never return) ----------------------------------------------------
 
 
-def run_c(spec: SpawnSpec, log_fd: int, status_w: int) -> NoReturn:
+def run_spare(ctl: socket.socket, attach: tuple[str, ...], status_w: int) -> NoReturn:
+    """C, made ahead of time: join a fresh cgroup now, then wait for the agent to become.
+
+    The first cgroup v1 attach after an idle spell waits for an RCU grace period (~10 ms, the
+    largest part of a spawn); a spare pays it before anyone is waiting. It dies with the zygote.
+    """
+    try:
+        linux.set_parent_death_signal(signal.SIGKILL)
+        confine.join_cgroups(attach)
+    except BaseException as err:
+        _fail(status_w, "cgroup", err)
+    fds = array.array("i")
+    try:
+        data, ancdata, _, _ = ctl.recvmsg(MAX_SPEC, socket.CMSG_SPACE(fds.itemsize))
+    except OSError:
+        os._exit(0)
+    if not data:
+        os._exit(0)  # dropped, or the zygote is gone
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+    ctl.close()
+    if len(fds) != 1:
+        _fail(status_w, "spare", OSError(errno.EBADF, "no log fd with the spec"))
+    run_c(SpawnSpec.from_wire(msgpack.unpackb(data, raw=False)), fds[0], status_w, joined=True)
+
+
+def run_c(spec: SpawnSpec, log_fd: int, status_w: int, *, joined: bool = False) -> NoReturn:
     stage = "setsid"
     try:
         os.setsid()
         stage = "cgroup"
-        confine.join_cgroups(spec.cgroup_attach)
+        if not joined:
+            confine.join_cgroups(spec.cgroup_attach)
         stage = "namespaces"
         entered = confine.unshare_namespaces(network=spec.network) if spec.namespaces else []
         stage = "fork"

@@ -126,6 +126,8 @@ def build_mount_view(exposures: Sequence[Exposure]) -> None:
     # Open the sources before the tmpfs mounts hide them; bind from /proc/self/fd.
     sources: list[tuple[Exposure, int, bool]] = []
     for exp in exposures:
+        if not exp.writable and _hiding_ancestor(exp.path) is None:
+            continue  # already visible, and the read-only tree covers it: a bind would only cost time
         try:
             fd = os.open(exp.path, os.O_PATH | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -66,9 +66,21 @@ class ZygoteLauncher:
             raise SandboxError("zygote not started")
         return self.sock.fileno()
 
-    def spawn(self, spec: SpawnSpec, log_fd: int) -> None:
-        """Ask for one agent incarnation; ``log_fd`` becomes its stdout and stderr."""
-        self._send({"op": "spawn", "spec": spec.to_wire()}, [log_fd])
+    def spawn(self, spec: SpawnSpec, log_fd: int, *, slot: str | None = None) -> None:
+        """Ask for one agent incarnation; ``log_fd`` becomes its stdout and stderr. With
+        ``slot``, the spare prepared under that name becomes the agent (it already sits in the
+        cgroup named by ``spec.cgroup_attach``); the zygote forks anew if the spare is gone."""
+        message: dict[str, Any] = {"op": "spawn", "spec": spec.to_wire()}
+        if slot is not None:
+            message["slot"] = slot
+        self._send(message, [log_fd])
+
+    def prepare(self, slot: str, attach: tuple[str, ...]) -> None:
+        """Have a spare process join these cgroups now, ready for the next spawn."""
+        self._send({"op": "prepare", "slot": slot, "attach": list(attach)}, [])
+
+    def drop_spare(self, slot: str) -> None:
+        self._send({"op": "drop_spare", "slot": slot}, [])
 
     def exec(self, spec: ExecSpec, stdout_fd: int, stderr_fd: int) -> None:
         """Run one command (see the zygote's docstring); the two fds become its stdout and stderr.

@@ -38,6 +38,7 @@ the agent's pid namespace and cgroup.
 from __future__ import annotations
 
 import array
+import contextlib
 import gc
 import json
 import os
@@ -51,7 +52,7 @@ from typing import Any
 import msgpack
 
 from clove.kernel.sandbox import children, linux, seccomp
-from clove.kernel.sandbox.children import kill_group, kill_tree, run_c, run_exec
+from clove.kernel.sandbox.children import kill_group, kill_tree, run_c, run_exec, run_spare
 from clove.kernel.sandbox.spec import ExecSpec, SpawnSpec
 
 MAX_DATAGRAM = 1 << 20
@@ -89,6 +90,8 @@ class Zygote:
         self.by_pid: dict[int, _Tracked] = {}
         self.agents: dict[str, _Tracked] = {}
         self.jobs: dict[str, _Tracked] = {}
+        self.spares: dict[str, tuple[int, socket.socket, int]] = {}  # slot -> (pid, control, status_r)
+        self.spare_pids: dict[int, str] = {}
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -133,7 +136,13 @@ class Zygote:
         request = msgpack.unpackb(data, raw=False)
         op = request.get("op")
         if op == "spawn" and len(fds) == 1:
-            self._spawn(SpawnSpec.from_wire(request["spec"]), fds[0])
+            spec = SpawnSpec.from_wire(request["spec"])
+            if not self._spawn_from_spare(request.get("slot"), request["spec"], spec, fds[0]):
+                self._spawn(spec, fds[0])
+        elif op == "prepare" and not fds:
+            self._prepare(str(request.get("slot")), tuple(request.get("attach", ())))
+        elif op == "drop_spare" and not fds:
+            self._drop_spare(str(request.get("slot")))
         elif op == "exec" and len(fds) == 2:
             self._exec(request["spec"], fds[0], fds[1])
         else:
@@ -161,6 +170,55 @@ class Zygote:
         tracked = _Tracked(key=spec.key, status_r=status_r, c_pid=pid, spec=spec)
         self.agents[spec.key] = tracked
         self._track(tracked)
+
+    def _prepare(self, slot: str, attach: tuple[str, ...]) -> None:
+        """Fork a spare C that joins ``attach`` now and becomes an agent on a later spawn."""
+        status_r, status_w = os.pipe()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(status_r)
+                ours.close()
+                self.sock.close()
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                run_spare(theirs, attach, status_w)
+            finally:
+                os._exit(127)
+        os.close(status_w)
+        theirs.close()
+        self.spares[slot] = (pid, ours, status_r)
+        self.spare_pids[pid] = slot
+
+    def _spawn_from_spare(self, slot: object, wire_spec: dict[str, Any], spec: SpawnSpec, log_fd: int) -> bool:
+        entry = self.spares.pop(str(slot), None) if slot is not None else None
+        if entry is None:
+            return False
+        pid, ctl, status_r = entry
+        self.spare_pids.pop(pid, None)
+        try:
+            ctl.sendmsg([msgpack.packb(wire_spec, use_bin_type=True)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [log_fd]))])
+        except OSError:  # the spare died (its cgroup was refused?): start the agent the usual way
+            ctl.close()
+            os.close(status_r)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            return False
+        ctl.close()
+        os.close(log_fd)
+        os.set_blocking(status_r, False)
+        tracked = _Tracked(key=spec.key, status_r=status_r, c_pid=pid, spec=spec)
+        self.agents[spec.key] = tracked
+        self._track(tracked)
+        return True
+
+    def _drop_spare(self, slot: str) -> None:
+        entry = self.spares.pop(slot, None)
+        if entry is not None:
+            pid, ctl, status_r = entry
+            ctl.close()  # the spare reads EOF and exits
+            os.close(status_r)
 
     def _track(self, tracked: _Tracked) -> None:
         self.by_pipe[tracked.status_r] = tracked
@@ -287,6 +345,9 @@ class Zygote:
                 continue
             tracked = self.by_pid.pop(pid, None)
             if tracked is None:
+                slot = self.spare_pids.pop(pid, None)
+                if slot is not None:  # a spare that died unused: forget it (the next spawn forks anew)
+                    self._drop_spare(slot)
                 continue
             if pid == tracked.c_pid and (tracked.g_pid is not None or status == 0):
                 continue  # C did its job; G carries on (or its pid message is still in the pipe)
