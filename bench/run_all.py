@@ -26,7 +26,10 @@ sys.path.insert(0, str(BENCH_DIR))
 
 from common import METRIC_HEADERS, Metric, fmt_num, print_table  # noqa: E402
 
-BENCHES = ("noop_latency", "noop_breakdown", "throughput", "spawn_latency", "neighbour", "kernel_rss")
+BENCHES = (
+    "noop_latency", "noop_breakdown", "throughput", "spawn_latency", "neighbour", "kernel_rss", "state_ops",
+    "messaging",
+)  # fmt: skip
 TIME_LIMIT_S = 170
 
 
