@@ -36,6 +36,9 @@ class AsyncResults:
             out.append(queue.popleft())
         return out
 
+    def held(self) -> dict[str, int]:
+        return {"async_queues": len(self._queues)}
+
     def drop(self, principal_id: int) -> None:
         self._queues.pop(principal_id, None)
 

@@ -37,6 +37,7 @@ from clove.kernel.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 JOURNAL_HAND_OFF_S = 0.002
+_SERVICE_ATTRS = ("messaging", "execs", "http", "metrics", "state", "files", "llm")
 
 
 def _raise_fd_limit() -> None:
@@ -241,6 +242,15 @@ class Kernel:
         signal.set_wakeup_fd(-1)
         log.info("clove kernel stopped")
 
+    def resources(self) -> dict[str, int]:
+        """How much per-caller state the kernel holds now: what a leak check compares."""
+        held: dict[str, int] = {"agents": len(self.supervisor.table), "operator_sessions": len(self.sessions)}
+        for service in (self.events, self.async_results, *(getattr(self, n, None) for n in _SERVICE_ATTRS)):
+            report = getattr(service, "held", None)
+            if report is not None:
+                held.update(report())
+        return held
+
     def info(self) -> dict[str, Any]:
         return {
             "success": True,
@@ -255,4 +265,5 @@ class Kernel:
             "landlock_abi": abi_version(),
             "require_isolation": self.config.sandbox.require_isolation,
             "started_at": self.started_at,
+            "resources": self.resources(),
         }

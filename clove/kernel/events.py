@@ -57,6 +57,9 @@ class EventBus:
         self._subs: dict[int, _Subscriber] = {}
         self.emitted = 0
 
+    def held(self) -> dict[str, int]:
+        return {"subscribers": len(self._subs), "queued_events": sum(len(s.queue) for s in self._subs.values())}
+
     def subscribe(self, principal_id: int, types: Iterable[str]) -> list[str]:
         names = [check_event_type(t) if t != ALL else t for t in types]
         sub = self._subs.setdefault(principal_id, _Subscriber())

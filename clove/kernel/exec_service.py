@@ -209,6 +209,9 @@ class ExecService:
 
     # ---- starting ----------------------------------------------------------------------------
 
+
+    def held(self) -> dict[str, int]:
+        return {"exec_jobs": len(self.jobs)}
     def run(self, ctx: SyscallContext, command: str | list[str], cwd: str | None, timeout: float) -> Deferred:
         """Start ``command`` for the caller; the Deferred resolves with the reply.
 

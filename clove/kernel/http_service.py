@@ -249,6 +249,9 @@ class HttpService:
         self.stats = {"sent": 0, "completed": 0, "failed": 0, "dropped": 0, "timed_out_by_loop": 0}
         loop.add_reader(self.pool.fileno(), self.on_wake)
 
+
+    def held(self) -> dict[str, int]:
+        return {"http_pending": len(self._pending)}
     def _perform(self, job: tuple[HttpRequest, float]) -> tuple[dict[str, Any], int, int]:
         """On a worker thread: the request, and the reply built there too (decoding or base64
         of up to 10 MiB is the worker's time, not the loop's)."""

@@ -142,6 +142,10 @@ class MessagingService:
 
     # ---- names -------------------------------------------------------------------------------
 
+
+    def held(self) -> dict[str, int]:
+        """What the service holds now (registered names, mailboxes), for leak checks."""
+        return {"names": len(self._names), "mailboxes": len(self._boxes)}
     def register(self, principal_id: int, name: str) -> str:
         """Give ``principal_id`` the name ``name`` (replacing its previous one).
 

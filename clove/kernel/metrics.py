@@ -199,6 +199,9 @@ class MetricsService:
 
     # ---- the host ----------------------------------------------------------------------------
 
+
+    def held(self) -> dict[str, int]:
+        return {"metric_watches": len(self._watches)}
     def _host_cpu_percent(self, now: float) -> tuple[float, int]:
         cpu = self.procfs.cpu_times()
         percent = self._cpu_rate.update(now, cpu.busy, cpu.total)
@@ -220,6 +223,10 @@ class MetricsService:
 
     def _watch(self, agent: Agent) -> _Watch:
         return self._watches.setdefault(agent.id, _Watch())
+
+    def forget(self, agent_id: int) -> None:
+        """Drop an agent's samples as soon as it settles (not at the next sweep)."""
+        self._watches.pop(agent_id, None)
 
     def cgroup_of(self, agent: Agent) -> AgentCgroup | None:
         runtime = self.supervisor.runtime(agent)
@@ -396,4 +403,9 @@ def attach(kernel: Kernel) -> None:
     )
     kernel.metrics = service  # type: ignore[attr-defined]
     kernel.loop.housekeeping.append(service.housekeeping)
+    kernel.supervisor.listeners.append(
+        lambda event_type, agent, _details: service.forget(agent.id)
+        if event_type == "agent.removed" or agent.state in TERMINAL
+        else None
+    )
     kernel.on_shutdown.append(service.close)
