@@ -26,7 +26,7 @@ from clove.kernel.sessions import OperatorSession, OperatorSessions
 from clove.kernel.journal import Category, Journal
 from clove.kernel.loop import Loop, Timer
 from clove.kernel.sandbox import linux
-from clove.kernel.sandbox.cgroups import CgroupBackend, detect_backend
+from clove.kernel.sandbox.cgroups import CgroupBackend, detect_backend, reap_stale
 from clove.kernel.sandbox.landlock import abi_version
 from clove.kernel.sandbox.launcher import ZygoteLauncher
 from clove.kernel.agents import Agent
@@ -91,6 +91,9 @@ class Kernel:
         try:
             self.journal.open()
             self.backend = detect_backend(self.config.sandbox.backend, kernel_tag=f"clove-{os.getpid()}")
+            if self.backend is not None:
+                for path in reap_stale(self.backend):
+                    log.warning("removed cgroup %s left by a dead kernel", path)
             self.launcher.start()
         except BaseException:
             self.channels.close()

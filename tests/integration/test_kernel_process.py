@@ -113,3 +113,22 @@ def test_rlimit_fallback_reports_truthfully(make_kernel):
     assert limits["cpu"]["enforced"] is False and "RLIMIT_CPU" in limits["cpu"]["via"]
     assert limits["memory"]["enforced"] is True and "RLIMIT_AS" in limits["memory"]["via"]
     assert limits["pids"] == {"requested": 64, "enforced": True, "via": limits["pids"]["via"]}
+
+
+def test_agents_and_cgroups_of_a_killed_kernel_are_reaped_by_the_next(make_kernel):
+    from tests.conftest import TEST_CONFIG
+
+    crashed = KernelProcess(TEST_CONFIG.format(uid_base=4_100_000, sandbox="")).start()
+    try:
+        with crashed.client() as c:
+            orphan = c.spawn("orphan", agent_script("ignore_term.py"))  # needs no kernel to live
+        dead = crashed.pid
+        os.kill(dead, 9)
+        crashed.proc.wait()
+        assert os.path.exists(f"/proc/{orphan['pid']}")  # the agent outlived its kernel...
+        assert cgroup_leftovers(dead)
+        make_kernel()  # ...until the next kernel boots
+        poll_for(lambda: not os.path.exists(f"/proc/{orphan['pid']}"), timeout=10, message="the orphan to die")
+        assert cgroup_leftovers(dead) == []
+    finally:
+        crashed.cleanup()

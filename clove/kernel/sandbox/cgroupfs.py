@@ -33,6 +33,7 @@ __all__ = [
     "is_pid_alive",
     "read_pids",
     "remove_stale_dirs",
+    "stale_dirs",
     "resolve_own_dir",
     "rmdir_quiet",
     "write_control",
@@ -252,27 +253,22 @@ def is_pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_dirs(
+def stale_dirs(
     fs: CgroupFS,
     base_dirs: Iterable[Path],
     kernel_tag: str,
     *,
     pid_alive: Callable[[int], bool] | None = None,
 ) -> list[Path]:
-    """``rmdir`` the cgroups of dead kernels found in ``base_dirs``, and their empty children.
-
-    A directory is stale when its name is ``kernel_tag`` without its trailing pid, followed by
-    another pid and optionally ``-kernel`` (``clove-999``, ``clove-999-kernel`` for the tag
-    ``clove-12345``), and that pid is not alive. Busy cgroups stay (logged).
-
-    :returns: the directories removed, children before their parent.
-    """
+    """The parent cgroups of dead kernels in ``base_dirs``: named ``kernel_tag`` without its
+    trailing pid, then another pid and optionally ``-kernel`` (``clove-999``,
+    ``clove-999-kernel`` for the tag ``clove-12345``), whose pid is not alive."""
     alive = pid_alive if pid_alive is not None else is_pid_alive
     prefix = kernel_tag.rstrip("0123456789")
     if prefix == kernel_tag:
         return []
     pattern = re.compile(re.escape(prefix) + r"(\d+)(?:-kernel)?")
-    removed: list[Path] = []
+    found: list[Path] = []
     for base in base_dirs:
         try:
             names = sorted(fs.listdir(base))
@@ -282,14 +278,32 @@ def remove_stale_dirs(
             m = pattern.fullmatch(entry)
             if m is None or entry in (kernel_tag, f"{kernel_tag}-kernel") or alive(int(m.group(1))):
                 continue
-            stale = base / entry
-            try:
-                children = sorted(fs.listdir(stale))
-            except OSError:
-                continue
-            for child in children:
-                if fs.exists(stale / child / "cgroup.procs") and rmdir_quiet(fs, stale / child):
-                    removed.append(stale / child)
-            if fs.exists(stale / "cgroup.procs") and rmdir_quiet(fs, stale):
-                removed.append(stale)
+            if fs.exists(base / entry / "cgroup.procs"):
+                found.append(base / entry)
+    return found
+
+
+def remove_stale_dirs(
+    fs: CgroupFS,
+    base_dirs: Iterable[Path],
+    kernel_tag: str,
+    *,
+    pid_alive: Callable[[int], bool] | None = None,
+) -> list[Path]:
+    """``rmdir`` the cgroups of dead kernels (see :func:`stale_dirs`) and their empty children.
+    Busy cgroups stay.
+
+    :returns: the directories removed, children before their parent.
+    """
+    removed: list[Path] = []
+    for stale in stale_dirs(fs, base_dirs, kernel_tag, pid_alive=pid_alive):
+        try:
+            children = sorted(fs.listdir(stale))
+        except OSError:
+            continue
+        for child in children:
+            if fs.exists(stale / child / "cgroup.procs") and rmdir_quiet(fs, stale / child):
+                removed.append(stale / child)
+        if rmdir_quiet(fs, stale):
+            removed.append(stale)
     return removed

@@ -16,10 +16,12 @@ is usable the kernel falls back to :mod:`.rlimits`. Every filesystem access goes
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import signal
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -34,11 +36,12 @@ from clove.kernel.sandbox.cgroupfs import (
     parse_proc_cgroup,
     read_pids,
     remove_stale_dirs,
+    stale_dirs,
     write_control,
 )
 from clove.kernel.sandbox.limits import NOT_REQUESTED, LimitReport, Limits
 
-__all__ = ["PREFERENCES", "AgentCgroup", "CgroupBackend", "KillFn", "detect_backend", "remove_stale"]
+__all__ = ["PREFERENCES", "AgentCgroup", "CgroupBackend", "KillFn", "detect_backend", "reap_stale", "remove_stale"]
 
 log = logging.getLogger(__name__)
 
@@ -421,3 +424,44 @@ def remove_stale(backend: CgroupBackend, *, pid_alive: Callable[[int], bool] | N
     :returns: the directories removed.
     """
     return remove_stale_dirs(backend.fs, backend.base_dirs, backend.kernel_tag, pid_alive=pid_alive)
+
+
+def reap_stale(
+    backend: CgroupBackend,
+    *,
+    pid_alive: Callable[[int], bool] | None = None,
+    kill: KillFn = os.kill,
+    timeout: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Path]:
+    """What a dead kernel left behind: SIGKILL the processes still in its cgroups (agents
+    orphaned by a kernel that was itself SIGKILLed), then remove the cgroups. Called at boot,
+    before the loop runs, so the short wait for the processes to die blocks nobody.
+
+    :returns: the directories removed.
+    """
+    removed = remove_stale(backend, pid_alive=pid_alive)
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = set()
+        for stale in stale_dirs(backend.fs, backend.base_dirs, backend.kernel_tag, pid_alive=pid_alive):
+            for d in (stale, *(stale / c for c in _children(backend.fs, stale))):
+                with contextlib.suppress(OSError):
+                    pids.update(int(p) for p in backend.fs.read_text(d / "cgroup.procs").split())
+        if not pids:
+            return removed
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            log.warning("processes left by a dead kernel survive SIGKILL: %s", sorted(pids))
+            return removed
+        sleep(0.02)
+        removed += remove_stale(backend, pid_alive=pid_alive)
+
+
+def _children(fs: CgroupFS, directory: Path) -> list[str]:
+    try:
+        return [c for c in fs.listdir(directory) if fs.exists(directory / c / "cgroup.procs")]
+    except OSError:
+        return []
