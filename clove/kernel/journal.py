@@ -33,7 +33,6 @@ from clove.kernel.journal_verify import (
     Category,
     VerifyResult,
     canonical_bytes,
-    canonical_json,
     clip_text,
     parse_record,
     read_journal,

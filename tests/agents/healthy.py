@@ -1,5 +1,4 @@
 """A well-behaved agent: answers a noop round trip in a loop and reports its count."""
-import sys
 import time
 
 from clove_sdk import CloveClient

@@ -7,7 +7,6 @@ import socket
 
 import pytest
 
-from clove.testing.kernel import poll_for
 from tests.conftest import agent_script, read_report, requires_root
 
 pytestmark = [pytest.mark.integration, requires_root]
