@@ -11,7 +11,7 @@ import socket
 import time
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clove import __version__
 from clove.config import AgentConfig, KernelConfig
@@ -33,6 +33,14 @@ from clove.kernel.agents import Agent
 from clove.kernel.lifecycle import lifecycle_events
 from clove.kernel.services import SERVICES
 from clove.kernel.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from clove.kernel.exec_service import ExecService
+    from clove.kernel.files import FileService
+    from clove.kernel.http_service import HttpService
+    from clove.kernel.messaging import MessagingService
+    from clove.kernel.metrics import MetricsService
+    from clove.kernel.state import StateService
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,13 @@ class Kernel:
         self.zygote_listeners: list[Callable[[dict[str, Any]], None]] = []
         #: Called in order at shutdown, before the journal closes.
         self.on_shutdown: list[Callable[[], None]] = []
+        # The agent services, set by their attach() in start() (see clove.kernel.services).
+        self.state: StateService
+        self.messaging: MessagingService
+        self.files: FileService
+        self.execs: ExecService
+        self.http: HttpService
+        self.metrics: MetricsService
         self.started_at = time.time()
         self._stopping = False
         self._stop_deadline = 0.0

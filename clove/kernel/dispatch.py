@@ -92,9 +92,9 @@ class Dispatcher:
             return
         except Exception:
             log.exception("syscall %s failed", request.call)
-            err = InternalError(f"{request.call} failed inside the kernel; see the kernel log")
-            self._send(sock, routing, wire.error_reply(request.id, err))
-            self._record(caller, request, syscall, started, err)
+            bug = InternalError(f"{request.call} failed inside the kernel; see the kernel log")
+            self._send(sock, routing, wire.error_reply(request.id, bug))
+            self._record(caller, request, syscall, started, bug)
             return
         if isinstance(result, Deferred):
             result.bind(lambda value, error: self._finish_deferred(sock, routing, caller, request, syscall, started, value, error))

@@ -140,7 +140,7 @@ class EventBus:
         sub.waiter = None
         if timer is not None:
             timer.cancel()
-        out = []
+        out: list[dict[str, Any]] = []
         while sub.queue and len(out) < max_events:
             out.append(sub.queue.popleft())
         deferred.resolve(out)

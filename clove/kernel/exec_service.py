@@ -245,13 +245,13 @@ class ExecService:
                     f"agent {agent.name!r} is {agent.state.value}; commands run only inside a running agent",
                     details={"agent_id": agent.id, "state": agent.state.value},
                 )
-            workdir = self.kernel.files.directory(ctx, cwd)  # type: ignore[attr-defined]
+            workdir = self.kernel.files.directory(ctx, cwd)
             spec = ExecSpec(job=job_id, argv=tuple(argv), cwd=workdir, agent_key=agent.key)
             runtime = self.kernel.supervisor.runtime(agent)
             cgroup = runtime.cgroup if runtime is not None else None
         else:
             creds, _ = operator_identity(ctx.session)
-            workdir = self.kernel.files.directory(ctx, cwd)  # type: ignore[attr-defined]
+            workdir = self.kernel.files.directory(ctx, cwd)
             spec = ExecSpec(
                 job=job_id,
                 argv=tuple(argv),
@@ -465,7 +465,7 @@ def attach(kernel: Kernel) -> None:
     """Build the exec service as ``kernel.execs`` and hook it into the kernel: zygote events,
     agent lifecycle, housekeeping and shutdown."""
     service = ExecService(kernel)
-    kernel.execs = service  # type: ignore[attr-defined]
+    kernel.execs = service
     kernel.zygote_listeners.append(service.on_zygote_event)
     kernel.supervisor.listeners.append(service.on_lifecycle)
     kernel.loop.housekeeping.append(service.housekeeping)

@@ -414,4 +414,4 @@ class FileService:
 
 def attach(kernel: Kernel) -> None:
     """Build the file service as ``kernel.files`` (it keeps no state between calls: no hooks)."""
-    kernel.files = FileService(kernel)  # type: ignore[attr-defined]
+    kernel.files = FileService(kernel)

@@ -408,7 +408,7 @@ def attach(kernel: Kernel) -> None:
         record=record,
         max_request_bytes=kernel.config.kernel.max_message_bytes,
     )
-    kernel.http = service  # type: ignore[attr-defined]
+    kernel.http = service
 
     def on_lifecycle(event_type: str, agent: Agent, details: dict[str, Any]) -> None:
         if event_type in ("agent.exited", "agent.removed"):

@@ -379,7 +379,7 @@ def attach(kernel: Kernel) -> None:
     """Build the messaging service, set ``kernel.messaging`` and hook it to agent lifecycles
     and operator sessions."""
     service = MessagingService(KernelPrincipals(kernel), emit=kernel.events.emit, loop=kernel.loop)
-    kernel.messaging = service  # type: ignore[attr-defined]
+    kernel.messaging = service
     kernel.supervisor.listeners.append(service.on_lifecycle)
     kernel.sessions.on_close.append(service.on_session_closed)
     kernel.on_shutdown.append(service.close)

@@ -401,7 +401,7 @@ def attach(kernel: Kernel) -> None:
         journal_warning=journal_warning,
         default_cgroups=default_cgroups,
     )
-    kernel.metrics = service  # type: ignore[attr-defined]
+    kernel.metrics = service
     kernel.loop.housekeeping.append(service.housekeeping)
     kernel.supervisor.listeners.append(
         lambda event_type, agent, _details: service.forget(agent.id)

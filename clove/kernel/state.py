@@ -134,6 +134,6 @@ def attach(kernel: Kernel) -> None:
     """Open ``<state_dir>/state.db``, set ``kernel.state``, purge in housekeeping, close at
     shutdown."""
     service = StateService(kernel, StateStore(kernel.state_dir / "state.db").open())
-    kernel.state = service  # type: ignore[attr-defined]
+    kernel.state = service
     kernel.loop.housekeeping.append(service.housekeeping)
     kernel.on_shutdown.append(service.close)

@@ -47,7 +47,7 @@ class Exec(Syscall):
     def execute(self, ctx: SyscallContext, req: ExecRequest) -> Any:
         if isinstance(req.request_id, str) and not 0 < len(req.request_id) <= 128:
             raise InvalidArguments("request_id must be 1-128 characters", details={"argument": "request_id"})
-        deferred = ctx.kernel.execs.run(ctx, req.command, req.cwd, float(req.timeout))  # type: ignore[attr-defined]
+        deferred = ctx.kernel.execs.run(ctx, req.command, req.cwd, float(req.timeout))
         return accept_or_wait(
             ctx, async_=req.async_, request_id=req.request_id, opcode_name=OPCODE, deferred=deferred
         )

@@ -42,7 +42,7 @@ class Read(Syscall):
     Request = ReadRequest
 
     def execute(self, ctx: SyscallContext, req: ReadRequest) -> Any:  # a dict, or a Deferred
-        return ctx.kernel.files.read(ctx, req.path)  # type: ignore[attr-defined]
+        return ctx.kernel.files.read(ctx, req.path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,7 @@ class Write(Syscall):
                 f"mode must be one of {', '.join(WRITE_MODES)}", details={"argument": "mode"}
             )
         data = _content_bytes(req.content, req.encoding)
-        return ctx.kernel.files.write(ctx, req.path, data, append=req.mode == "append")  # type: ignore[attr-defined]
+        return ctx.kernel.files.write(ctx, req.path, data, append=req.mode == "append")
 
 
 def _content_bytes(content: str | bytes, encoding: str | None) -> bytes:

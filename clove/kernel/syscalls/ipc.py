@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def _service(ctx: SyscallContext) -> MessagingService:
-    return ctx.kernel.messaging  # type: ignore[attr-defined, no-any-return]
+    return ctx.kernel.messaging
 
 
 @dataclass(frozen=True, slots=True)

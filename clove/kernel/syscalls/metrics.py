@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def _service(ctx: SyscallContext) -> MetricsService:
-    return ctx.kernel.metrics  # type: ignore[attr-defined, no-any-return]
+    return ctx.kernel.metrics
 
 
 def _viewer(ctx: SyscallContext) -> int | None:

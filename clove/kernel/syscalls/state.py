@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def _service(ctx: SyscallContext) -> StateService:
-    return ctx.kernel.state  # type: ignore[attr-defined, no-any-return]
+    return ctx.kernel.state
 
 
 @dataclass(frozen=True, slots=True)
