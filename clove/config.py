@@ -2,7 +2,7 @@
 
 Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the file,
 the table and the key, e.g. ``configs/kernel.toml: [sandbox].backend: expected one of ...``.
-The schema is documented in README.md ("Configuration").
+The schema is documented in README.md ("Configuration"); the ``[llm]`` table in docs/llm.md.
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from clove.errors import CloveError, ConfigError
+
+if TYPE_CHECKING:
+    from clove.llm.settings import LlmSection
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -108,6 +111,7 @@ class KernelConfig:
     logs: LogsSection = field(default_factory=LogsSection)
     retention: RetentionSection = field(default_factory=RetentionSection)
     agents: tuple[AgentConfig, ...] = ()
+    llm: LlmSection | None = None
     source: str | None = None
 
 
@@ -323,9 +327,9 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
         raise ConfigError(f"{source}: cannot read: {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source}: invalid TOML: {err}") from None
-    unknown = sorted(set(raw) - {"kernel", "sandbox", "supervisor", "logs", "retention", "agents"})
+    unknown = sorted(set(raw) - {"kernel", "sandbox", "supervisor", "logs", "retention", "agents", "llm"})
     if unknown:
-        raise ConfigError(f"{source}: [{unknown[0]}]: unknown table (known: agents, kernel, logs, retention, sandbox, supervisor)")
+        raise ConfigError(f"{source}: [{unknown[0]}]: unknown table (known: agents, kernel, llm, logs, retention, sandbox, supervisor)")
     base_dir = Path(source).resolve().parent
     k = _section(source, raw, "kernel")
     state_dir = k.get("state_dir", str, None)
@@ -366,4 +370,9 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
     if not isinstance(agents_raw, dict):
         raise ConfigError(f"{source}: [agents]: expected a table of agent tables")
     agents = tuple(_agent(source, name, data, base_dir) for name, data in agents_raw.items())
-    return KernelConfig(kernel=kernel, sandbox=sandbox, supervisor=supervisor, logs=logs, retention=retention, agents=agents, source=source)
+    from clove.llm.settings import parse_llm  # the gateway owns its table's schema (and loads plugins)
+
+    llm = parse_llm(source, raw)
+    return KernelConfig(
+        kernel=kernel, sandbox=sandbox, supervisor=supervisor, logs=logs, retention=retention, agents=agents, llm=llm, source=source
+    )

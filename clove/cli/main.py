@@ -180,6 +180,34 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_llm(args: argparse.Namespace) -> int:
+    """Show LLM usage, budgets and queue waits; with a change option, change an agent's."""
+    changes: dict[str, Any] = {}
+    if args.tokens is not None:
+        changes["tokens"] = args.tokens
+    if args.period_tokens is not None:
+        changes["period_tokens"] = args.period_tokens
+    if args.weight is not None:
+        changes["weight"] = args.weight
+    if args.reset:
+        changes["reset"] = sorted(set(args.reset))
+    with _client(args) as c:
+        try:
+            if changes:
+                if not args.name:
+                    raise CliError("llm: name the agent whose budget to change")
+                result = c.call("llm.budget", name=args.name, **changes)
+                _emit(args, result, lambda: render.llm_table({"enabled": True, "agents": [result["agent"]]}))
+                return EXIT_OK
+            stats = c.call("llm.stats", **({"name": args.name} if args.name else {}))
+        except CloveError as err:
+            if isinstance(err, KernelUnavailable):
+                raise
+            raise CliError(f"llm: {err.message}") from None
+    _emit(args, stats, lambda: render.llm_table(stats))
+    return EXIT_OK
+
+
 def cmd_kernel(args: argparse.Namespace) -> int:
     from clove.kernel.main import run_kernel
 
@@ -187,6 +215,30 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 
 
 # ---- parser ------------------------------------------------------------------------------------
+
+
+def _tokens(value: str) -> int:
+    """``5000``, ``50k``, ``2M`` or ``1_000_000`` tokens."""
+    text = value.strip().lower().replace("_", "")
+    scale = {"k": 1000, "m": 1_000_000}.get(text[-1:], 1)
+    try:
+        number = float(text[:-1] if scale != 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a token count like 5000, 50k or 2M, got {value!r}") from None
+    if number < 0 or number != number or number > 1e15:
+        raise argparse.ArgumentTypeError(f"expected a token count like 5000, 50k or 2M, got {value!r}")
+    return int(number)
+
+
+def _weight(value: str) -> float:
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = -1.0
+    if not 0 < weight < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive weight, got {value!r}")
+    return weight
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("-f", "--follow", action="store_true")
     lg.add_argument("--tail", type=int, default=16384, help="bytes from the end to start with")
     lg.set_defaults(func=cmd_logs)
+
+    lm = common(sub.add_parser("llm", help="LLM usage, budgets and queue waits; change an agent's budget"))
+    lm.add_argument("name", nargs="?", help="only this agent (and the one to change)")
+    lm.add_argument("--tokens", type=_tokens, metavar="N", help="set the agent's lifetime token budget (its llm_tokens grant)")
+    lm.add_argument("--period-tokens", type=_tokens, metavar="N", help="set its token budget per [llm].period")
+    lm.add_argument("--weight", type=_weight, metavar="W", help="set its fair-share weight")
+    lm.add_argument("--reset", action="append", choices=["tokens", "period_tokens", "weight"], help="back to the config's value (repeatable)")
+    lm.set_defaults(func=cmd_llm)
 
     a = common(sub.add_parser("audit", help="query or verify the audit journal"))
     a.add_argument("--agent", help="only records of this agent (name)")

@@ -91,3 +91,54 @@ def audit_table(entries: list[dict[str, Any]]) -> str:
         for e in entries
     ]
     return table(["ID", "TIME", "CATEGORY", "EVENT", "AGENT", "DECISION", "CODE", "µS"], rows)
+
+
+def human_tokens(n: int | None) -> str:
+    """``None`` is unlimited: ``∞``; thousands as ``12.3k``, millions as ``4.5M``."""
+    if n is None:
+        return "∞"
+    if abs(n) < 10_000:
+        return str(n)
+    if abs(n) < 1_000_000:
+        return f"{n / 1000:.1f}k"
+    return f"{n / 1_000_000:.1f}M"
+
+
+def _used_of(used: int | None, budget: int | None) -> str:
+    if budget is None:
+        return human_tokens(used or 0)
+    percent = f" ({100 * (used or 0) / budget:.0f}%)" if budget else ""
+    return f"{human_tokens(used or 0)}/{human_tokens(budget)}{percent}"
+
+
+def _waits(w: dict[str, Any] | None) -> str:
+    if not w or not w.get("n"):
+        return "-"
+    return "/".join(f"{w[k]:.0f}" if w[k] >= 10 else f"{w[k]:.1f}" for k in ("p50", "p95", "p99"))
+
+
+def llm_table(stats: dict[str, Any]) -> str:
+    """``clove llm``: providers, then one row per agent (usage against budgets, queue waits in
+    ms as p50/p95/p99)."""
+    if not stats.get("enabled"):
+        return f"LLM gateway disabled: {stats.get('reason', 'not configured')}"
+    out = []
+    providers = stats.get("providers") or []
+    if providers:
+        out.append(table(
+            ["PROVIDER", "KIND", "MODEL", "STATE", "IN-FLIGHT", "QUEUED", "DONE", "FAILED", "RETRIES", "TOKENS"],
+            [[p["name"] + (" *" if p["name"] == stats.get("default_provider") else ""), p["kind"], p["model"],
+              p["state"] + (f" ({p['error']})" if p.get("error") else ""), f"{p['in_flight']}/{p['concurrency']}",
+              p["queued"], p["completed"], p["failed"], p["retries"], human_tokens(p["tokens"])] for p in providers],
+        ))  # fmt: skip
+    rows = []
+    for a in stats.get("agents") or []:
+        rows.append([
+            a.get("agent_id") if a.get("agent_id") is not None else "-", a["name"], f"{a['weight']:g}",
+            _used_of(a["used"], a["budget"]),
+            "-" if a.get("period_budget") is None else _used_of(a.get("period_used"), a["period_budget"]),
+            a["reserved"] or "-", a["queued"], a["in_flight"], a["requests"], a["failed"], a["cancelled"],
+            _waits(a.get("queue_wait_ms")),
+        ])  # fmt: skip
+    out.append(table(["ID", "NAME", "WEIGHT", "USED/BUDGET", "PERIOD", "RESERVED", "QUEUED", "IN-FLIGHT", "REQS", "FAILED", "CANCELLED", "WAIT MS p50/95/99"], rows) if rows else "no agents")
+    return "\n\n".join(out)
