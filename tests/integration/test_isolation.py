@@ -7,6 +7,8 @@ import socket
 import sys
 import threading
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import agent_script, read_report, requires_root
@@ -53,7 +55,10 @@ def test_sandboxed_agent_is_confined_but_reaches_the_kernel(kernel, tcp_server, 
     # /tmp holds only what the agent wrote plus the mount points of its own exposed paths
     # (its script's directory when that lives under /tmp).
     assert "agent-tmp.txt" in report["tmp_listing"]["value"]
-    assert set(report["tmp_listing"]["value"]) - {"agent-tmp.txt"} <= {kernel.dir.parts[2]}
+    exposed_under_tmp = {
+        Path(p).parts[2] for p in (str(kernel.dir), agent_script("probe.py"), sys.prefix) if p.startswith("/tmp/")
+    }  # the kernel's dir, and the checkout and venv when they live under /tmp (a CI runner)
+    assert set(report["tmp_listing"]["value"]) - {"agent-tmp.txt"} <= exposed_under_tmp
     assert report["uid"] == r["isolation"]["uid"] and report["uid"] >= 300_000
     assert report["hostname"] == "clove-probe"
     assert report["pid"] == 2  # pid 1 is the sandbox's init
