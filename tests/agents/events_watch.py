@@ -1,5 +1,6 @@
 """Subscribes to events, emits a custom one, tries to forge a kernel event, reports, then waits."""
 import json
+import signal
 import time
 
 from clove_sdk import CloveClient
@@ -17,4 +18,4 @@ with CloveClient(timeout=10) as c:
     out["seen"] = seen
 print("REPORT " + json.dumps(out), flush=True)
 while True:
-    time.sleep(1)
+    signal.pause()  # idle until the kernel stops it

@@ -4,6 +4,7 @@ Bytes travel as ``{"bytes_hex": ...}`` both ways."""
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -60,7 +61,7 @@ def main() -> None:
                 )
     print("REPORT " + json.dumps(results, default=encode), flush=True)
     while True:
-        time.sleep(1)
+        signal.pause()  # idle until the kernel stops it
 
 
 if __name__ == "__main__":

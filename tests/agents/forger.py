@@ -1,6 +1,6 @@
 """Tries to pass itself off as another agent through the message body and envelope."""
 import json
-import time
+import signal
 
 import zmq
 
@@ -33,4 +33,4 @@ with CloveClient(timeout=10) as client:
         out["kill_victim"] = getattr(err, "code", repr(err))
 print("REPORT " + json.dumps(out), flush=True)
 while True:
-    time.sleep(1)
+    signal.pause()  # idle until the kernel stops it

@@ -7,6 +7,7 @@ prints HELD and then waits forever without collecting anything (to be killed).
 Prints READY, waits for a message (the go signal) so every agent starts together, then works,
 prints ``REPORT {results: [{code, tokens, queue_wait_ms, content}...]}`` and exits."""
 import json
+import signal
 import sys
 import time
 
@@ -36,7 +37,7 @@ with CloveClient(timeout=120) as c:
         if mode == "hold":
             print("HELD", flush=True)
             while True:
-                time.sleep(60)
+                signal.pause()  # idle until the kernel stops it
         deadline = time.monotonic() + 120
         while outstanding and time.monotonic() < deadline:
             polled = c.poll_async(max_results=100)

@@ -1,8 +1,8 @@
 """Grows its memory 1 MiB at a time, watching its own metrics, until the cgroup's usage reaches
 the fraction of its limit given as its first argument; then holds it. Prints each step."""
 import json
+import signal
 import sys
-import time
 
 from clove_sdk import CloveClient
 
@@ -20,4 +20,4 @@ with CloveClient(timeout=10) as c:
         hoard.append(chunk)
     print("HOLDING " + json.dumps({"rss": m["process"]["memory"]["rss"], "cgroup": cg}), flush=True)
     while True:
-        time.sleep(1)
+        signal.pause()  # idle until the kernel stops it

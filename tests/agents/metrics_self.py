@@ -1,8 +1,8 @@
 """Reads the metrics an agent may read (its own, the host's, its own cgroup) and tries those it
 may not (another agent's, a foreign cgroup); reports every answer, then idles."""
 import json
+import signal
 import sys
-import time
 
 from clove_sdk import CloveClient
 
@@ -18,4 +18,4 @@ with CloveClient(timeout=10) as c:
     out["escape"] = c.get_cgroup_metrics("/sys/fs/cgroup/../../etc")
 print("REPORT " + json.dumps(out), flush=True)
 while True:
-    time.sleep(1)
+    signal.pause()  # idle until the kernel stops it

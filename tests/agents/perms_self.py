@@ -1,6 +1,6 @@
 """Reads its permissions, lowers them, then tries to raise them back."""
 import json
-import time
+import signal
 
 from clove_sdk import CloveClient
 
@@ -12,4 +12,4 @@ with CloveClient(timeout=10) as c:
     out["raise_again"] = c.set_permissions(level="standard")
 print("REPORT " + json.dumps(out), flush=True)
 while True:
-    time.sleep(1)
+    signal.pause()  # idle until the kernel stops it

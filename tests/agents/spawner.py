@@ -1,8 +1,8 @@
 """An agent with the spawn right: spawns children within and beyond its own rights and limits."""
 import json
 import os
+import signal
 import sys
-import time
 
 from clove_sdk import CloveClient
 
@@ -25,4 +25,4 @@ with CloveClient(timeout=20) as c:
     out["kill_stranger"] = c.kill(name="stranger")
 print("REPORT " + json.dumps(out, default=str), flush=True)
 while True:
-    time.sleep(1)
+    signal.pause()  # idle until the kernel stops it

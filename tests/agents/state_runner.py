@@ -8,6 +8,7 @@ until one for that key and action). Bytes in results are reported as {"hex": ...
 """
 
 import json
+import signal
 import sys
 import time
 
@@ -47,4 +48,4 @@ with CloveClient(timeout=10) as c:
 print("REPORT " + json.dumps(out, default=lambda b: {"hex": b.hex()}), flush=True)
 if sys.argv[2:] == ["stay"]:
     while True:
-        time.sleep(1)
+        signal.pause()  # idle until the kernel stops it
