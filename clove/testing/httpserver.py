@@ -33,6 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from clove.testing.serving import BackgroundServer
+
 __all__ = ["HttpTestServer", "RecordedRequest", "Route"]
 
 BINARY_BODY = bytes(range(128, 256)) + b"\x00\xff\xfe"
@@ -163,8 +165,10 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class HttpTestServer:
+class HttpTestServer(BackgroundServer):
     """The server; a context manager (or :meth:`start` and :meth:`close`)."""
+
+    _thread_name = "http-test-server"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._routes: dict[str, Route] = {}
@@ -204,23 +208,3 @@ class HttpTestServer:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self._requests.append(request)
-
-    def start(self) -> HttpTestServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="http-test-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        """Stop serving; delayed and trickling responses end at once."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(5)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> HttpTestServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from clove.testing.serving import BackgroundServer
+
 __all__ = ["ChatCall", "FakeOpenAIServer", "FailureRule", "prompt_tokens"]
 
 
@@ -146,7 +148,7 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(BackgroundServer):
     """The server; a context manager (or :meth:`start` and :meth:`close`). Settings are plain
     attributes, safe to change while it runs.
 
@@ -155,6 +157,8 @@ class FakeOpenAIServer:
         (the reply's words).
     :param api_key: when set, requests must carry ``Authorization: Bearer <api_key>`` (else 401).
     """
+
+    _thread_name = "fake-openai"
 
     def __init__(
         self,
@@ -328,23 +332,3 @@ class FakeOpenAIServer:
         return out, "length" if wanted == "max" and call.max_tokens is not None else "stop"
 
     # ---- lifetime --------------------------------------------------------------------------------
-
-    def start(self) -> FakeOpenAIServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        """Stop serving; hung and slow requests end at once."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(5)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
