@@ -128,7 +128,7 @@ class Kernel:
         self.supervisor.listeners.append(self._lifecycle_event)
         for attach in SERVICES:
             attach(self)
-        self.supervisor.prepare_spare()
+        self.supervisor.spares.prepare()
         control = self.channels.control
         assert control is not None  # noqa: S101 - bind_control just set it
         self.loop.add_reader(control, lambda: self.dispatcher.on_readable(control))

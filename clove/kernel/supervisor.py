@@ -8,7 +8,6 @@ SIGKILL of the whole tree (cgroup kill, or the pid namespace's init).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import shutil
@@ -20,19 +19,27 @@ from pathlib import Path
 from typing import Any
 
 from clove.config import AgentConfig, KernelConfig
-from clove.errors import CloveError, Conflict, IsolationUnavailable, PermissionDenied, SandboxError, SpawnFailed
+from clove.errors import (
+    CloveError,
+    Conflict,
+    IsolationUnavailable,
+    PermissionDenied,
+    SandboxError,
+    SpawnFailed,
+)
 from clove.kernel.agents import TERMINAL, Agent, AgentState, AgentTable, ExitInfo, ExitReason
 from clove.kernel.channels import Channels
 from clove.kernel.exits import classify_exit, restart_delay, should_restart
 from clove.kernel.journal import Category, Journal
 from clove.kernel.launchspec import build_spawn_spec, interpreter_paths
 from clove.kernel.logs import LogCapture
-from clove.kernel.policy import for_level
 from clove.kernel.loop import Loop, Timer
+from clove.kernel.policy import for_level
 from clove.kernel.sandbox.cgroups import AgentCgroup, CgroupBackend
 from clove.kernel.sandbox.launcher import ZygoteLauncher
-from clove.kernel.sandbox.limits import Limits, LimitReport
+from clove.kernel.sandbox.limits import LimitReport, Limits
 from clove.kernel.sandbox.rlimits import rlimits_for
+from clove.kernel.spares import Spares
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +92,7 @@ class Supervisor:
         self._rt: dict[int, Runtime] = {}
         self._by_key: dict[str, Agent] = {}
         self._orphan_cgroups: list[AgentCgroup] = []
-        self._spare: tuple[AgentCgroup, str] | None = None  # a cgroup a spare process already sits in
-        self._spare_seq = itertools.count(1)
-        self._stopping = False
+        self.spares = Spares(backend, launcher, self._discard_cgroup)
         self._interpreter_paths = interpreter_paths()
         self.listeners: list[Callable[[str, Agent, dict[str, Any]], None]] = []
 
@@ -199,7 +204,7 @@ class Supervisor:
         slot: str | None = None
         try:
             if self.backend is not None:
-                taken = self._take_spare(limits)
+                taken = self.spares.take(limits)
                 if taken is not None:
                     rt.cgroup, slot = taken
                 else:
@@ -233,53 +238,8 @@ class Supervisor:
             self._start_failed(agent, err.message)
             return
         os.close(write_fd)
-        self.prepare_spare()
+        self.spares.prepare()
         rt.start_timer = self.loop.call_later(self.config.sandbox.start_timeout, lambda: self._start_timeout(agent))
-
-    # ---- spares: cgroup attach paid ahead of time -------------------------------------------
-
-    def prepare_spare(self) -> None:
-        """Keep one process waiting in a fresh, limitless cgroup for the next spawn.
-
-        The first cgroup v1 attach after an idle spell waits for an RCU grace period (~10 ms,
-        most of a spawn); the spare pays it while nobody waits. The spawn then writes the
-        agent's limits into that cgroup and hands the spare the agent's spec.
-        """
-        if self.backend is None or self._spare is not None or self._stopping or self.launcher.sock is None:
-            return
-        slot = f"slot-{next(self._spare_seq)}"
-        try:
-            cgroup = self.backend.create(slot, Limits())
-        except SandboxError as err:
-            log.warning("no spare: %s", err.message)
-            return
-        try:
-            self.launcher.prepare(slot, cgroup.attach_paths)
-        except SandboxError as err:
-            log.warning("no spare: %s", err.message)
-            self._discard_cgroup(cgroup)
-            return
-        self._spare = (cgroup, slot)
-
-    def _take_spare(self, limits: Limits) -> tuple[AgentCgroup, str] | None:
-        if self._spare is None or self.backend is None:
-            return None
-        cgroup, slot = self._spare
-        self._spare = None
-        try:
-            self.backend.apply_limits(cgroup, limits)
-        except SandboxError as err:  # e.g. the spare already uses more than the memory limit
-            log.warning("spare %s unusable: %s", slot, err.message)
-            self._drop_spare(cgroup, slot)
-            return None
-        return cgroup, slot
-
-    def _drop_spare(self, cgroup: AgentCgroup, slot: str) -> None:
-        try:
-            self.launcher.drop_spare(slot)
-        except SandboxError:
-            pass
-        self._discard_cgroup(cgroup)
 
     def _discard_cgroup(self, cgroup: AgentCgroup) -> None:
         cgroup.kill_all()
@@ -573,9 +533,7 @@ class Supervisor:
 
     def _zygote_lost(self) -> None:
         log.error("the zygote died; restarting it")
-        if self._spare is not None:
-            self._discard_cgroup(self._spare[0])
-            self._spare = None
+        self.spares.lost()
         self.launcher.stop(timeout=0.5)
         for agent in self.table:
             if agent.state not in TERMINAL and agent.state is not S.BACKOFF:
@@ -586,26 +544,20 @@ class Supervisor:
         except SandboxError as err:
             log.error("%s", err)
             return
-        self.prepare_spare()
+        self.spares.prepare()
 
     def live_count(self) -> int:
         return sum(1 for a in self.table if a.state not in TERMINAL)
 
     def stop_all(self) -> None:
-        self._stopping = True
-        if self._spare is not None:
-            self._drop_spare(*self._spare)
-            self._spare = None
+        self.spares.stop()
         for agent in self.table:
             if agent.state not in TERMINAL:
                 self.kill(agent, operator=False)
 
     def finish(self) -> None:
         """Last step of shutdown: remove every cgroup and the agents' runtime files."""
-        self._stopping = True
-        if self._spare is not None:
-            self._drop_spare(*self._spare)
-            self._spare = None
+        self.spares.stop()
         for agent in self.table:
             rt = self._rt.get(agent.id)
             if rt is not None:
