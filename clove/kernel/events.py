@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from clove.errors import InvalidArguments, PermissionDenied
+from clove.kernel.waiting import WaitSlot
 
 if TYPE_CHECKING:
-    from clove.kernel.loop import Loop, Timer
+    from clove.kernel.loop import Loop
     from clove.kernel.syscalls.base import Deferred
 
 KERNEL_EVENTS: Final = frozenset(
@@ -46,7 +47,7 @@ class _Subscriber:
     types: set[str] = field(default_factory=set)
     queue: deque[dict[str, Any]] = field(default_factory=deque)
     dropped: int = 0
-    waiter: tuple[Deferred, int, Timer | None] | None = None
+    wait: WaitSlot = field(default_factory=WaitSlot)
 
 
 class EventBus:
@@ -129,39 +130,14 @@ class EventBus:
         if sub.queue or timeout <= 0 or self.loop is None:
             deferred.resolve(self.poll(principal_id, max_events))
             return
-        self._cancel_wait(sub)
-        timer = self.loop.call_later(timeout, lambda: self._expire(principal_id))
-        sub.waiter = (deferred, max_events, timer)
+        sub.wait.park(self.loop, deferred, max_events, timeout)
 
-    def _wake(self, sub: _Subscriber) -> None:
-        if sub.waiter is None:
-            return
-        deferred, max_events, timer = sub.waiter
-        sub.waiter = None
-        if timer is not None:
-            timer.cancel()
-        out: list[dict[str, Any]] = []
-        while sub.queue and len(out) < max_events:
-            out.append(sub.queue.popleft())
-        deferred.resolve(out)
-
-    def _expire(self, principal_id: int) -> None:
-        sub = self._subs.get(principal_id)
-        if sub is not None and sub.waiter is not None:
-            deferred = sub.waiter[0]
-            sub.waiter = None
-            deferred.resolve([])
-
-    def _cancel_wait(self, sub: _Subscriber) -> None:
-        if sub.waiter is not None:
-            deferred, _, timer = sub.waiter
-            sub.waiter = None
-            if timer is not None:
-                timer.cancel()
-            deferred.resolve([])
+    @staticmethod
+    def _wake(sub: _Subscriber) -> None:
+        sub.wait.answer(lambda limit: [sub.queue.popleft() for _ in range(min(limit, len(sub.queue)))])
 
     def drop(self, principal_id: int) -> None:
         """Forget a caller that is gone (its subscriptions and queue)."""
         sub = self._subs.pop(principal_id, None)
         if sub is not None:
-            self._cancel_wait(sub)
+            sub.wait.cancel()

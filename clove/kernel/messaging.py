@@ -35,11 +35,12 @@ import msgpack  # type: ignore[import-untyped]
 
 from clove.errors import Conflict, InvalidArguments, MailboxFull, NotFound, QuotaExceeded
 from clove.kernel.agents import TERMINAL
+from clove.kernel.waiting import WaitSlot
 
 if TYPE_CHECKING:
     from clove.kernel.agents import Agent
     from clove.kernel.core import Kernel
-    from clove.kernel.loop import Loop, Timer
+    from clove.kernel.loop import Loop
     from clove.kernel.sessions import OperatorSession
     from clove.kernel.syscalls.base import Deferred
 
@@ -89,7 +90,7 @@ class Message:
 class Mailbox:
     queue: deque[Message] = field(default_factory=deque)
     bytes: int = 0
-    waiter: tuple[Deferred, int, Timer | None] | None = None
+    wait: WaitSlot = field(default_factory=WaitSlot)
 
     def take(self, limit: int) -> list[Message]:
         out: list[Message] = []
@@ -281,34 +282,12 @@ class MessagingService:
         if box.queue or timeout <= 0 or self.loop is None:
             deferred.resolve(self.receive(principal_id, max_messages))
             return
-        self._cancel_wait(box)
-        timer = self.loop.call_later(min(timeout, MAX_WAIT), lambda: self._expire(principal_id, deferred))
-        box.waiter = (deferred, max_messages, timer)
+        box.wait.park(self.loop, deferred, max_messages, min(timeout, MAX_WAIT))
 
     def _answer(self, box: Mailbox) -> None:
-        if box.waiter is None:
-            return
-        deferred, limit, timer = box.waiter
-        box.waiter = None
-        if timer is not None:
-            timer.cancel()
-        now = self.clock()
-        deferred.resolve([m.to_wire(now) for m in box.take(limit)])
-
-    def _expire(self, principal_id: int, deferred: Deferred) -> None:
-        box = self._boxes.get(principal_id)
-        if box is not None and box.waiter is not None and box.waiter[0] is deferred:
-            box.waiter = None
-        deferred.resolve([])
-
-    @staticmethod
-    def _cancel_wait(box: Mailbox) -> None:
-        if box.waiter is not None:
-            deferred, _, timer = box.waiter
-            box.waiter = None
-            if timer is not None:
-                timer.cancel()
-            deferred.resolve([])
+        if box.wait.parked:
+            now = self.clock()
+            box.wait.answer(lambda limit: [m.to_wire(now) for m in box.take(limit)])
 
     def pending(self, principal_id: int) -> int:
         box = self._boxes.get(principal_id)
@@ -322,14 +301,14 @@ class MessagingService:
         self.release_names(principal_id)
         box = self._boxes.get(principal_id)
         if box is not None:
-            self._cancel_wait(box)
+            box.wait.cancel()
 
     def drop(self, principal_id: int) -> None:
         """Forget a principal for good: names, mailbox and pending receive."""
         self.release_names(principal_id)
         box = self._boxes.pop(principal_id, None)
         if box is not None:
-            self._cancel_wait(box)
+            box.wait.cancel()
 
     def close(self) -> None:
         for principal_id in list(self._boxes):
