@@ -60,7 +60,7 @@ class CloveClient(
         self.endpoint = default_endpoint(socket_path)
         self.timeout = timeout
         self._ids = itertools.count(1)
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock: zmq.Socket[bytes] | None = None
         self._connect()
 

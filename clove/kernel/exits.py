@@ -58,7 +58,7 @@ def restart_delay(agent: Agent, *, uptime: float, now: float, policy: Supervisor
         return None
     if uptime >= policy.stable_after:
         agent.consecutive_failures = 0
-    delay = min(policy.backoff_initial * (2**agent.consecutive_failures), policy.backoff_max)
+    delay: float = min(policy.backoff_initial * (2**agent.consecutive_failures), policy.backoff_max)
     agent.consecutive_failures += 1
     agent.restart_times.append(now)
     return delay

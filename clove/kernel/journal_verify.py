@@ -159,8 +159,8 @@ def _summarize(value: Any, max_str: int, max_items: int, max_depth: int, depth: 
     if isinstance(value, (Mapping, list, tuple, set, frozenset, deque)):
         count = len(value)
         if depth >= max_depth:
-            kind = "dict" if isinstance(value, Mapping) else type(value).__name__
-            return f"<{kind} of {count} item{'' if count == 1 else 's'}>"
+            what = "dict" if isinstance(value, Mapping) else type(value).__name__
+            return f"<{what} of {count} item{'' if count == 1 else 's'}>"
         more = count - max_items
         if isinstance(value, Mapping):
             out: dict[str, Any] = {}

@@ -84,18 +84,19 @@ class EpollPoller:
     def _readable(source: Any) -> bool:
         if not isinstance(source, zmq.Socket):
             return True
-        return not source.closed and bool(source.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        return not source.closed and bool(int(source.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
     def poll(self, timeout_ms: int) -> list[tuple[Any, int]]:
         events = self._epoll.poll(0 if self._recheck else timeout_ms / 1000)
         candidates = list(self._recheck.values())
         self._recheck.clear()
         candidates.extend(self._by_fd[fd] for fd, _ in events if fd in self._by_fd)
-        ready, seen = [], set()
+        ready: list[tuple[Any, int]] = []
+        seen: set[int] = set()
         for source in candidates:
             if id(source) not in seen and self._readable(source):
                 seen.add(id(source))
-                ready.append((source, zmq.POLLIN))
+                ready.append((source, int(zmq.POLLIN)))
         return ready
 
     def close(self) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from clove.errors import Conflict, InvalidArguments, MailboxFull, NotFound, QuotaExceeded
 from clove.kernel.agents import TERMINAL

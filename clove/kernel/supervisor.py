@@ -8,6 +8,7 @@ SIGKILL of the whole tree (cgroup kill, or the pid namespace's init).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -221,7 +222,7 @@ class Supervisor:
             "limits": {k: v.to_dict() for k, v in limit_report.items()},
         }
         write_fd = rt.logs.new_pipe()
-        self.loop.add_reader(rt.logs.read_fd, lambda capture=rt.logs: self._drain_log(capture))
+        self.loop.add_reader(rt.logs.read_fd, functools.partial(self._drain_log, rt.logs))
         launch = build_spawn_spec(
             agent,
             endpoint=rt.endpoint,

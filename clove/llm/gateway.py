@@ -184,7 +184,10 @@ class Gateway:
         period = self.period()
         for principal in slot.queue.order():
             account = self.accounts[principal]
-            while (job := slot.queue.head(principal)) is not None:
+            while True:
+                job: Job | None = slot.queue.head(principal)
+                if job is None:
+                    break
                 if job.not_before > now:
                     self._wake = min(self._wake, job.not_before)
                     break
@@ -328,7 +331,8 @@ class Gateway:
         retry_after = error.retry_after if isinstance(error, ProviderError) else None
         if retry_after is not None:
             return retry_after
-        return min(self.settings.retry_backoff_max, self.settings.retry_backoff * 2 ** (job.attempts - 1))
+        backoff: float = min(self.settings.retry_backoff_max, self.settings.retry_backoff * 2 ** (job.attempts - 1))
+        return backoff
 
     # ---- deadlines and departures -------------------------------------------------------------
 

@@ -73,7 +73,7 @@ _LLM_PROVIDER_KEYS: Final = ("kind", "model", "models", "concurrency", "rpm", "t
 
 
 def _count(t: _Table, key: str, default: int | None) -> int | None:
-    value = t.get(key, int, default)
+    value: int | None = t.get(key, int, default)
     if value is not None and value < 0:
         raise t.fail(key, f"must be >= 0, got {value!r}")
     return value

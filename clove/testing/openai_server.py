@@ -198,7 +198,7 @@ class FakeOpenAIServer(BackgroundServer):
     @property
     def base_url(self) -> str:
         """What an OpenAI-compatible client's ``base_url`` is: ``http://127.0.0.1:PORT/v1``."""
-        return f"http://{self._server.server_address[0]}:{self.port}/v1"
+        return f"http://{self._server.server_address[0]!s}:{self.port}/v1"
 
     # ---- scripting -------------------------------------------------------------------------------
 

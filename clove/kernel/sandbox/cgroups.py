@@ -443,7 +443,7 @@ def reap_stale(
     removed = remove_stale(backend, pid_alive=pid_alive)
     deadline = time.monotonic() + timeout
     while True:
-        pids = set()
+        pids: set[int] = set()
         for stale in stale_dirs(backend.fs, backend.base_dirs, backend.kernel_tag, pid_alive=pid_alive):
             for d in (stale, *(stale / c for c in _children(backend.fs, stale))):
                 with contextlib.suppress(OSError):
