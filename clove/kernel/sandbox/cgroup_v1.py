@@ -38,8 +38,8 @@ from clove.kernel.sandbox.cgroupfs import (
     rmdir_quiet,
     write_control,
 )
-from clove.kernel.sandbox.cgroups import AgentCgroup, CgroupBackend, KillFn
-from clove.kernel.sandbox.limits import NOT_REQUESTED, LimitReport, Limits
+from clove.kernel.sandbox.cgroups import AgentCgroup, CgroupBackend, KillFn, limit_report
+from clove.kernel.sandbox.limits import LimitReport, Limits
 
 __all__ = ["V1_CONTROLLERS", "V1_REQUIRED", "CgroupV1Agent", "CgroupV1Backend", "V1Layout", "discover_v1"]
 
@@ -259,40 +259,25 @@ class CgroupV1Backend(CgroupBackend):
 
     def _apply(self, dirs: Mapping[str, Path], limits: Limits) -> dict[str, LimitReport]:
         """Write the limit files; returns the report. Raises :class:`SandboxError` on a refusal."""
-        report: dict[str, LimitReport] = {}
-        mem = limits.memory_bytes
-        if mem is None:
-            report["memory"] = LimitReport(None, False, NOT_REQUESTED)
-        elif "memory" not in dirs:
-            report["memory"] = LimitReport(mem, False, "no memory controller")
-        else:
-            write_control(self.fs, dirs["memory"] / "memory.limit_in_bytes", str(mem))
-            via = "memory.limit_in_bytes"
-            memsw = dirs["memory"] / "memory.memsw.limit_in_bytes"
-            if self.fs.exists(memsw):
-                write_control(self.fs, memsw, str(mem))
-                via += "+memory.memsw.limit_in_bytes"
-            report["memory"] = LimitReport(mem, True, via)
 
-        quota = limits.cpu_quota_us
-        if quota is None:
-            report["cpu"] = LimitReport(None, False, NOT_REQUESTED)
-        elif "cpu" not in dirs:
-            report["cpu"] = LimitReport(quota, False, "no cpu controller")
-        else:
+        def memory(mem: int) -> str:
+            write_control(self.fs, dirs["memory"] / "memory.limit_in_bytes", str(mem))
+            memsw = dirs["memory"] / "memory.memsw.limit_in_bytes"
+            if not self.fs.exists(memsw):
+                return "memory.limit_in_bytes"
+            write_control(self.fs, memsw, str(mem))  # memory+swap: swap cannot dodge the limit
+            return "memory.limit_in_bytes+memory.memsw.limit_in_bytes"
+
+        def cpu(quota: int) -> str:
             write_control(self.fs, dirs["cpu"] / "cpu.cfs_period_us", str(limits.cpu_period_us))
             write_control(self.fs, dirs["cpu"] / "cpu.cfs_quota_us", str(quota))
-            report["cpu"] = LimitReport(quota, True, "cpu.cfs_quota_us")
+            return "cpu.cfs_quota_us"
 
-        pids = limits.pids
-        if pids is None:
-            report["pids"] = LimitReport(None, False, NOT_REQUESTED)
-        elif "pids" not in dirs:
-            report["pids"] = LimitReport(pids, False, "no pids controller")
-        else:
-            write_control(self.fs, dirs["pids"] / "pids.max", str(pids))
-            report["pids"] = LimitReport(pids, True, "pids.max")
-        return report
+        def pids(count: int) -> str:
+            write_control(self.fs, dirs["pids"] / "pids.max", str(count))
+            return "pids.max"
+
+        return limit_report(limits, set(dirs), {"memory": memory, "cpu": cpu, "pids": pids})
 
     def close(self) -> None:
         self._close_agents()

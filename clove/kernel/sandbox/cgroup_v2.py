@@ -42,8 +42,8 @@ from clove.kernel.sandbox.cgroupfs import (
     rmdir_quiet,
     write_control,
 )
-from clove.kernel.sandbox.cgroups import AgentCgroup, CgroupBackend, KillFn
-from clove.kernel.sandbox.limits import NOT_REQUESTED, LimitReport, Limits
+from clove.kernel.sandbox.cgroups import AgentCgroup, CgroupBackend, KillFn, limit_report
+from clove.kernel.sandbox.limits import LimitReport, Limits
 
 __all__ = ["V2_CONTROLLERS", "CgroupV2Agent", "CgroupV2Backend", "V2Layout", "discover_v2"]
 
@@ -330,39 +330,23 @@ class CgroupV2Backend(CgroupBackend):
 
     def _apply(self, path: Path, limits: Limits) -> dict[str, LimitReport]:
         """Write the limit files; returns the report. Raises :class:`SandboxError` on a refusal."""
-        have = set(self._controllers)
-        report: dict[str, LimitReport] = {}
-        mem = limits.memory_bytes
-        if mem is None:
-            report["memory"] = LimitReport(None, False, NOT_REQUESTED)
-        elif "memory" not in have:
-            report["memory"] = LimitReport(mem, False, "no memory controller")
-        else:
+
+        def memory(mem: int) -> str:
             write_control(self.fs, path / "memory.max", str(mem))
-            via = "memory.max"
-            if self.fs.exists(path / "memory.swap.max"):
-                write_control(self.fs, path / "memory.swap.max", "0")
-                via += "+memory.swap.max"
-            report["memory"] = LimitReport(mem, True, via)
+            if not self.fs.exists(path / "memory.swap.max"):
+                return "memory.max"
+            write_control(self.fs, path / "memory.swap.max", "0")  # swap cannot dodge the limit
+            return "memory.max+memory.swap.max"
 
-        quota = limits.cpu_quota_us
-        if quota is None:
-            report["cpu"] = LimitReport(None, False, NOT_REQUESTED)
-        elif "cpu" not in have:
-            report["cpu"] = LimitReport(quota, False, "no cpu controller")
-        else:
+        def cpu(quota: int) -> str:
             write_control(self.fs, path / "cpu.max", f"{quota} {limits.cpu_period_us}")
-            report["cpu"] = LimitReport(quota, True, "cpu.max")
+            return "cpu.max"
 
-        pids = limits.pids
-        if pids is None:
-            report["pids"] = LimitReport(None, False, NOT_REQUESTED)
-        elif "pids" not in have:
-            report["pids"] = LimitReport(pids, False, "no pids controller")
-        else:
-            write_control(self.fs, path / "pids.max", str(pids))
-            report["pids"] = LimitReport(pids, True, "pids.max")
-        return report
+        def pids(count: int) -> str:
+            write_control(self.fs, path / "pids.max", str(count))
+            return "pids.max"
+
+        return limit_report(limits, set(self._controllers), {"memory": memory, "cpu": cpu, "pids": pids})
 
     def close(self) -> None:
         self._close_agents()

@@ -210,6 +210,27 @@ class AgentCgroup(ABC):
         return count
 
 
+#: Writes one limit and returns how it is enforced (the report's ``via``).
+LimitWriter = Callable[[int], str]
+
+
+def limit_report(limits: Limits, have: frozenset[str] | set[str], writers: dict[str, LimitWriter]) -> dict[str, LimitReport]:
+    """Apply each requested limit with its writer, in the order memory, cpu, pids; a limit whose
+    controller is missing is reported as not enforced, an unrequested one as such.
+
+    :raises SandboxError: from a writer whose file refused the value.
+    """
+    report: dict[str, LimitReport] = {}
+    for key, value in (("memory", limits.memory_bytes), ("cpu", limits.cpu_quota_us), ("pids", limits.pids)):
+        if value is None:
+            report[key] = LimitReport(None, False, NOT_REQUESTED)
+        elif key not in have:
+            report[key] = LimitReport(value, False, f"no {key} controller")
+        else:
+            report[key] = LimitReport(value, True, writers[key](value))
+    return report
+
+
 class CgroupBackend(ABC):
     """Creates and removes agent cgroups under ``<own cgroup>/<kernel_tag>``.
 
@@ -292,16 +313,10 @@ class CgroupBackend(ABC):
     def planned_report(self, limits: Limits) -> dict[str, LimitReport]:
         """What :meth:`create` would enforce for ``limits``, without creating anything (used to
         refuse a spawn under ``require_isolation`` before any process exists)."""
-        have = self.controllers()
-        report: dict[str, LimitReport] = {}
-        for key, value in (("memory", limits.memory_bytes), ("cpu", limits.cpu_quota_us), ("pids", limits.pids)):
-            if value is None:
-                report[key] = LimitReport(None, False, NOT_REQUESTED)
-            elif key in have:
-                report[key] = LimitReport(value, True, f"{self.name} {key} controller")
-            else:
-                report[key] = LimitReport(value, False, f"no {key} controller")
-        return report
+        def planned(key: str) -> LimitWriter:
+            return lambda _value: f"{self.name} {key} controller"
+
+        return limit_report(limits, self.controllers(), {key: planned(key) for key in ("memory", "cpu", "pids")})
 
     def _check_open(self) -> None:
         if self._closed:
