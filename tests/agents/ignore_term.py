@@ -1,13 +1,12 @@
 """Ignores SIGTERM, so only SIGKILL can stop it; has a child to prove the tree dies too."""
 import os
 import signal
-import time
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 child = os.fork()
 if child == 0:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    time.sleep(600)
+    signal.pause()
     os._exit(0)
 print(f"ready child={child}", flush=True)
 while True:

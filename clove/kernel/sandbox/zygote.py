@@ -46,6 +46,7 @@ import selectors
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,19 +153,27 @@ class Zygote:
                 self._exec_kill(str(request.get("job")))
         return True
 
-    def _spawn(self, spec: SpawnSpec, log_fd: int) -> None:
+    def _fork(self, run: Callable[[int], object], *, child_closes: tuple[socket.socket, ...] = ()) -> tuple[int, int]:
+        """Fork a child that runs ``run(status_w)`` and never returns; returns ``(pid,
+        status_r)``. The child drops the zygote's socket and signal wiring first."""
         status_r, status_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(status_r)
                 self.sock.close()
+                for sock in child_closes:
+                    sock.close()
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                run_c(spec, log_fd, status_w)
+                run(status_w)
             finally:
                 os._exit(127)
         os.close(status_w)
+        return pid, status_r
+
+    def _spawn(self, spec: SpawnSpec, log_fd: int) -> None:
+        pid, status_r = self._fork(lambda status_w: run_c(spec, log_fd, status_w))
         os.close(log_fd)
         os.set_blocking(status_r, False)
         tracked = _Tracked(key=spec.key, status_r=status_r, c_pid=pid, spec=spec)
@@ -173,20 +182,8 @@ class Zygote:
 
     def _prepare(self, slot: str, attach: tuple[str, ...]) -> None:
         """Fork a spare C that joins ``attach`` now and becomes an agent on a later spawn."""
-        status_r, status_w = os.pipe()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(status_r)
-                ours.close()
-                self.sock.close()
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                run_spare(theirs, attach, status_w)
-            finally:
-                os._exit(127)
-        os.close(status_w)
+        pid, status_r = self._fork(lambda status_w: run_spare(theirs, attach, status_w), child_closes=(ours,))
         theirs.close()
         self.spares[slot] = (pid, ours, status_r)
         self.spare_pids[pid] = slot
@@ -245,18 +242,7 @@ class Zygote:
                 self.send({"ev": "exec_exited", "job": job.job, "error": error, "stage": "lookup"})
                 return
             agent, init_pid = owner.spec, owner.g_pid
-        status_r, status_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(status_r)
-                self.sock.close()
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                run_exec(job, agent, init_pid, out_fd, err_fd, status_w)
-            finally:
-                os._exit(127)
-        os.close(status_w)
+        pid, status_r = self._fork(lambda status_w: run_exec(job, agent, init_pid, out_fd, err_fd, status_w))
         os.close(out_fd)
         os.close(err_fd)
         os.set_blocking(status_r, False)
