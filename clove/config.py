@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 from clove.errors import CloveError, ConfigError
 
 if TYPE_CHECKING:
+    from clove.drivers.grants import DeviceGrant
+    from clove.kernel.devices.settings import DeviceSpec
     from clove.llm.settings import LlmSection
 
 if sys.version_info >= (3, 11):
@@ -101,6 +103,8 @@ class AgentConfig:
     working_dir: str | None = None
     level: str = "standard"
     permissions: dict[str, Any] = field(default_factory=dict)
+    #: Device name → this agent's grant on it (``[agents.NAME.devices.DEVICE]``).
+    devices: dict[str, DeviceGrant] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,6 +116,7 @@ class KernelConfig:
     retention: RetentionSection = field(default_factory=RetentionSection)
     agents: tuple[AgentConfig, ...] = ()
     llm: LlmSection | None = None
+    devices: tuple[DeviceSpec, ...] = ()
     source: str | None = None
 
 
@@ -240,7 +245,7 @@ def _section(source: str, raw: dict[str, Any], name: str) -> _Table:
     return _Table(source, name, data)
 
 
-def _agent(source: str, name: str, data: Any, base_dir: Path) -> AgentConfig:
+def _agent(source: str, name: str, data: Any, base_dir: Path, devices: dict[str, DeviceSpec]) -> AgentConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: [agents.{name}]: expected a table, got {type(data).__name__}")
     t = _Table(source, f"agents.{name}", data)
@@ -280,6 +285,7 @@ def _agent(source: str, name: str, data: Any, base_dir: Path) -> AgentConfig:
         working_dir=str((base_dir / working_dir).resolve()) if working_dir else None,
         level=t.choice("level", LEVELS, "standard"),
         permissions=_grants(t),
+        devices=_device_grants(t, devices),
     )
     if agent.max_restarts < 0:
         raise t.fail("max_restarts", f"must be >= 0, got {agent.max_restarts}")
@@ -296,6 +302,15 @@ def _grants(t: _Table) -> dict[str, Any]:
     except CloveError as err:
         raise t.fail("permissions", err.message) from None
     return dict(grants)
+
+
+def _device_grants(t: _Table, devices: dict[str, DeviceSpec]) -> dict[str, DeviceGrant]:
+    data = t.get("devices", dict, {})
+    if not data:
+        return {}
+    from clove.kernel.devices.settings import parse_agent_grants  # the device broker owns the grant schema
+
+    return parse_agent_grants(t.source, t.where.split(".", 1)[1], data, devices)
 
 
 def _resolve_interpreter(value: str | None, base_dir: Path, t: _Table) -> str | None:
@@ -327,9 +342,9 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
         raise ConfigError(f"{source}: cannot read: {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source}: invalid TOML: {err}") from None
-    unknown = sorted(set(raw) - {"kernel", "sandbox", "supervisor", "logs", "retention", "agents", "llm"})
+    unknown = sorted(set(raw) - {"kernel", "sandbox", "supervisor", "logs", "retention", "agents", "llm", "devices"})
     if unknown:
-        raise ConfigError(f"{source}: [{unknown[0]}]: unknown table (known: agents, kernel, llm, logs, retention, sandbox, supervisor)")
+        raise ConfigError(f"{source}: [{unknown[0]}]: unknown table (known: agents, devices, kernel, llm, logs, retention, sandbox, supervisor)")
     base_dir = Path(source).resolve().parent
     k = _section(source, raw, "kernel")
     state_dir = k.get("state_dir", str, None)
@@ -366,13 +381,17 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
     r = _section(source, raw, "retention")
     retention = RetentionSection(max_exited=r.positive("max_exited", int, 100))
     r.done()
+    from clove.kernel.devices.settings import parse_devices  # loads only the drivers the config names
+
+    devices, _registry = parse_devices(source, raw)
+    by_name = {d.name: d for d in devices}
     agents_raw = raw.get("agents", {})
     if not isinstance(agents_raw, dict):
         raise ConfigError(f"{source}: [agents]: expected a table of agent tables")
-    agents = tuple(_agent(source, name, data, base_dir) for name, data in agents_raw.items())
+    agents = tuple(_agent(source, name, data, base_dir, by_name) for name, data in agents_raw.items())
     from clove.llm.settings import parse_llm  # the gateway owns its table's schema (and loads plugins)
 
     llm = parse_llm(source, raw)
     return KernelConfig(
-        kernel=kernel, sandbox=sandbox, supervisor=supervisor, logs=logs, retention=retention, agents=agents, llm=llm, source=source
+        kernel=kernel, sandbox=sandbox, supervisor=supervisor, logs=logs, retention=retention, agents=agents, llm=llm, devices=devices, source=source
     )

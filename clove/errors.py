@@ -20,6 +20,12 @@
     ├── UpstreamError        "upstream.failed"
     ├── QuotaExceeded        "quota.exceeded"
     ├── KernelUnavailable    "kernel.unavailable"  (raised by clients, never sent by the kernel)
+    ├── DeviceError          "device.error"        the device family, raised by drivers and hosts
+    │   ├── DeviceUnavailable "device.unavailable" not present, not configured, host down or restarting
+    │   ├── DeviceBusy        "device.busy"        held by someone else, or its queue is full
+    │   ├── DeviceClosed      "device.closed"      used after close (or the host is shutting down)
+    │   ├── DeviceBroken      "device.broken"      failed mid-operation (I/O error, bus off, host died)
+    │   └── DeviceTimeout     "device.timeout"     the device did not answer in time
     └── InternalError        "internal"
 
 A reply carries an error as ``{"code", "message", "details"}`` (see :func:`to_wire`); the SDK turns
@@ -35,6 +41,12 @@ __all__ = [
     "CloveError",
     "ConfigError",
     "Conflict",
+    "DeviceBroken",
+    "DeviceBusy",
+    "DeviceClosed",
+    "DeviceError",
+    "DeviceTimeout",
+    "DeviceUnavailable",
     "InternalError",
     "InvalidArguments",
     "IsolationUnavailable",
@@ -181,6 +193,44 @@ class KernelUnavailable(CloveError):
     code = "kernel.unavailable"
 
 
+class DeviceError(CloveError):
+    """Base of the device family: what a driver raises and what crosses IPC from a driver host.
+    ``details`` carries ``device`` (its configured name) when the kernel knows it."""
+
+    code = "device.error"
+
+
+class DeviceUnavailable(DeviceError):
+    """The device cannot be used now: not present, a library missing, its host down or
+    restarting. Retrying later may work."""
+
+    code = "device.unavailable"
+
+
+class DeviceBusy(DeviceError):
+    """The device is held elsewhere or cannot take more now (a full transmit queue)."""
+
+    code = "device.busy"
+
+
+class DeviceClosed(DeviceError):
+    """The driver was closed; no operation is possible on this instance."""
+
+    code = "device.closed"
+
+
+class DeviceBroken(DeviceError):
+    """The device failed during an operation (I/O error, bus off, the host died mid-call)."""
+
+    code = "device.broken"
+
+
+class DeviceTimeout(DeviceError):
+    """The device did not complete the operation within its timeout."""
+
+    code = "device.timeout"
+
+
 class InternalError(CloveError):
     """A bug in the kernel. The traceback stays in the kernel's log, never in the reply."""
 
@@ -209,6 +259,12 @@ _BY_CODE: dict[str, type[CloveError]] = {
         OperationTimeout,
         UpstreamError,
         QuotaExceeded,
+        DeviceError,
+        DeviceUnavailable,
+        DeviceBusy,
+        DeviceClosed,
+        DeviceBroken,
+        DeviceTimeout,
     )
 }
 

@@ -23,6 +23,7 @@ import zmq
 
 from clove import wire
 from clove.errors import CloveError, KernelUnavailable
+from clove_sdk._devices import DevicesMixin
 from clove_sdk._events import EventsMixin
 from clove_sdk._exec import ExecMixin
 from clove_sdk._files import FilesMixin
@@ -47,7 +48,8 @@ def default_endpoint(socket_path: str | None = None) -> str:
 
 
 class CloveClient(
-    MessagingMixin, StateMixin, EventsMixin, FilesMixin, ExecMixin, HttpMixin, LlmMixin, PermissionsMixin, MetricsMixin
+    MessagingMixin, StateMixin, EventsMixin, FilesMixin, ExecMixin, HttpMixin, LlmMixin, PermissionsMixin, MetricsMixin,
+    DevicesMixin,
 ):
     """A connection to a kernel. Use it as a context manager, or call :meth:`close`.
 
@@ -177,9 +179,11 @@ class CloveClient(
         env: dict[str, str] | None = None,
         interpreter: str | None = None,
         working_dir: str | None = None,
+        devices: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Start an agent. ``limits`` takes ``memory`` (bytes or "64M"), ``cpu_quota`` (µs per
-        100 ms) or ``cpu`` ("20%"), and ``pids`` (or ``max_pids``).
+        100 ms) or ``cpu`` ("20%"), and ``pids`` (or ``max_pids``). ``devices`` grants devices
+        as a config's ``[agents.NAME.devices.DEVICE]`` tables do (operators only).
 
         :returns: ``{success, id, name, pid, status, restart_policy, isolation}`` or
             ``{success: False, error, code}``.
@@ -203,6 +207,8 @@ class CloveClient(
             body["interpreter"] = interpreter
         if working_dir:
             body["working_dir"] = os.path.abspath(working_dir)
+        if devices:
+            body["devices"] = dict(devices)
         return self._compat("agent.spawn", **body)
 
     @staticmethod

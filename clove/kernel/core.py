@@ -35,6 +35,7 @@ from clove.kernel.services import SERVICES
 from clove.kernel.supervisor import Supervisor
 
 if TYPE_CHECKING:
+    from clove.kernel.devices.broker import DeviceBroker
     from clove.kernel.exec_service import ExecService
     from clove.kernel.files import FileService
     from clove.kernel.http_service import HttpService
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOURNAL_HAND_OFF_S = 0.002
-_SERVICE_ATTRS = ("messaging", "execs", "http", "metrics", "state", "files", "llm")
+_SERVICE_ATTRS = ("messaging", "execs", "http", "metrics", "state", "files", "llm", "devices")
 
 
 def _raise_fd_limit() -> None:
@@ -86,6 +87,7 @@ class Kernel:
         self.execs: ExecService
         self.http: HttpService
         self.metrics: MetricsService
+        self.devices: DeviceBroker
         self.started_at = time.time()
         self._stopping = False
         self._stop_deadline = 0.0

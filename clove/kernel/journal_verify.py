@@ -74,6 +74,7 @@ class Category(str, Enum):
     RESOURCE = "RESOURCE"
     SYSCALL = "SYSCALL"
     NETWORK = "NETWORK"
+    DEVICE = "DEVICE"
 
 
 def canonical_json(record: Mapping[str, Any]) -> str:

@@ -34,7 +34,7 @@ ALL_RIGHTS: Final = frozenset(
     {
         "session", "agents.read", "agents.spawn", "agents.logs", "audit", "admin", "ipc", "events",
         "state.read", "state.write", "fs.read", "fs.write", "exec", "http", "metrics",
-        "permissions.read", "permissions.write", "llm",
+        "permissions.read", "permissions.write", "llm", "devices",
     }
 )  # fmt: skip
 HTTP_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -42,13 +42,13 @@ _LEVEL_RIGHTS: Final = {
     "unrestricted": ALL_RIGHTS,
     "standard": frozenset(
         {"session", "agents.read", "ipc", "events", "state.read", "state.write", "fs.read", "fs.write",
-         "exec", "http", "metrics", "permissions.read", "llm"}
+         "exec", "http", "metrics", "permissions.read", "llm", "devices"}
     ),  # fmt: skip
     "sandboxed": frozenset(
         {"session", "agents.read", "ipc", "events", "state.read", "state.write", "fs.read", "fs.write",
-         "metrics", "permissions.read", "llm"}
+         "metrics", "permissions.read", "llm", "devices"}
     ),  # fmt: skip
-    "readonly": frozenset({"session", "agents.read", "ipc", "events", "state.read", "fs.read", "metrics", "permissions.read"}),
+    "readonly": frozenset({"session", "agents.read", "ipc", "events", "state.read", "fs.read", "metrics", "permissions.read", "devices"}),
     "minimal": frozenset({"session", "ipc", "permissions.read"}),
 }
 _SPAWN_RIGHTS: Final = frozenset({"agents.spawn", "agents.logs"})

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from clove.kernel import exec_service, files, http_service, llm_service, messaging, metrics, state
+from clove.kernel.devices import broker as devices
 
 if TYPE_CHECKING:
     from clove.kernel.core import Kernel
@@ -19,4 +20,5 @@ SERVICES: tuple[Callable[[Kernel], None], ...] = (
     http_service.attach,
     metrics.attach,
     llm_service.attach,
+    devices.attach,
 )

@@ -9,6 +9,7 @@ from typing import Any, final
 from clove.config import RESTART_POLICIES, AgentConfig, parse_cpu, parse_memory, parse_pids, validate_name
 from clove.errors import CloveError, InvalidArguments, PermissionDenied
 from clove.kernel.agents import Agent
+from clove.kernel.devices.settings import grants_from_wire
 from clove.kernel.policy import for_level
 from clove.kernel.syscalls.base import Deferred, NoArgs, Syscall, SyscallContext
 
@@ -61,6 +62,7 @@ class SpawnRequest:
     working_dir: str | None = None
     level: str | None = None
     permissions: dict[str, Any] | None = None
+    devices: dict[str, Any] | None = None
 
 
 def _child_limits(parent: Agent, limits: dict[str, int | None]) -> dict[str, int | None]:
@@ -111,6 +113,9 @@ class Spawn(Syscall):
             if not req.sandboxed or req.network and not parent.spec.network or req.interpreter or req.working_dir:
                 raise PermissionDenied("an agent's children run sandboxed, with its interpreter and no more network than it has")
             limits = _child_limits(parent, limits)
+            if req.devices:
+                raise PermissionDenied("an agent cannot grant devices to its children", details={"grant": "devices"})
+        devices = grants_from_wire(req.devices, {d.name: d for d in ctx.kernel.config.devices}) if req.devices else {}
         level = req.level or (parent.permissions.level if parent is not None else "standard")
         spec = AgentConfig(
             name=req.name,
@@ -126,6 +131,7 @@ class Spawn(Syscall):
             working_dir=req.working_dir,
             level=level,
             permissions=dict(req.permissions or {}),
+            devices=devices,
             **limits,
         )
         deferred = Deferred()

@@ -1,0 +1,38 @@
+"""The driver framework: what driver plugins import (and nothing of the kernel).
+
+- :class:`Driver`, :func:`operation`, :class:`NoArgs`: the contract (see :mod:`clove.drivers.base`);
+- :class:`DeviceGrant`, :class:`IdRanges`, :class:`TokenBucket`, :func:`deny`: grants;
+- :func:`invalid`: how a config or grant dataclass refuses a value;
+- :data:`hookimpl` and :class:`DriverRegistry`: registration through the ``clove.drivers``
+  entry-point group;
+- the device errors, re-exported from :mod:`clove.errors`.
+"""
+
+from clove.drivers.base import API_VERSION, Driver, NoArgs, OpSpec, operation
+from clove.drivers.grants import DeviceGrant, IdRanges, TokenBucket, deny
+from clove.drivers.registry import DriverRegistry, hookimpl, load_drivers
+from clove.drivers.schema import FieldError, invalid
+from clove.errors import DeviceBroken, DeviceBusy, DeviceClosed, DeviceError, DeviceTimeout, DeviceUnavailable
+
+__all__ = [
+    "API_VERSION",
+    "DeviceBroken",
+    "DeviceBusy",
+    "DeviceClosed",
+    "DeviceError",
+    "DeviceGrant",
+    "DeviceTimeout",
+    "DeviceUnavailable",
+    "Driver",
+    "DriverRegistry",
+    "FieldError",
+    "IdRanges",
+    "NoArgs",
+    "OpSpec",
+    "TokenBucket",
+    "deny",
+    "hookimpl",
+    "invalid",
+    "load_drivers",
+    "operation",
+]

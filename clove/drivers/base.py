@@ -1,0 +1,327 @@
+"""The driver contract: one class per kind of device, modelled on python-can's ``BusABC``.
+
+A driver owns one open device inside a driver host process. The host calls, and only the host:
+
+- ``Driver(config)``: keep the typed config, open nothing yet;
+- :meth:`Driver.open` / :meth:`Driver.close`: templates around ``_open``/``_close``; ``close``
+  is safe twice and from another thread while :meth:`Driver.read` blocks (the read then returns
+  promptly, empty or raising :class:`DeviceClosed`);
+- :meth:`Driver.call`: runs one operation (a method marked with :func:`operation`) with its
+  arguments parsed into the operation's dataclass;
+- :meth:`Driver.read`: the incoming stream (CAN frames, serial bytes, GPIO edges), a template
+  around ``_read_internal(timeout)`` that returns nothing when the timeout passes with no data;
+- :meth:`Driver.fileno`: an fd that becomes readable when :meth:`Driver.read` has data, so the
+  host can poll it instead of running a reader thread (``-1``: not pollable).
+
+Every failure leaves as one of the device errors (:class:`DeviceUnavailable`,
+:class:`DeviceBusy`, :class:`DeviceClosed`, :class:`DeviceBroken`, :class:`DeviceTimeout`):
+the templates map ``OSError``, ``TimeoutError``, ``ImportError`` and anything
+:meth:`Driver.map_error` recognises. One reader thread and one caller may use a driver at the
+same time; nothing else is concurrent.
+
+``clove.testing.check_driver`` proves a driver honours all of this; run it in the plugin's tests.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar
+
+from clove.drivers.grants import DeviceGrant
+from clove.drivers.schema import FieldError, build
+from clove.errors import (
+    CloveError,
+    DeviceBroken,
+    DeviceBusy,
+    DeviceClosed,
+    DeviceError,
+    DeviceTimeout,
+    DeviceUnavailable,
+    InvalidArguments,
+)
+
+__all__ = ["API_VERSION", "Driver", "NoArgs", "OpSpec", "operation"]
+
+#: The contract version a driver declares in ``api_version``; the host refuses other majors.
+API_VERSION = 1
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class NoArgs:
+    """The arguments of an operation that takes none."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpSpec:
+    """One operation a driver offers: its wire name, argument class and method."""
+
+    name: str
+    args: type[Any]
+    method: str
+    doc: str
+
+
+def operation(name: str | None = None, *, args: type[Any] = NoArgs) -> Callable[[F], F]:
+    """Mark a driver method as an operation agents can call (subject to their grant).
+
+    :param name: the wire name (default: the method's name).
+    :param args: a frozen dataclass the call's arguments are parsed into; the method receives
+        an instance of it.
+    """
+
+    def mark(method: F) -> F:
+        method.__clove_op__ = (name or method.__name__, args)  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
+_STATE_NEW, _STATE_OPEN, _STATE_CLOSED = "new", "open", "closed"
+
+
+class Driver(ABC):
+    """Base of every driver. Subclasses set the class attributes and implement ``_open``,
+    ``_close`` and, when ``stream`` is set, ``_read_internal``.
+
+    :cvar Config: a frozen dataclass for the device's config table (``[devices.NAME]`` minus
+        the framework's keys), validated at config load.
+    :cvar Grant: the grant class for ``[agents.A.devices.NAME]`` (a :class:`DeviceGrant`).
+    :cvar stream: ``"items"`` (a list of msgpack-able dicts per read), ``"bytes"``, or ``None``.
+    :cvar stream_op: the grant operation that lets an agent receive the stream (``"recv"``).
+    :cvar api_version: the contract version this driver was written for.
+    """
+
+    Config: ClassVar[type[Any]]
+    Grant: ClassVar[type[DeviceGrant]] = DeviceGrant
+    stream: ClassVar[Literal["items", "bytes"] | None] = None
+    stream_op: ClassVar[str | None] = None
+    api_version: ClassVar[int] = API_VERSION
+
+    _operations: ClassVar[dict[str, OpSpec]]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self._state = _STATE_NEW
+        self._state_lock = threading.Lock()
+        #: Counters the host reports in its heartbeat.
+        self.counters: dict[str, int] = {"calls": 0, "errors": 0, "reads": 0, "items_in": 0, "bytes_in": 0}
+
+    # ---- description (class level: the kernel reads these without opening anything) ----------
+
+    @classmethod
+    def operations(cls) -> dict[str, OpSpec]:
+        """The operations this driver offers, by wire name."""
+        cached = cls.__dict__.get("_operations")
+        if cached is None:
+            cached = {}
+            for klass in reversed(cls.__mro__):
+                for attr, value in vars(klass).items():
+                    mark = getattr(value, "__clove_op__", None)
+                    if mark is not None:
+                        name, args = mark
+                        cached[name] = OpSpec(name, args, attr, (value.__doc__ or "").strip().split("\n")[0])
+            cls._operations = cached
+        return cached
+
+    @classmethod
+    def grant_ops(cls) -> tuple[str, ...]:
+        """Every operation name a grant may list: the driver's and its stream op."""
+        names = tuple(cls.operations())
+        return names + ((cls.stream_op,) if cls.stream_op else ())
+
+    @classmethod
+    def parse_config(cls, data: dict[str, Any], *, ignore: frozenset[str] = frozenset()) -> Any:
+        """:raises FieldError: naming the key."""
+        return build(cls.Config, data, ignore=ignore)
+
+    @staticmethod
+    def detect() -> list[dict[str, Any]]:
+        """Devices of this kind present on this machine (for ``clove devices --detect``)."""
+        return []
+
+    @classmethod
+    def compile_filter(cls, filters: list[Any]) -> Callable[[Any], bool]:
+        """An agent's own receive filters (``subscribe(filters=...)``) as a predicate over
+        stream items; runs in the kernel, on top of the grant's :meth:`DeviceGrant.admits`.
+
+        :raises InvalidArguments: filters this driver does not understand.
+        """
+        if filters:
+            raise InvalidArguments(f"{cls.__name__} takes no receive filters")
+        return _accept_all
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._state == _STATE_OPEN
+
+    @property
+    def closed(self) -> bool:
+        return self._state == _STATE_CLOSED
+
+    def open(self) -> None:
+        """Open the device. Opening an open driver does nothing.
+
+        :raises DeviceClosed: the driver was closed (make a new one).
+        :raises DeviceError: the device could not be opened.
+        """
+        with self._state_lock:
+            if self._state == _STATE_CLOSED:
+                raise DeviceClosed(f"{type(self).__name__} is closed")
+            if self._state == _STATE_OPEN:
+                return
+            with self._mapped("open"):
+                self._open()
+            self._state = _STATE_OPEN
+
+    def close(self) -> None:
+        """Release the device. Safe to call twice, and from another thread during a read."""
+        with self._state_lock:
+            if self._state == _STATE_CLOSED:
+                return
+            was_open = self._state == _STATE_OPEN
+            self._state = _STATE_CLOSED
+        if was_open:
+            try:
+                self._close()
+            except Exception as err:  # noqa: BLE001 - close must not raise; the host logs counters
+                self.counters["errors"] += 1
+                warnings.warn(f"{type(self).__name__}.close failed: {err!r}", RuntimeWarning, stacklevel=2)
+
+    @abstractmethod
+    def _open(self) -> None:
+        """Acquire the device (import the vendor library here, lazily)."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Release the device; called at most once, possibly while a read blocks."""
+
+    def __enter__(self) -> Driver:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) == _STATE_OPEN:
+            warnings.warn(f"{type(self).__name__} was never closed", ResourceWarning, stacklevel=1)
+
+    # ---- operations -----------------------------------------------------------------------------
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        """Run one operation.
+
+        :raises InvalidArguments: an unknown operation or bad arguments.
+        :raises DeviceClosed: not open.
+        :raises DeviceError: the device failed.
+        """
+        spec = self.operations().get(op)
+        if spec is None:
+            raise InvalidArguments(
+                f"{type(self).__name__} has no operation {op!r}; it has: {', '.join(sorted(self.operations())) or 'none'}",
+                details={"op": op, "ops": sorted(self.operations())},
+            )
+        parsed = self.parse_args(spec, args or {})
+        self._require_open()
+        self.counters["calls"] += 1
+        with self._mapped(op):
+            return getattr(self, spec.method)(parsed)
+
+    @staticmethod
+    def parse_args(spec: OpSpec, args: dict[str, Any]) -> Any:
+        """:raises InvalidArguments: naming the argument."""
+        try:
+            return build(spec.args, args)
+        except FieldError as err:
+            raise InvalidArguments(f"{spec.name}: {err}", details={"op": spec.name, "argument": err.key}) from None
+
+    # ---- the stream -----------------------------------------------------------------------------
+
+    def read(self, timeout: float | None) -> Any:
+        """Incoming data: a list of items (``stream == "items"``) or bytes, empty when
+        ``timeout`` seconds pass with nothing (``0``: do not wait; ``None``: wait for data).
+
+        :raises DeviceClosed: the driver is closed (also when closed during the wait).
+        :raises DeviceError: the device failed.
+        """
+        if self.stream is None:
+            raise InvalidArguments(f"{type(self).__name__} has no incoming stream")
+        self._require_open()
+        with self._mapped("read"):
+            data = self._read_internal(timeout)
+        if self._state == _STATE_CLOSED:
+            raise DeviceClosed(f"{type(self).__name__} closed during read")
+        self.counters["reads"] += 1
+        if self.stream == "bytes":
+            self.counters["bytes_in"] += len(data)
+        else:
+            self.counters["items_in"] += len(data)
+        return data
+
+    def _read_internal(self, timeout: float | None) -> Any:
+        """Wait up to ``timeout`` for data; return it (``[]``/``b""`` when there is none)."""
+        raise NotImplementedError(f"{type(self).__name__} declares a stream but no _read_internal")
+
+    def fileno(self) -> int:
+        """An fd readable when :meth:`read` has data, or ``-1``."""
+        return -1
+
+    def status(self) -> dict[str, Any]:
+        """Device-specific state for ``clove devices`` (bus state, error counters, ...)."""
+        return {}
+
+    # ---- errors ---------------------------------------------------------------------------------
+
+    def map_error(self, err: BaseException) -> DeviceError | None:
+        """Translate a vendor library's exception; ``None`` falls back to the defaults."""
+        return None
+
+    def _require_open(self) -> None:
+        if self._state != _STATE_OPEN:
+            raise DeviceClosed(f"{type(self).__name__} is {'closed' if self._state == _STATE_CLOSED else 'not open'}")
+
+    @contextmanager
+    def _mapped(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except CloveError:
+            self.counters["errors"] += 1
+            raise
+        except Exception as err:
+            self.counters["errors"] += 1
+            if self._state == _STATE_CLOSED:
+                raise DeviceClosed(f"{type(self).__name__} closed during {what}") from err
+            raise self._translate(err, what) from err
+
+    def _translate(self, err: Exception, what: str) -> DeviceError:
+        mapped = self.map_error(err)
+        if mapped is not None:
+            return mapped
+        name = type(self).__name__
+        if isinstance(err, TimeoutError):
+            return DeviceTimeout(f"{name}: {what} timed out")
+        if isinstance(err, ImportError):
+            module = err.name or "its library"
+            return DeviceUnavailable(f"{name} needs the {module!r} module, which is not installed", details={"module": module})
+        if isinstance(err, OSError):
+            text = f"{name}: {what}: {err.strerror or err}"
+            if err.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO, errno.EACCES, errno.EPERM):
+                return DeviceUnavailable(text, details={"errno": err.errno})
+            if err.errno in (errno.EBUSY, errno.EAGAIN, errno.ENOBUFS):
+                return DeviceBusy(text, details={"errno": err.errno})
+            return DeviceBroken(text, details={"errno": err.errno})
+        return DeviceBroken(f"{name}: {what} failed: {type(err).__name__}: {err}")
+
+
+def _accept_all(item: Any) -> bool:
+    return True

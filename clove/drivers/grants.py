@@ -1,0 +1,142 @@
+"""What an agent may do with one device: the grant base class and its building blocks.
+
+A grant is declared per agent and device (``[agents.NAME.devices.DEVICE]``) and checked by the
+kernel on every operation, before anything reaches the driver host. The base grant knows the
+operations and an overall call rate; a driver's ``Grant`` subclass adds what only it understands
+(CAN ids, GPIO lines, write sizes) by overriding :meth:`DeviceGrant.check`,
+:meth:`DeviceGrant.admits`, :meth:`DeviceGrant.rates` and :meth:`DeviceGrant.cost`. Grant code
+runs inside the kernel: keep it pure and fast (no I/O, no vendor imports).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from clove.drivers.schema import invalid
+from clove.errors import PermissionDenied
+
+__all__ = ["DeviceGrant", "IdRanges", "TokenBucket", "deny"]
+
+
+def deny(message: str, **details: Any) -> PermissionDenied:
+    """The error a grant raises: journaled under SECURITY and emitted as SYSCALL_BLOCKED."""
+    return PermissionDenied(message, details=details)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceGrant:
+    """The part of every grant.
+
+    :param ops: the operations the agent may use (a driver's ops and its stream op).
+    :param max_rate_hz: calls per second across all operations (``None``: unlimited).
+    """
+
+    ops: tuple[str, ...] = ()
+    max_rate_hz: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_rate_hz is not None and not self.max_rate_hz > 0:
+            raise invalid("max_rate_hz", f"must be positive, got {self.max_rate_hz!r}")
+
+    def check(self, op: str, args: Any) -> None:
+        """Refuse an operation whose arguments go beyond the grant (``op`` is granted already).
+
+        :raises PermissionDenied: via :func:`deny`, naming what is not granted.
+        """
+
+    def admits(self, item: Any) -> bool:
+        """Whether a stream item (a frame, an edge) may reach this agent."""
+        return True
+
+    def rates(self) -> dict[str, float]:
+        """Token buckets to keep for this agent: name → refill per second."""
+        return {"calls": self.max_rate_hz} if self.max_rate_hz is not None else {}
+
+    def cost(self, op: str, args: Any) -> dict[str, float]:
+        """What one call takes from each bucket named by :meth:`rates`."""
+        return {"calls": 1.0} if self.max_rate_hz is not None else {}
+
+
+class IdRanges:
+    """A set of integer ranges from strings like ``"0x100-0x10F"``, ``"0x7DF"`` or ``"256"``.
+
+    Membership is a binary search: cheap enough for every CAN frame.
+    """
+
+    __slots__ = ("_starts", "_ends", "spec")
+
+    def __init__(self, spec: tuple[str, ...], *, key: str, maximum: int = (1 << 29) - 1) -> None:
+        pairs: list[tuple[int, int]] = []
+        for text in spec:
+            lo_text, _, hi_text = text.partition("-")
+            try:
+                lo = int(lo_text.strip(), 0)
+                hi = int(hi_text.strip(), 0) if hi_text else lo
+            except ValueError:
+                raise invalid(key, f"expected ids like '0x100-0x10F' or '0x7DF', got {text!r}") from None
+            if not 0 <= lo <= hi <= maximum:
+                raise invalid(key, f"range {text!r} must satisfy 0 <= low <= high <= {maximum:#x}")
+            pairs.append((lo, hi))
+        pairs.sort()
+        merged: list[tuple[int, int]] = []
+        for lo, hi in pairs:
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+            else:
+                merged.append((lo, hi))
+        self._starts = [lo for lo, _ in merged]
+        self._ends = [hi for _, hi in merged]
+        self.spec = spec
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int):
+            return False
+        i = bisect.bisect_right(self._starts, value) - 1
+        return i >= 0 and value <= self._ends[i]
+
+    def __bool__(self) -> bool:
+        return bool(self._starts)
+
+    def __repr__(self) -> str:
+        return f"IdRanges({list(self.spec)!r})"
+
+
+class TokenBucket:
+    """``rate`` tokens per second, holding at most ``burst`` (default: a tenth of a second's
+    worth, at least one call)."""
+
+    __slots__ = ("rate", "burst", "_tokens", "_stamp", "_clock")
+
+    def __init__(self, rate: float, burst: float | None = None, *, clock: Any = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst if burst is not None else max(1.0, rate / 10)
+        self._tokens = self.burst
+        self._clock = clock
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def available(self) -> float:
+        self._refill()
+        return self._tokens
+
+    def take(self, amount: float) -> bool:
+        """Take ``amount`` if it is there (a cost larger than the burst is admitted when the
+        bucket is full, then owed, so a large write is slowed rather than refused forever)."""
+        self._refill()
+        if self._tokens >= amount or self._tokens >= self.burst:
+            self._tokens -= amount
+            return True
+        return False
+
+    def retry_after(self, amount: float) -> float:
+        """Seconds until :meth:`take` of ``amount`` would succeed."""
+        self._refill()
+        need = min(amount, self.burst) - self._tokens
+        return max(0.0, need / self.rate)

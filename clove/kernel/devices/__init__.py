@@ -1,0 +1,1 @@
+"""The kernel's device broker: configured devices, their driver hosts, grants and streams."""
