@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clove.cli import render
+from clove.cli import devices, render
 from clove.config import parse_cpu, parse_memory
 from clove.errors import CloveError, KernelUnavailable
 from clove_sdk.client import CloveClient, default_endpoint, kernel_listening
@@ -295,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--weight", type=_weight, metavar="W", help="set its fair-share weight")
     lm.add_argument("--reset", action="append", choices=["tokens", "period_tokens", "weight"], help="back to the config's value (repeatable)")
     lm.set_defaults(func=cmd_llm)
+
+    devices.add_parsers(sub, common, lambda cmd: lambda args: cmd(args, _client, _emit, CliError))
 
     a = common(sub.add_parser("audit", help="query or verify the audit journal"))
     a.add_argument("--agent", help="only records of this agent (name)")

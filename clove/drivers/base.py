@@ -111,8 +111,10 @@ class Driver(ABC):
         self.config = config
         self._state = _STATE_NEW
         self._state_lock = threading.Lock()
-        #: Counters the host reports in its heartbeat.
-        self.counters: dict[str, int] = {"calls": 0, "errors": 0, "reads": 0, "items_in": 0, "bytes_in": 0}
+        #: Counters the host reports in its heartbeat (a subclass may add its own before this runs).
+        self.counters: dict[str, int] = getattr(self, "counters", {})
+        for key in ("calls", "errors", "reads", "items_in", "bytes_in"):
+            self.counters.setdefault(key, 0)
 
     # ---- description (class level: the kernel reads these without opening anything) ----------
 
@@ -319,6 +321,8 @@ class Driver(ABC):
                 return DeviceUnavailable(text, details={"errno": err.errno})
             if err.errno in (errno.EBUSY, errno.EAGAIN, errno.ENOBUFS):
                 return DeviceBusy(text, details={"errno": err.errno})
+            if what == "open":  # whatever stops an open, the device is not there for us
+                return DeviceUnavailable(text, details={"errno": err.errno})
             return DeviceBroken(text, details={"errno": err.errno})
         return DeviceBroken(f"{name}: {what} failed: {type(err).__name__}: {err}")
 

@@ -6,6 +6,9 @@ operations and an overall call rate; a driver's ``Grant`` subclass adds what onl
 (CAN ids, GPIO lines, write sizes) by overriding :meth:`DeviceGrant.check`,
 :meth:`DeviceGrant.admits`, :meth:`DeviceGrant.rates` and :meth:`DeviceGrant.cost`. Grant code
 runs inside the kernel: keep it pure and fast (no I/O, no vendor imports).
+
+Grants are frozen, slotted dataclasses; before Python 3.14 a slotted subclass cannot use bare
+``super()``, so a subclass's ``__post_init__`` calls ``DeviceGrant.__post_init__(self)``.
 """
 
 from __future__ import annotations

@@ -151,6 +151,8 @@ def fields_doc(cls: type[Any]) -> list[dict[str, Any]]:
     hints = _hints(cls)
     out = []
     for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[operator]
         out.append({"name": f.name, "type": describe_type(hints[f.name]), "required": required, "default": default})

@@ -156,6 +156,7 @@ class Agent:
             network=self.spec.network,
             created_at=self.created_at,
             isolation=self.isolation,
+            devices={name: list(grant.ops) for name, grant in self.spec.devices.items()},
         )
         return row
 
