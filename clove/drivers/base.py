@@ -236,8 +236,13 @@ class Driver(ABC):
         parsed = self.parse_args(spec, args or {})
         self._require_open()
         self.counters["calls"] += 1
-        with self._mapped(op):
+        try:  # inline rather than _mapped(): this is every operation's path
             return getattr(self, spec.method)(parsed)
+        except CloveError:
+            self.counters["errors"] += 1
+            raise
+        except Exception as err:
+            raise self._failure(err, op) from err
 
     @staticmethod
     def parse_args(spec: OpSpec, args: dict[str, Any]) -> Any:
@@ -259,8 +264,13 @@ class Driver(ABC):
         if self.stream is None:
             raise InvalidArguments(f"{type(self).__name__} has no incoming stream")
         self._require_open()
-        with self._mapped("read"):
+        try:
             data = self._read_internal(timeout)
+        except CloveError:
+            self.counters["errors"] += 1
+            raise
+        except Exception as err:
+            raise self._failure(err, "read") from err
         if self._state == _STATE_CLOSED:
             raise DeviceClosed(f"{type(self).__name__} closed during read")
         self.counters["reads"] += 1
@@ -300,10 +310,14 @@ class Driver(ABC):
             self.counters["errors"] += 1
             raise
         except Exception as err:
-            self.counters["errors"] += 1
-            if self._state == _STATE_CLOSED:
-                raise DeviceClosed(f"{type(self).__name__} closed during {what}") from err
-            raise self._translate(err, what) from err
+            raise self._failure(err, what) from err
+
+    def _failure(self, err: Exception, what: str) -> DeviceError:
+        """The device error to raise for a foreign exception ``err``."""
+        self.counters["errors"] += 1
+        if self._state == _STATE_CLOSED:
+            return DeviceClosed(f"{type(self).__name__} closed during {what}")
+        return self._translate(err, what)
 
     def _translate(self, err: Exception, what: str) -> DeviceError:
         mapped = self.map_error(err)

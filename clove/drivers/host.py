@@ -129,11 +129,8 @@ class Host:
     # ---- operations -----------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        while True:
-            try:
-                raw = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        while self.sock.get(zmq.EVENTS) & zmq.POLLIN:  # cheaper than raising zmq.Again per wake-up
+            raw = self.sock.recv(zmq.NOBLOCK)
             message = unpack(raw)
             kind = message.get("t")
             if kind == "call":

@@ -128,12 +128,12 @@ class DeviceBroker:
         if sock is None:
             return
         for _ in range(256):
-            try:
-                routing, payload = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not sock.get(zmq.EVENTS) & zmq.POLLIN:  # cheaper than raising zmq.Again
                 return
-            except ValueError:
-                continue  # not two frames: not a host of ours
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+            if len(frames) != 2:
+                continue  # not a host of ours
+            routing, payload = frames
             runtime = self._by_routing.get(routing)
             if runtime is None:
                 continue  # a previous incarnation's last words
