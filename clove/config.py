@@ -22,6 +22,7 @@ from clove.errors import CloveError, ConfigError
 if TYPE_CHECKING:
     from clove.drivers.grants import DeviceGrant
     from clove.kernel.devices.settings import DeviceSpec
+    from clove.kernel.interlocks import InterlockSpec
     from clove.llm.settings import LlmSection
 
 if sys.version_info >= (3, 11):
@@ -117,6 +118,7 @@ class KernelConfig:
     agents: tuple[AgentConfig, ...] = ()
     llm: LlmSection | None = None
     devices: tuple[DeviceSpec, ...] = ()
+    interlocks: tuple[InterlockSpec, ...] = ()
     source: str | None = None
 
 
@@ -342,9 +344,9 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
         raise ConfigError(f"{source}: cannot read: {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source}: invalid TOML: {err}") from None
-    unknown = sorted(set(raw) - {"kernel", "sandbox", "supervisor", "logs", "retention", "agents", "llm", "devices"})
+    unknown = sorted(set(raw) - {"kernel", "sandbox", "supervisor", "logs", "retention", "agents", "llm", "devices", "interlocks"})
     if unknown:
-        raise ConfigError(f"{source}: [{unknown[0]}]: unknown table (known: agents, devices, kernel, llm, logs, retention, sandbox, supervisor)")
+        raise ConfigError(f"{source}: [{unknown[0]}]: unknown table (known: agents, devices, interlocks, kernel, llm, logs, retention, sandbox, supervisor)")
     base_dir = Path(source).resolve().parent
     k = _section(source, raw, "kernel")
     state_dir = k.get("state_dir", str, None)
@@ -385,6 +387,9 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
 
     devices, _registry = parse_devices(source, raw)
     by_name = {d.name: d for d in devices}
+    from clove.kernel.interlocks import parse_interlocks  # the interlocks own their schema
+
+    interlocks = parse_interlocks(source, raw, by_name)
     agents_raw = raw.get("agents", {})
     if not isinstance(agents_raw, dict):
         raise ConfigError(f"{source}: [agents]: expected a table of agent tables")
@@ -393,5 +398,5 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
 
     llm = parse_llm(source, raw)
     return KernelConfig(
-        kernel=kernel, sandbox=sandbox, supervisor=supervisor, logs=logs, retention=retention, agents=agents, llm=llm, devices=devices, source=source
+        kernel=kernel, sandbox=sandbox, supervisor=supervisor, logs=logs, retention=retention, agents=agents, llm=llm, devices=devices, interlocks=interlocks, source=source
     )

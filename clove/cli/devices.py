@@ -164,6 +164,31 @@ def _grant_table(grant: Any) -> dict[str, Any]:
     return {f.name: list(v) if isinstance(v := getattr(grant, f.name), tuple) else v for f in dataclasses.fields(grant) if f.init and getattr(grant, f.name) is not None}
 
 
+def cmd_estop(args: argparse.Namespace, client: Callable[[argparse.Namespace], Any], emit: Callable[..., None], error: type[Exception]) -> int:
+    with client(args) as c:
+        if args.list:
+            result = c.call("interlock.list")["interlocks"]
+            emit(args, result, lambda: interlocks_table(result))
+            return 0
+        if args.release:
+            if not args.name:
+                raise error("estop --release: name the interlock to release")
+            released = c.call("interlock.release", name=args.name)["released"]
+            emit(args, released, lambda: f"released {args.name} (engaged {released['released_at'] - released['engaged_at']:.1f} s)")
+            return 0
+        body = {"name": args.name} if args.name else {}
+        engaged = c.call("interlock.engage", reason=args.reason, **body)["engaged"]
+    emit(args, engaged, lambda: "\n".join(f"engaged {e['name']}: " + ", ".join(f"{a['action']} {a['status']}" for a in e["actions"]) for e in engaged) or "no interlocks configured")
+    return 0
+
+
+def interlocks_table(interlocks: list[dict[str, Any]]) -> str:
+    if not interlocks:
+        return "no interlocks configured"
+    rows = [[i["name"], "ENGAGED" if i["engaged"] else "armed", json.dumps(i["trigger"]), "; ".join(i["actions"]), (i["state"] or {}).get("cause", "")] for i in interlocks]
+    return render.table(["NAME", "STATE", "TRIGGER", "ACTIONS", "CAUSE"], rows)
+
+
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], argparse.ArgumentParser], bind: Callable[[Any], Any]) -> None:
     d = common(sub.add_parser("devices", help="list devices: state, driver, host pid, restarts, traffic"))
     d.add_argument("--restart", metavar="NAME", help="kill this device's host; the kernel restarts it")
@@ -174,6 +199,13 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], argparse.A
     one.add_argument("op", help="an operation of its driver (send, write, get, set, ...), or recv to read the stream")
     one.add_argument("args", nargs="*", metavar="KEY=VALUE", help="0x101 and 17 are ints, hex:0a0b and b:text bytes, JSON is JSON")
     one.set_defaults(func=bind(cmd_device))
+
+    e = common(sub.add_parser("estop", help="engage interlocks (all, or NAME); --release NAME; --list"))
+    e.add_argument("name", nargs="?")
+    e.add_argument("--release", action="store_true", help="release the named interlock (operators only)")
+    e.add_argument("--list", action="store_true", help="show interlocks and their state")
+    e.add_argument("--reason", default="clove estop", help="recorded in the journal")
+    e.set_defaults(func=bind(cmd_estop))
 
     r = common(sub.add_parser("run", help="start a deployment: its kernel, devices and agents (or its agents on a running kernel)"))
     r.add_argument("config", help="deployment TOML ([devices], [agents], ...)")

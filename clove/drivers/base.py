@@ -52,6 +52,7 @@ __all__ = ["API_VERSION", "Driver", "NoArgs", "OpSpec", "operation"]
 API_VERSION = 1
 
 F = TypeVar("F", bound=Callable[..., Any])
+D = TypeVar("D", bound="Driver")
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +208,7 @@ class Driver(ABC):
     def _close(self) -> None:
         """Release the device; called at most once, possibly while a read blocks."""
 
-    def __enter__(self) -> Driver:
+    def __enter__(self: D) -> D:
         self.open()
         return self
 

@@ -50,6 +50,12 @@ class DeviceGrant:
         :raises PermissionDenied: via :func:`deny`, naming what is not granted.
         """
 
+    def narrow(self, op: str, args: Any) -> Any:
+        """The arguments to forward, after :meth:`check` passed: a grant may narrow a request
+        to what it covers (an empty "every line" read becomes the granted lines). Returns
+        ``args`` itself, or a new instance of the same dataclass."""
+        return args
+
     def admits(self, item: Any) -> bool:
         """Whether a stream item (a frame, an edge) may reach this agent."""
         return True

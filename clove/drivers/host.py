@@ -129,7 +129,7 @@ class Host:
     # ---- operations -----------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        while self.sock.get(zmq.EVENTS) & zmq.POLLIN:  # cheaper than raising zmq.Again per wake-up
+        while int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN:  # cheaper than raising zmq.Again per wake-up
             raw = self.sock.recv(zmq.NOBLOCK)
             message = unpack(raw)
             kind = message.get("t")

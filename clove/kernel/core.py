@@ -36,6 +36,7 @@ from clove.kernel.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from clove.kernel.devices.broker import DeviceBroker
+    from clove.kernel.interlocks import Interlocks
     from clove.kernel.exec_service import ExecService
     from clove.kernel.files import FileService
     from clove.kernel.http_service import HttpService
@@ -88,6 +89,7 @@ class Kernel:
         self.http: HttpService
         self.metrics: MetricsService
         self.devices: DeviceBroker
+        self.interlocks: Interlocks
         self.started_at = time.time()
         self._stopping = False
         self._stop_deadline = 0.0

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 KERNEL_EVENTS: Final = frozenset(
     {"AGENT_SPAWNED", "AGENT_EXITED", "AGENT_RESTARTING", "AGENT_ESCALATED", "MESSAGE_RECEIVED",
-     "STATE_CHANGED", "SYSCALL_BLOCKED", "RESOURCE_WARNING", "DEVICE_DOWN", "DEVICE_UP"}
+     "STATE_CHANGED", "SYSCALL_BLOCKED", "RESOURCE_WARNING", "DEVICE_DOWN", "DEVICE_UP",
+     "INTERLOCK_ENGAGED", "INTERLOCK_RELEASED"}
 )  # fmt: skip
 CUSTOM: Final = "CUSTOM"
 ALL: Final = "*"
@@ -56,6 +57,8 @@ class EventBus:
         self.queue_size = queue_size
         self.clock = clock
         self._subs: dict[int, _Subscriber] = {}
+        #: Kernel parts that see every event as it is emitted (interlock triggers).
+        self.watchers: list[Callable[[dict[str, Any]], None]] = []
         self.emitted = 0
 
     def held(self) -> dict[str, int]:
@@ -92,6 +95,8 @@ class EventBus:
         """Deliver an event to every subscriber of its type (only ``targets`` when given)."""
         event = {"type": event_type, "data": data, "source_agent_id": source_agent_id, "timestamp": self.clock()}
         self.emitted += 1
+        for watcher in self.watchers:
+            watcher(event)
         custom = event_type not in KERNEL_EVENTS
         allowed = set(targets) if targets is not None else None
         for principal_id, sub in self._subs.items():

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from clove.kernel import exec_service, files, http_service, llm_service, messaging, metrics, state
+from clove.kernel import interlocks
 from clove.kernel.devices import broker as devices
 
 if TYPE_CHECKING:
@@ -21,4 +22,5 @@ SERVICES: tuple[Callable[[Kernel], None], ...] = (
     metrics.attach,
     llm_service.attach,
     devices.attach,
+    interlocks.attach,
 )

@@ -41,7 +41,7 @@ MakeDriver = Callable[[], Driver]
 def check_driver(
     make_driver: MakeDriver,
     *,
-    feed: Callable[[Driver], None] | None = None,
+    feed: Callable[[Driver], object] | None = None,
     probe: tuple[str, dict[str, Any]] | None = None,
     break_device: Callable[[Driver], None] | None = None,
     wait: float = 3.0,
@@ -185,7 +185,7 @@ def _check_read_timeout(make_driver: MakeDriver) -> None:
             raise _fail(check, f"read(0) with nothing sent returned {data!r}")
 
 
-def _check_read_data(make_driver: MakeDriver, feed: Callable[[Driver], None], wait: float) -> None:
+def _check_read_data(make_driver: MakeDriver, feed: Callable[[Driver], object], wait: float) -> None:
     check = "read data"
     with make_driver() as driver:
         feed(driver)

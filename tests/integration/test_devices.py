@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from clove.errors import DeviceBroken, DeviceUnavailable, InvalidArguments
+from clove.errors import DeviceBroken, DeviceTimeout, DeviceUnavailable, InvalidArguments
 from clove.testing.kernel import poll_for
 from tests.conftest import agent_script, read_report, requires_root
 
@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.integration, requires_root]
 DEVICES = """
 [devices.loop]
 driver = "loopback"
-heartbeat_timeout = 1.5
-call_timeout = 10
+heartbeat_timeout = 2
+call_timeout = 1
 backoff_initial = 0.1
 backoff_max = 0.5
 limits = { memory = "96M", pids = 16 }
@@ -144,9 +144,9 @@ def test_kill_9_mid_stream_gives_clear_errors_and_the_stream_resumes(devkernel):
 def test_hung_host_is_killed_by_the_heartbeat_watchdog(devkernel):
     before = _ready(devkernel, "loop")
     with devkernel.client() as op:
-        with pytest.raises(DeviceBroken):
+        with pytest.raises(DeviceTimeout):  # the caller is answered at call_timeout...
             op.device("loop").call("hang", reply_timeout=20, seconds=60)
-        after = _ready(devkernel, "loop", after=before["incarnation"])
+        after = _ready(devkernel, "loop", after=before["incarnation"])  # ...and the silent host replaced
         hung = [e for e in op.get_audit_log(category="DEVICE", limit=200)["entries"] if e["event_type"] == "device.hung"]
     assert hung and "heartbeat" in hung[0]["details"]["reason"]
     assert after["host_pid"] != before["host_pid"]
@@ -155,9 +155,11 @@ def test_hung_host_is_killed_by_the_heartbeat_watchdog(devkernel):
 def test_leaking_host_is_oom_killed_in_its_cgroup_and_restarted(devkernel):
     before = _ready(devkernel, "loop")
     with devkernel.client() as op:
-        with pytest.raises(DeviceBroken, match="oom_killed"):
+        with pytest.raises((DeviceBroken, DeviceTimeout)):  # killed mid-call (or, on a slow day, late)
             op.device("loop").call("leak", reply_timeout=20, megabytes=400)
         _ready(devkernel, "loop", after=before["incarnation"])
+        downs = [e["details"]["reason"] for e in op.get_audit_log(category="DEVICE", limit=200)["entries"] if e["event_type"] == "device.down"]
+    assert downs == ["oom_killed"]
     assert devkernel.call("noop") is not None
 
 

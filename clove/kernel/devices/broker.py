@@ -9,6 +9,7 @@ incoming stream out to subscribers through their grants and filters. See docs/de
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -128,7 +129,7 @@ class DeviceBroker:
         if sock is None:
             return
         for _ in range(256):
-            if not sock.get(zmq.EVENTS) & zmq.POLLIN:  # cheaper than raising zmq.Again
+            if not int(sock.get(zmq.EVENTS)) & zmq.POLLIN:  # cheaper than raising zmq.Again
                 return
             frames = sock.recv_multipart(zmq.NOBLOCK)
             if len(frames) != 2:
@@ -189,6 +190,13 @@ class DeviceBroker:
         parsed = cls.parse_args(spec, args)
         if grant is None or agent is None:
             return parsed
+        for interlock, allowed in runtime.restrictions.items():
+            if op not in allowed:
+                runtime.counters["denied"] += 1
+                raise PermissionDenied(
+                    f"interlock {interlock!r} is engaged: {op!r} on {runtime.name!r} is blocked until an operator releases it",
+                    details={"device": runtime.name, "op": op, "interlock": interlock},
+                )
         if op not in grant.ops:
             runtime.counters["denied"] += 1
             raise PermissionDenied(f"operation {op!r} on device {runtime.name!r} is not granted", details={"device": runtime.name, "op": op, "granted": list(grant.ops)})
@@ -229,7 +237,12 @@ class DeviceBroker:
 
     def call(self, agent: Agent | None, name: str, op: str, args: dict[str, Any], deferred: Deferred) -> None:
         runtime = self.runtime(name)
-        self.authorize(agent, runtime, op, args)
+        parsed = self.authorize(agent, runtime, op, args)
+        grant = agent.spec.devices.get(name) if agent is not None else None
+        if grant is not None:
+            narrowed = grant.narrow(op, parsed)
+            if narrowed is not parsed:
+                args = {f.name: getattr(narrowed, f.name) for f in dataclasses.fields(narrowed) if f.init}
         runtime.call(op, args, deferred)
 
     def subscribe(self, agent: Agent | None, principal_id: int, name: str, filters: list[Any] | None, queue: int | None) -> Subscription:

@@ -53,6 +53,13 @@ class DeviceRuntime:
         self.host_counters: dict[str, int] = {}
         self.counters = {"calls": 0, "denied": 0, "errors": 0, "items_in": 0, "bytes_in": 0, "delivered": 0, "dropped": 0}
         self.subs: dict[int, Subscription] = {}
+        #: Kernel parts fed every stream batch before subscribers (interlock triggers).
+        self.watchers: list[Callable[[list[Any]], None]] = []
+        #: Called with the reason when the host goes down, and when it is up again.
+        self.on_down: list[Callable[[str], None]] = []
+        self.on_up: list[Callable[[], None]] = []
+        #: Engaged interlocks' limits on every agent's grant: interlock name → allowed ops.
+        self.restrictions: dict[str, frozenset[str]] = {}
         self.buckets: dict[tuple[int, str], Any] = {}
         self._pending: dict[int, tuple[Deferred, Timer, str]] = {}
         self._ids = itertools.count(1)
@@ -111,6 +118,8 @@ class DeviceRuntime:
         self.down_since = None
         self.broker.record("device.up", self, pid=self.host.pid if self.host else None, recovered=recovered, outage_s=outage)
         self.broker.emit("DEVICE_UP", self, recovered=recovered, outage_s=None if outage is None else round(outage, 3))
+        for hook in self.on_up:
+            hook()
 
     def on_exit(self) -> None:
         """The host's pidfd fired: reap it, fail its calls, schedule the restart."""
@@ -151,6 +160,8 @@ class DeviceRuntime:
         self.restarts += 1
         self.broker.record("device.down", self, reason=reason, previous=was, restart_in_s=round(delay, 3), restarts=self.restarts)
         self.broker.emit("DEVICE_DOWN", self, reason=reason, restart_in_s=round(delay, 3))
+        for hook in self.on_down:
+            hook(reason)
         self._restart_timer = self.broker.loop.call_later(delay, self.start)
 
     def tick(self, now: float) -> None:
@@ -229,6 +240,8 @@ class DeviceRuntime:
         items = message.get("items")
         if items is not None:
             self.counters["items_in"] += len(items)
+            for watch in self.watchers:
+                watch(items)
             for sub in self.subs.values():
                 sub.offer_items(items)
             return

@@ -8,9 +8,11 @@ Framework keys::
 
     driver             the driver kind, e.g. "can", "serial", "gpio" (required)
     plugin             the clove.drivers entry point providing it (default: the driver kind)
-    limits             the host process's cgroup: { memory = "64M", cpu = "20%", pids = 16 }
-    heartbeat_timeout  seconds without a host heartbeat before it is killed and restarted (3)
-    call_timeout       seconds an operation may take before the caller gets device.timeout (5)
+    limits             the host process's cgroup: { memory = "64M", cpu = "20%", pids = 16 };
+                       each key not given keeps its default (memory 128M, pids 32, no cpu limit)
+    heartbeat_timeout  seconds without a host heartbeat before it is killed and restarted (5);
+                       more than call_timeout, since an operation holds the host's main loop
+    call_timeout       seconds an operation may take before the caller gets device.timeout (2)
     queue              a subscriber's queue, in items (1024)
     queue_bytes        a subscriber's queue for byte streams, in bytes (65536)
     backoff_initial    first restart delay, doubling per consecutive failure (0.2)
@@ -51,8 +53,8 @@ class DeviceSpec:
     #: The driver's own keys as written, handed to the host (which parses them again).
     raw: dict[str, Any] = field(compare=False, repr=False)
     limits: Limits
-    heartbeat_timeout: float = 3.0
-    call_timeout: float = 5.0
+    heartbeat_timeout: float = 5.0
+    call_timeout: float = 2.0
     queue: int = 1024
     queue_bytes: int = 65536
     backoff_initial: float = 0.2
@@ -115,14 +117,22 @@ def _device(source: str, name: str, data: dict[str, Any], registry: DriverRegist
         driver_class=cls,
         config=config,
         raw=driver_keys,
-        limits=_limits(source, where, data.get("limits", DEFAULT_HOST_LIMITS)),
-        heartbeat_timeout=_positive(source, where, data, "heartbeat_timeout", 3.0),
-        call_timeout=_positive(source, where, data, "call_timeout", 5.0),
+        limits=_limits(source, where, data.get("limits", {})),
+        heartbeat_timeout=_heartbeat(source, where, data),
+        call_timeout=_positive(source, where, data, "call_timeout", 2.0),
         queue=int(_positive(source, where, data, "queue", 1024, kind=int)),
         queue_bytes=int(_positive(source, where, data, "queue_bytes", 65536, kind=int)),
         backoff_initial=_positive(source, where, data, "backoff_initial", 0.2),
         backoff_max=_positive(source, where, data, "backoff_max", 10.0),
     )
+
+
+def _heartbeat(source: str, where: str, data: dict[str, Any]) -> float:
+    call = _positive(source, where, data, "call_timeout", 2.0)
+    beat = _positive(source, where, data, "heartbeat_timeout", max(5.0, call + 1.0))
+    if beat <= call:
+        raise _fail(source, where, "heartbeat_timeout", f"must be more than call_timeout ({call:g} s): a call holds the host's loop")
+    return beat
 
 
 def _positive(source: str, where: str, data: dict[str, Any], key: str, default: float, *, kind: type = float) -> float:
@@ -142,7 +152,7 @@ def _limits(source: str, where: str, value: Any) -> Limits:
         raise _fail(source, where, "limits", f"expected a table like {{ memory = \"64M\", pids = 16 }}, got {value!r}")
     parsers = {"memory": parse_memory, "cpu": parse_cpu, "pids": parse_pids}
     parsed: dict[str, int] = {}
-    for key, item in value.items():
+    for key, item in {**DEFAULT_HOST_LIMITS, **value}.items():  # a table overrides defaults key by key
         if key not in parsers:
             raise _fail(source, where, f"limits.{key}", "unknown key (known: cpu, memory, pids)")
         try:

@@ -3,7 +3,7 @@ lists its syscall classes in ``SYSCALLS``."""
 
 from __future__ import annotations
 
-from clove.kernel.syscalls import devices, events, exec, fs, http, ipc, llm, metrics, permissions, state
+from clove.kernel.syscalls import devices, events, exec, fs, http, interlocks, ipc, llm, metrics, permissions, state
 from clove.kernel.syscalls.agents import Kill, ListAgents, Logs, Pause, Remove, Resume, Spawn
 from clove.kernel.syscalls.audit import GetAuditLog
 from clove.kernel.syscalls.base import Deferred, Syscall, SyscallContext
@@ -36,6 +36,7 @@ SYSCALLS: dict[str, Syscall] = {
         *llm.SYSCALLS,
         *permissions.SYSCALLS,
         *devices.SYSCALLS,
+        *interlocks.SYSCALLS,
     )
 }
 
