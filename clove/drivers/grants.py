@@ -80,10 +80,10 @@ class IdRanges:
     def __init__(self, spec: tuple[str, ...], *, key: str, maximum: int = (1 << 29) - 1) -> None:
         pairs: list[tuple[int, int]] = []
         for text in spec:
-            lo_text, _, hi_text = text.partition("-")
+            lo_text, dash, hi_text = text.partition("-")
             try:
                 lo = int(lo_text.strip(), 0)
-                hi = int(hi_text.strip(), 0) if hi_text else lo
+                hi = int(hi_text.strip(), 0) if dash else lo  # "0x100-" is an error, not 0x100
             except ValueError:
                 raise invalid(key, f"expected ids like '0x100-0x10F' or '0x7DF', got {text!r}") from None
             if not 0 <= lo <= hi <= maximum:

@@ -127,7 +127,7 @@ def build(cls: type[T], data: dict[str, Any], *, ignore: frozenset[str] = frozen
         raise TypeError(f"{cls!r} is not a dataclass")
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(k for k in data if k not in fields and k not in ignore)
+    unknown = sorted((k for k in data if k not in fields and k not in ignore), key=str)  # keys may be bytes
     if unknown:
         known = ", ".join(sorted(fields)) or "none"
         raise FieldError(str(unknown[0]), f"unknown key (known: {known})")

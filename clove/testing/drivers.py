@@ -130,12 +130,21 @@ def _check_lifecycle(make_driver: MakeDriver, probe: tuple[str, dict[str, Any]] 
 
 
 def _check_close_twice(make_driver: MakeDriver) -> None:
-    driver = make_driver()
-    driver.close()  # never opened
-    driver = make_driver()
-    driver.open()
-    driver.close()
-    driver.close()
+    check = "close twice"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            driver = make_driver()
+            driver.close()  # never opened
+            driver = make_driver()
+            driver.open()
+            driver.close()
+            driver.close()
+        except Exception as err:
+            raise _fail(check, f"close() raised {err!r}; it must be safe to call twice") from err
+    failed = [w for w in caught if issubclass(w.category, RuntimeWarning) and "close failed" in str(w.message)]
+    if failed:
+        raise _fail(check, f"releasing the device failed: {failed[0].message}")
 
 
 def _check_bad_calls(make_driver: MakeDriver) -> None:

@@ -76,7 +76,7 @@ def parse_devices(source: str, raw: dict[str, Any]) -> tuple[tuple[DeviceSpec, .
         raise ConfigError(f"{source}: [devices]: expected a table of device tables")
     if not tables:
         return (), None
-    plugins: list[str] = []
+    plugins: dict[str, tuple[str, str]] = {}  # plugin → the (table, key) that first named it
     for name, data in tables.items():
         where = f"devices.{name}"
         if not isinstance(data, dict):
@@ -89,12 +89,14 @@ def parse_devices(source: str, raw: dict[str, Any]) -> tuple[tuple[DeviceSpec, .
         plugin = data.get("plugin", driver)
         if not isinstance(plugin, str) or not plugin:
             raise _fail(source, where, "plugin", f"expected a string, got {plugin!r}")
-        if plugin not in plugins:
-            plugins.append(plugin)
-    try:
-        registry = load_drivers(plugins)
-    except ConfigError as err:
-        raise ConfigError(f"{source}: [devices]: {err.message}", details=err.details) from None
+        plugins.setdefault(plugin, (where, "plugin" if "plugin" in data else "driver"))
+    registry = None
+    for plugin, (where, key) in plugins.items():
+        try:  # one at a time, so an error names the table that asked for the plugin
+            registry = load_drivers(list(plugins)[: list(plugins).index(plugin) + 1])
+        except ConfigError as err:
+            raise _fail(source, where, key, err.message) from None
+    assert registry is not None  # noqa: S101 - tables is not empty
     specs = tuple(_device(source, name, data, registry) for name, data in tables.items())
     return specs, registry
 
