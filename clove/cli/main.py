@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clove.cli import devices, render
+from clove.cli import devices, hil, render
 from clove.config import parse_cpu, parse_memory
 from clove.errors import CloveError, KernelUnavailable
 from clove_sdk.client import CloveClient, default_endpoint, kernel_listening
@@ -297,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.set_defaults(func=cmd_llm)
 
     devices.add_parsers(sub, common, lambda cmd: lambda args: cmd(args, _client, _emit, CliError))
+    hil.add_parsers(sub, lambda cmd: lambda args: cmd(args, CliError))
 
     a = common(sub.add_parser("audit", help="query or verify the audit journal"))
     a.add_argument("--agent", help="only records of this agent (name)")

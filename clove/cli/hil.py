@@ -1,0 +1,46 @@
+"""``clove hil run BENCH``: run a hardware-in-the-loop bench and report (docs/hil.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from collections.abc import Callable
+from typing import Any
+
+from clove.errors import ConfigError
+
+
+def cmd_hil_run(args: argparse.Namespace, error: type[Exception]) -> int:
+    from hil.bench import load_bench
+    from hil.harness import run_bench
+    from hil.view import LiveView, render_report
+
+    try:
+        bench = load_bench(args.bench)
+    except ConfigError as err:
+        raise error(err.message) from None
+    if args.json:
+        report = run_bench(bench, keep_dir=args.keep)
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        with LiveView(f"bench {bench.name}", bench.duration) as view:
+            report = run_bench(bench, live=None if args.no_live else view, keep_dir=args.keep)
+        print(render_report(report))
+        if report.run_dir:
+            print(f"run dir kept: {report.run_dir}")
+    return 0 if report.passed else 1
+
+
+def add_parsers(sub: Any, bind: Callable[[Callable[[argparse.Namespace, type[Exception]], int]], Any]) -> None:
+    h = sub.add_parser("hil", help="hardware-in-the-loop benches: simulated devices, fault plans, assertions")
+    hsub = h.add_subparsers(dest="hil_command", required=True, metavar="HIL_COMMAND")
+    r = hsub.add_parser("run", help="run a bench file and report; exit 0 only if every assertion passes")
+    r.add_argument("bench", help="bench TOML, e.g. hil/benches/rover.toml")
+    r.add_argument("--json", action="store_true", help="the report as JSON, no live view")
+    r.add_argument("--no-live", action="store_true", help="no live view")
+    r.add_argument("--keep", action="store_true", help="keep the run directory (patched config, bus log, kernel state)")
+    r.set_defaults(func=bind(cmd_hil_run))
+
+
+
