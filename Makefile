@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo demo-guarantees test bench clean
 
 PLUGINS := plugins/serial plugins/can plugins/gpio
 
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/python -m hil.demo
+
+demo-guarantees: $(STAMP)
 	$(BIN)/python -m clove.demo
 
 test: $(STAMP)

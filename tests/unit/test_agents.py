@@ -177,6 +177,7 @@ DETAIL_KEYS = BRIEF_KEYS | {
     "network",
     "created_at",
     "isolation",
+    "devices",
 }
 
 
@@ -223,6 +224,7 @@ def test_summary_detailed_of_a_running_agent() -> None:
         "network": True,
         "created_at": 7.0,
         "isolation": {"backend": "cgroup2"},
+        "devices": {},
     }
 
 

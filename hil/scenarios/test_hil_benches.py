@@ -1,0 +1,57 @@
+"""Our own HIL scenarios, in plain pytest through the clove_hil plugin's fixtures: the rover
+bench and one bench per fault family, each with every assertion passing, and nothing left
+behind by a run (processes, ptys, sockets, cgroups)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+BENCHES = Path(__file__).resolve().parent.parent / "benches"
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root for the kernel's sandbox")]
+
+
+def _pts() -> set[str]:
+    return set(os.listdir("/dev/pts"))
+
+
+def _children() -> set[int]:
+    me = str(os.getpid())
+    found = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] == me:
+                        found.add(int(pid))
+            except (OSError, IndexError):
+                continue
+    return found
+
+
+def _explain(report) -> str:  # noqa: ANN001
+    failed = [f"{o.name}: expected {o.expected}, measured {o.measured} ({o.detail})" for o in report.outcomes if not o.passed]
+    return "\n".join(failed + report.errors)
+
+
+@pytest.mark.timeout(240)
+def test_rover_bench_passes_and_leaves_nothing_behind(hil_bench):
+    pts, children = _pts(), _children()
+    report = hil_bench(BENCHES / "rover.toml")
+    assert report.passed, _explain(report)
+    interlock = next(o for o in report.outcomes if o.kind == "frame_after")
+    assert interlock.measured < 50  # zero speed on the bus, ms after the e-stop edge
+    assert _pts() <= pts, "ptys left open"
+    assert _children() <= children, "processes left running"
+    assert report.summary["journal_verified"] and report.summary["oom_kills"] >= 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("bench", ["fault-can", "fault-serial", "fault-gpio", "fault-kernel"])
+def test_fault_scenarios_react_as_declared(hil_bench, bench):
+    report = hil_bench(BENCHES / f"{bench}.toml")
+    assert report.passed, _explain(report)
+    assert report.timeline, "the fault plan ran"
