@@ -6,6 +6,7 @@ table and the key of the first problem (``hil/benches/rover.toml: [[faults]][2].
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +129,7 @@ def _typed(source: Path, where: str, data: dict[str, Any], schema: dict[str, tup
     return out
 
 
-def load_bench(path: str | Path) -> Bench:
+def load_bench(path: str | os.PathLike[str]) -> Bench:
     """:raises ConfigError: naming the file, table and key."""
     source = Path(path)
     try:

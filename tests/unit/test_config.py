@@ -264,7 +264,7 @@ def test_unknown_table(tmp_path: Path, table: str) -> None:
     err = config_error(path)
     assert (
         err.message
-        == f"{path}: [{table}]: unknown table (known: agents, kernel, llm, logs, retention, sandbox, supervisor)"
+        == f"{path}: [{table}]: unknown table (known: agents, devices, interlocks, kernel, llm, logs, retention, sandbox, supervisor)"
     )
 
 

@@ -31,6 +31,12 @@ FROZEN_CODES: dict[str, str] = {
     "OperationTimeout": "timeout",
     "UpstreamError": "upstream.failed",
     "QuotaExceeded": "quota.exceeded",
+    "DeviceError": "device.error",
+    "DeviceUnavailable": "device.unavailable",
+    "DeviceBusy": "device.busy",
+    "DeviceClosed": "device.closed",
+    "DeviceBroken": "device.broken",
+    "DeviceTimeout": "device.timeout",
 }
 
 FROZEN_PARENTS: dict[str, str] = {
@@ -39,6 +45,11 @@ FROZEN_PARENTS: dict[str, str] = {
     "UnknownSyscall": "ProtocolError",
     "InvalidArguments": "ProtocolError",
     "IsolationUnavailable": "SandboxError",
+    "DeviceUnavailable": "DeviceError",
+    "DeviceBusy": "DeviceError",
+    "DeviceClosed": "DeviceError",
+    "DeviceBroken": "DeviceError",
+    "DeviceTimeout": "DeviceError",
 }
 
 
@@ -110,10 +121,10 @@ def test_round_trip(name: str) -> None:
 
 
 def test_from_wire_unknown_code_keeps_code() -> None:
-    back = from_wire({"code": "device.busy", "message": "leased by agent 3", "details": {"agent": 3}})
+    back = from_wire({"code": "lidar.fogged", "message": "leased by agent 3", "details": {"agent": 3}})
     assert type(back) is CloveError
-    assert (back.code, back.message, back.details) == ("device.busy", "leased by agent 3", {"agent": 3})
-    assert to_wire(back)["code"] == "device.busy"
+    assert (back.code, back.message, back.details) == ("lidar.fogged", "leased by agent 3", {"agent": 3})
+    assert to_wire(back)["code"] == "lidar.fogged"
     assert CloveError.code == "error"
 
 
@@ -135,14 +146,14 @@ def test_from_wire_tolerates_partial_maps(
 
 
 def test_register_error_adds_a_family(registry: dict[str, type[CloveError]]) -> None:
-    class DeviceBusy(CloveError):
-        code = "device.busy"
+    class LidarFogged(CloveError):
+        code = "lidar.fogged"
 
-    assert register_error(DeviceBusy) is DeviceBusy
-    assert register_error(DeviceBusy) is DeviceBusy  # registering the same class twice is fine
-    back = from_wire({"code": "device.busy", "message": "leased"})
-    assert type(back) is DeviceBusy
-    assert registry["device.busy"] is DeviceBusy
+    assert register_error(LidarFogged) is LidarFogged
+    assert register_error(LidarFogged) is LidarFogged  # registering the same class twice is fine
+    back = from_wire({"code": "lidar.fogged", "message": "leased"})
+    assert type(back) is LidarFogged
+    assert registry["lidar.fogged"] is LidarFogged
 
 
 @pytest.mark.parametrize("code", sorted(FROZEN_CODES.values()))

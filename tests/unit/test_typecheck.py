@@ -1,4 +1,5 @@
-"""The kernel, SDK and helpers stay clean under mypy --strict (settings in pyproject.toml)."""
+"""The kernel, SDK, HIL harness and first-party drivers stay clean under mypy --strict (settings in
+pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_mypy_strict_is_clean() -> None:
     pytest.importorskip("mypy")
     out = subprocess.run(
-        [sys.executable, "-m", "mypy", "clove", "clove_sdk"], cwd=ROOT, capture_output=True, text=True, timeout=280
+        [sys.executable, "-m", "mypy", "clove", "clove_sdk", "hil", "plugins/serial/clove_driver_serial", "plugins/can/clove_driver_can", "plugins/gpio/clove_driver_gpio"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]

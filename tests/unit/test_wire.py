@@ -143,13 +143,13 @@ def test_error_reply_rebuilds_the_exact_class(cls: type[CloveError]) -> None:
 
 def test_error_reply_with_an_unknown_code_keeps_the_code() -> None:
     payload = pack(
-        {"id": 1, "ok": False, "error": {"code": "device.busy", "message": "leased", "details": {"by": 3}}}
+        {"id": 1, "ok": False, "error": {"code": "lidar.fogged", "message": "leased", "details": {"by": 3}}}
     )
     reply = decode_reply([wire.PROTOCOL, wire.KIND_REPLY, payload])
     assert type(reply.error) is CloveError
     assert reply.error is not None
     assert (reply.error.code, reply.error.message, reply.error.details) == (
-        "device.busy",
+        "lidar.fogged",
         "leased",
         {"by": 3},
     )
