@@ -1,4 +1,11 @@
-"""Hardware-in-the-loop support: simulated devices that agents reach exactly as they would real ones.
+"""Hardware-in-the-loop: simulated devices that agents reach exactly as they would real ones,
+benches that wire them into a deployment, fault plans and assertions (docs/hil.md).
 
-``hil.simbus`` is a virtual CAN bus spanning processes (a python-can interface, ``simbus``).
+- ``hil.simbus``: a CAN bus spanning processes (python-can interface ``simbus``), with faults;
+- ``hil.motor``, ``hil.world``: the rover's motor controller node (signals in ``rover.dbc``) and
+  the 2-D world it drives;
+- ``hil.gps``: an NMEA GPS and a command/response device on pseudo-terminals;
+- ``hil.replay``: record and replay bus traffic in python-can log formats;
+- ``hil.bench``, ``hil.sims``, ``hil.harness``, ``hil.assertions``, ``hil.view``: bench files, the
+  simulators behind them, the runner, the checks and the report; ``hil.pytest_plugin``: fixtures.
 """

@@ -72,7 +72,53 @@ def call_args(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def describe_driver(kind: str) -> dict[str, Any]:
+    """A driver's config keys, grant keys, operations and stream, from its plugin (no kernel).
+
+    :raises ConfigError: the plugin is not installed or does not provide ``kind``.
+    """
+    from clove.drivers.registry import load_drivers
+    from clove.drivers.schema import fields_doc
+
+    registry = load_drivers([kind])
+    if kind not in registry:
+        raise ConfigError(f"plugin {kind!r} provides {', '.join(registry.kinds())}, not {kind!r}")
+    cls = registry.get(kind)
+    return {
+        "driver": kind,
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "config": fields_doc(cls.Config),
+        "grant": fields_doc(cls.Grant),
+        "ops": {name: {"doc": spec.doc, "args": fields_doc(spec.args)} for name, spec in cls.operations().items()},
+        "stream": cls.stream,
+        "stream_op": cls.stream_op,
+        "detected": cls.detect(),
+    }
+
+
+def describe_text(d: dict[str, Any]) -> str:
+    def fields(rows: list[dict[str, Any]]) -> list[str]:
+        return [f"    {f['name']}: {f['type']}" + (" (required)" if f["required"] else f" = {f['default']!r}") for f in rows]
+
+    lines = [f"driver {d['driver']} ({d['class']})", "  config keys ([devices.NAME]):", *fields(d["config"]), "  grant keys ([agents.A.devices.NAME]):", *fields(d["grant"]), "  operations:"]
+    for name, op in d["ops"].items():
+        args = ", ".join(f["name"] for f in op["args"])
+        lines.append(f"    {name}({args}): {op['doc']}")
+    if d["stream"]:
+        lines.append(f"  stream: {d['stream']}, received with device.recv; grant op {d['stream_op']!r}")
+    if d["detected"]:
+        lines.append(f"  present on this machine: {d['detected']}")
+    return "\n".join(lines)
+
+
 def cmd_devices(args: argparse.Namespace, client: Callable[[argparse.Namespace], Any], emit: Callable[..., None], error: type[Exception]) -> int:
+    if args.describe:
+        try:
+            described = describe_driver(args.describe)
+        except ConfigError as err:
+            raise error(err.message) from None
+        emit(args, described, lambda: describe_text(described))
+        return 0
     with client(args) as c:
         if args.restart:
             result = c.call("device.restart", device=args.restart)
@@ -192,6 +238,7 @@ def interlocks_table(interlocks: list[dict[str, Any]]) -> str:
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], argparse.ArgumentParser], bind: Callable[[Any], Any]) -> None:
     d = common(sub.add_parser("devices", help="list devices: state, driver, host pid, restarts, traffic"))
     d.add_argument("--restart", metavar="NAME", help="kill this device's host; the kernel restarts it")
+    d.add_argument("--describe", metavar="DRIVER", help="a driver's config and grant keys, operations and stream (no kernel needed)")
     d.set_defaults(func=bind(cmd_devices))
 
     one = common(sub.add_parser("device", help="run one operation on a device (operators may use every device)"))

@@ -147,7 +147,7 @@ class Driver(ABC):
 
     @staticmethod
     def detect() -> list[dict[str, Any]]:
-        """Devices of this kind present on this machine (for ``clove devices --detect``)."""
+        """Devices of this kind present on this machine (shown by ``clove devices --describe``)."""
         return []
 
     @classmethod

@@ -43,6 +43,7 @@ from clove.errors import CloveError, ConfigError, DeviceBroken, DeviceError, Int
 log = logging.getLogger("clove.drivers.host")
 
 EXIT_STOPPED, EXIT_OPEN_FAILED, EXIT_BROKEN = 0, 3, 4
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: no enum object per check
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
 
 
@@ -118,6 +119,8 @@ class Host:
         self.driver.close()
         if self._reader is not None:
             self._reader.join(2.0)
+        if self._pump is not None:
+            self._pump.close(linger=0)  # an open socket would keep ctx.term() waiting
         return self.exit_code
 
     def _status(self) -> dict[str, Any]:
@@ -129,7 +132,7 @@ class Host:
     # ---- operations -----------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        while int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN:  # cheaper than raising zmq.Again per wake-up
+        while int(self.sock.get(_EVENTS)) & _POLLIN:  # cheaper than raising zmq.Again per wake-up
             raw = self.sock.recv(zmq.NOBLOCK)
             message = unpack(raw)
             kind = message.get("t")
@@ -249,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: setattr(host, "stopping", True))
     sock.send(pack({"t": "opened", "status": host._status()}))
     code = host.run()
-    sock.close()
-    ctx.term()
+    sock.close(linger=1000)  # the last replies and data still go out
+    ctx.destroy(linger=0)
     return code
 
 

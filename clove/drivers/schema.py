@@ -147,7 +147,7 @@ def build(cls: type[T], data: dict[str, Any], *, ignore: frozenset[str] = frozen
 
 
 def fields_doc(cls: type[Any]) -> list[dict[str, Any]]:
-    """The fields of a schema dataclass, for ``clove devices --describe`` and the docs."""
+    """The fields of a schema dataclass, for ``clove devices --describe``."""
     hints = _hints(cls)
     out = []
     for f in dataclasses.fields(cls):

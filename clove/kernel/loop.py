@@ -41,6 +41,10 @@ class Timer:
         self.cancelled = True
 
 
+# Plain ints: pyzmq's enum constants cost a flag object per ``&`` on every readiness check.
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+
+
 class EpollPoller:
     """``zmq.Poller``'s interface (register, unregister, poll) over one epoll set."""
 
@@ -84,7 +88,7 @@ class EpollPoller:
     def _readable(source: Any) -> bool:
         if not isinstance(source, zmq.Socket):
             return True
-        return not source.closed and bool(int(source.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+        return not source.closed and bool(int(source.get(_EVENTS)) & _POLLIN)
 
     def poll(self, timeout_ms: int) -> list[tuple[Any, int]]:
         events = self._epoll.poll(0 if self._recheck else timeout_ms / 1000)
@@ -96,7 +100,7 @@ class EpollPoller:
         for source in candidates:
             if id(source) not in seen and self._readable(source):
                 seen.add(id(source))
-                ready.append((source, int(zmq.POLLIN)))
+                ready.append((source, _POLLIN))
         return ready
 
     def close(self) -> None:

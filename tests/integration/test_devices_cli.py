@@ -66,3 +66,14 @@ def test_run_names_the_file_and_key_of_a_config_error(tmp_path):
     out = clove("run", str(config), "--socket", str(tmp_path / "none.sock"))
     assert out.returncode == 2 or out.returncode == 1
     assert out.stderr.strip() == f"clove: {config}: [devices.loop].pollable: expected bool, got string 'yes'"
+
+
+def test_describe_lists_a_drivers_keys_and_operations_without_a_kernel():
+    out = clove("devices", "--describe", "serial", "--socket", "/nonexistent/k.sock")
+    assert out.returncode == 0, out.stderr
+    assert "    port: string (required)" in out.stdout and "    write(data):" in out.stdout
+    assert "stream: bytes, received with device.recv; grant op 'read'" in out.stdout
+    described = json.loads(clove("devices", "--describe", "gpio", "--json").stdout)
+    assert set(described["ops"]) == {"get", "set", "info"} and described["stream_op"] == "watch"
+    missing = clove("devices", "--describe", "lidar")
+    assert missing.returncode == 1 and "driver plugin 'lidar' is not installed" in missing.stderr

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _STOP_GRACE_S = 2.0
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: no enum object per check
 
 
 class DeviceBroker:
@@ -129,7 +130,7 @@ class DeviceBroker:
         if sock is None:
             return
         for _ in range(256):
-            if not int(sock.get(zmq.EVENTS)) & zmq.POLLIN:  # cheaper than raising zmq.Again
+            if not int(sock.get(_EVENTS)) & _POLLIN:  # cheaper than raising zmq.Again
                 return
             frames = sock.recv_multipart(zmq.NOBLOCK)
             if len(frames) != 2:
