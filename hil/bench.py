@@ -33,6 +33,8 @@ FAULT_KINDS: Final[dict[str, tuple[str, dict[str, tuple[type | tuple[type, ...],
     "can_delay": ("can_bus", {"ms": ((int, float), None), "for": ((int, float), None)}),
     "can_error_frames": ("can_bus", {"count": (int, 1)}),
     "can_bus_off": ("can_bus", {"for": ((int, float), None)}),
+    # Play a recorded session (a python-can log: .asc, .blf, .log) onto the bus, timestamps kept.
+    "can_replay": ("can_bus", {"log": (str, None), "speed": ((int, float), 1.0)}),
     "serial_garbage": ("nmea_gps", {"bytes": (int, 64)}),
     "serial_corrupt": ("nmea_gps", {"count": (int, 3)}),
     "serial_disconnect": ("nmea_gps", {"for": ((int, float), None)}),
@@ -212,6 +214,13 @@ def _faults(source: Path, items: Any, sims: dict[str, SimSpec], duration: float)
                 raise _fail(source, where, "sim", f"expected the name of a {sim_kind} simulator ({', '.join(names) or 'none defined'}), got {sim!r}")
         if kind == "can_drop" and not 0 <= options["share"] <= 1:
             raise _fail(source, where, "share", "must be 0..1")
+        if kind == "can_replay":
+            log = (source.parent / options["log"]).resolve()
+            if not log.is_file():
+                raise _fail(source, where, "log", f"no such file: {log}")
+            if not options["speed"] > 0:
+                raise _fail(source, where, "speed", "must be positive")
+            options["log"] = str(log)
         if "line" in options and sim is not None and options["line"] not in sims[sim].options["lines"]:
             raise _fail(source, where, "line", f"the chip {sim!r} has no line {options['line']!r}")
         name = data.get("name", f"{kind}#{i}")

@@ -69,6 +69,9 @@ class CanBusSim(Simulator):
         self.hub: Any = None
         self.listener: Any = None
         self.frames: list[Frame] = []
+        self._players: list[Any] = []
+        self._threads: list[threading.Thread] = []
+        self.replays: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
 
@@ -109,6 +112,19 @@ class CanBusSim(Simulator):
             self._undo_after(o.get("for"), f"{fault.name} ended", lambda: hub.set_faults(delay=0.0))
         elif fault.kind == "can_error_frames":
             hub.inject_error(o["count"])
+        elif fault.kind == "can_replay":
+            player = self.bus()
+            self._players.append(player)
+
+            def play() -> None:
+                from hil.replay import replay
+
+                result = replay(player, o["log"], float(o["speed"]), stop=self._stop)
+                self.replays.append({"log": o["log"], "frames": len(result.errors), "p50_ms": result.p50 * 1000, "max_ms": result.max * 1000})
+
+            thread = threading.Thread(target=play, name=f"hil-replay-{self.name}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
         elif fault.kind == "can_bus_off":
             hub.set_faults(bus_off=True)
             self._undo_after(o.get("for"), f"{fault.name} ended", lambda: hub.set_faults(bus_off=False))
@@ -123,6 +139,11 @@ class CanBusSim(Simulator):
         self._stop.set()
         if self._reader is not None:
             self._reader.join(2)
+        for thread in self._threads:
+            thread.join(2)
+        for player in self._players:
+            player.shutdown()
+        self._players.clear()
         if self.listener is not None:
             self.listener.shutdown()
             self.listener = None
