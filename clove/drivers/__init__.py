@@ -8,7 +8,7 @@
 - the device errors, re-exported from :mod:`clove.errors`.
 """
 
-from clove.drivers.base import API_VERSION, Driver, NoArgs, OpSpec, operation
+from clove.drivers.base import API_VERSION, Caller, Driver, NoArgs, OpSpec, operation
 from clove.drivers.grants import DeviceGrant, IdRanges, TokenBucket, deny
 from clove.drivers.registry import DriverRegistry, hookimpl, load_drivers
 from clove.drivers.schema import FieldError, invalid
@@ -16,6 +16,7 @@ from clove.errors import DeviceBroken, DeviceBusy, DeviceClosed, DeviceError, De
 
 __all__ = [
     "API_VERSION",
+    "Caller",
     "DeviceBroken",
     "DeviceBusy",
     "DeviceClosed",

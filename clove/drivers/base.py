@@ -46,7 +46,7 @@ from clove.errors import (
     InvalidArguments,
 )
 
-__all__ = ["API_VERSION", "Driver", "NoArgs", "OpSpec", "operation"]
+__all__ = ["API_VERSION", "Caller", "Driver", "NoArgs", "OpSpec", "operation"]
 
 #: The contract version a driver declares in ``api_version``; the host refuses other majors.
 API_VERSION = 1
@@ -68,18 +68,46 @@ class OpSpec:
     args: type[Any]
     method: str
     doc: str
+    wants_caller: bool = False
 
 
-def operation(name: str | None = None, *, args: type[Any] = NoArgs) -> Callable[[F], F]:
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asked for an operation, as the kernel established it (never from the request body).
+
+    :param agent: the agent's name (``None`` for an operator).
+    :param agent_id: its spawn id, or the operator session's id.
+    :param operator: True for an operator on the control socket.
+    :param grant: the agent's grant on this device as a table (``None`` for operators), so a
+        driver can enforce what needs its own state (positions, open orders).
+    """
+
+    agent: str | None
+    agent_id: int | None
+    operator: bool
+    grant: dict[str, Any] | None = None
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Caller | None:
+        if not isinstance(data, dict):
+            return None
+        return cls(agent=data.get("agent"), agent_id=data.get("agent_id"), operator=bool(data.get("operator")), grant=data.get("grant"))
+
+
+def operation(name: str | None = None, *, args: type[Any] = NoArgs, caller: bool = False) -> Callable[[F], F]:
     """Mark a driver method as an operation agents can call (subject to their grant).
 
     :param name: the wire name (default: the method's name).
     :param args: a frozen dataclass the call's arguments are parsed into; the method receives
         an instance of it.
+    :param caller: the method also receives the :class:`Caller` (or ``None`` when called
+        without one, as in a driver's own tests).
+
+    .. versionchanged:: 0.1 ``caller`` added (contract version 1, additive).
     """
 
     def mark(method: F) -> F:
-        method.__clove_op__ = (name or method.__name__, args)  # type: ignore[attr-defined]
+        method.__clove_op__ = (name or method.__name__, args, caller)  # type: ignore[attr-defined]
         return method
 
     return mark
@@ -110,6 +138,9 @@ class Driver(ABC):
 
     def __init__(self, config: Any) -> None:
         self.config = config
+        #: A private directory for durable state that survives host restarts (order journals,
+        #: sequence numbers); the host sets it before :meth:`open`, ``None`` outside a host.
+        self.state_dir: str | None = getattr(self, "state_dir", None)
         self._state = _STATE_NEW
         self._state_lock = threading.Lock()
         #: Counters the host reports in its heartbeat (a subclass may add its own before this runs).
@@ -129,8 +160,8 @@ class Driver(ABC):
                 for attr, value in vars(klass).items():
                     mark = getattr(value, "__clove_op__", None)
                     if mark is not None:
-                        name, args = mark
-                        cached[name] = OpSpec(name, args, attr, (value.__doc__ or "").strip().split("\n")[0])
+                        name, args, wants_caller = mark
+                        cached[name] = OpSpec(name, args, attr, (value.__doc__ or "").strip().split("\n")[0], wants_caller)
             cls._operations = cached
         return cached
 
@@ -221,8 +252,8 @@ class Driver(ABC):
 
     # ---- operations -----------------------------------------------------------------------------
 
-    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
-        """Run one operation.
+    def call(self, op: str, args: dict[str, Any] | None = None, caller: Caller | None = None) -> Any:
+        """Run one operation (``caller`` reaches operations declared with ``caller=True``).
 
         :raises InvalidArguments: an unknown operation or bad arguments.
         :raises DeviceClosed: not open.
@@ -238,6 +269,8 @@ class Driver(ABC):
         self._require_open()
         self.counters["calls"] += 1
         try:  # inline rather than _mapped(): this is every operation's path
+            if spec.wants_caller:
+                return getattr(self, spec.method)(parsed, caller)
             return getattr(self, spec.method)(parsed)
         except CloveError:
             self.counters["errors"] += 1

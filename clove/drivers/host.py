@@ -35,7 +35,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from clove.drivers.base import Driver
+from clove.drivers.base import Caller, Driver
 from clove.drivers.registry import load_drivers
 from clove.drivers.schema import FieldError
 from clove.errors import CloveError, ConfigError, DeviceBroken, DeviceError, InternalError, to_wire
@@ -145,7 +145,7 @@ class Host:
     def _call(self, message: dict[str, Any]) -> None:
         call_id = message.get("id")
         try:
-            result = self.driver.call(str(message.get("op")), message.get("args") or {})
+            result = self.driver.call(str(message.get("op")), message.get("args") or {}, Caller.from_wire(message.get("caller")))
             reply: dict[str, Any] = {"t": "reply", "id": call_id, "result": result}
             encoded = pack(reply)
         except CloveError as err:
@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     sock.send(pack({"t": "hello", "pid": os.getpid(), "incarnation": spec["incarnation"]}))
     try:
         driver = _build_driver(spec)
+        driver.state_dir = spec.get("state_dir")
         driver.open()
     except CloveError as err:
         sock.send(pack({"t": "failed", "error": to_wire(err)}))

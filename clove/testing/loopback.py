@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from clove.drivers import DeviceGrant, DeviceUnavailable, Driver, NoArgs, deny, hookimpl, invalid, operation
+from clove.drivers import Caller, DeviceGrant, DeviceUnavailable, Driver, NoArgs, deny, hookimpl, invalid, operation
 from clove.drivers.registry import DriverRegistry
 
 
@@ -55,6 +55,7 @@ class WriteArgs:
     tag: str
     data: Any = None
     count: int = 1
+    to: str | None = None  # address the items to one agent (as an exchange's execution reports are)
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= 100_000:
@@ -108,7 +109,10 @@ class LoopbackDriver(Driver):
         with self._cond:
             for _ in range(args.count):
                 self._seq += 1
-                self._queue.append({"tag": args.tag, "seq": self._seq, "data": args.data, "ts": time.time()})
+                item = {"tag": args.tag, "seq": self._seq, "data": args.data, "ts": time.time()}
+                if args.to is not None:
+                    item["to"] = args.to
+                self._queue.append(item)
             while len(self._queue) > self.config.max_queue:
                 self._queue.popleft()
             self._cond.notify_all()
@@ -117,6 +121,13 @@ class LoopbackDriver(Driver):
         except BlockingIOError:
             pass  # the pipe is full: it is readable, which is all the host needs
         return {"written": args.count, "seq": self._seq}
+
+    @operation(caller=True)
+    def whoami(self, args: NoArgs, caller: Caller | None) -> dict[str, Any]:
+        """Who the kernel says is calling, and the grant it passed along."""
+        if caller is None:
+            return {}
+        return {"agent": caller.agent, "agent_id": caller.agent_id, "operator": caller.operator, "grant": caller.grant}
 
     @operation()
     def crash(self, args: NoArgs) -> None:

@@ -176,3 +176,22 @@ def test_hosts_are_gone_after_the_kernel_stops(make_kernel):
     pids = [_ready(k, name)["host_pid"] for name in ("loop", "other")]
     k.stop()
     poll_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pids), 10, message="hosts to exit")
+
+
+def test_drivers_learn_the_caller_from_the_kernel_and_items_can_be_addressed(devkernel):
+    grant = {"ops": ["whoami", "recv"], "tags": ["*"]}
+    with devkernel.client() as op:
+        for name in ("alice", "bob"):
+            op.spawn(name, agent_script("device_whoami.py"), devices={"loop": grant})
+        for name in ("alice", "bob"):
+            poll_for(lambda n=name: b"READY" in op.logs(name=n)["data"], 15, message=f"{name} ready")
+        poll_for(lambda: _state(devkernel, "loop")["subscribers"] == 2, message="two subscribers")
+        loop = op.device("loop")
+        loop.write(tag="for-alice", to="alice")
+        loop.write(tag="for-bob", to="bob")
+        loop.write(tag="everyone", data="end")
+        assert loop.whoami()["operator"] is True
+        alice, bob = read_report(devkernel, "alice"), read_report(devkernel, "bob")
+    assert alice["whoami"]["agent"] == "alice" and alice["whoami"]["grant"]["tags"] == ["*"]
+    assert bob["whoami"]["agent"] == "bob" and bob["whoami"]["operator"] is False
+    assert alice["tags"] == ["for-alice", "everyone"] and bob["tags"] == ["for-bob", "everyone"]

@@ -110,7 +110,7 @@ class FakeEvents:
 
 
 def make_agent(agent_id: int = 1, **grants: DeviceGrant) -> Any:
-    return SimpleNamespace(id=agent_id, spec=SimpleNamespace(devices=grants))
+    return SimpleNamespace(id=agent_id, name=f"agent{agent_id}", spec=SimpleNamespace(devices=grants))
 
 
 @pytest.fixture

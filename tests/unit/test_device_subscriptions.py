@@ -345,3 +345,15 @@ def test_drops_are_reported_to_a_parked_read(loop: FakeLoop) -> None:
     sub.read(loop, ReadWant(), 5.0, reply.deferred)  # type: ignore[arg-type]
     sub.offer_items(frames("a", "b", "c"))
     assert reply.result == {"success": True, "items": frames("a", "b", "c")[1:], "count": 2, "dropped": 1}
+
+
+def test_items_addressed_to_an_agent_reach_only_it_and_operators() -> None:
+    mine = Subscription(1, kind="items", limit=10, grant=None, wants=None, owner="alice")
+    other = Subscription(2, kind="items", limit=10, grant=None, wants=None, owner="bob")
+    operator = Subscription(3, kind="items", limit=10, grant=None, wants=None)
+    items = [{"to": "alice", "n": 1}, {"n": 2}, {"to": "bob", "n": 3}]
+    for sub in (mine, other, operator):
+        sub.offer_items(items)
+    assert [i["n"] for i in mine.items] == [1, 2]
+    assert [i["n"] for i in other.items] == [2, 3]
+    assert [i["n"] for i in operator.items] == [1, 2, 3]

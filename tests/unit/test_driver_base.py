@@ -926,3 +926,44 @@ def test_kit_fails_a_driver_whose_close_fails() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         kit_failure(FailingClose)
+
+
+def test_operations_that_ask_for_the_caller_receive_it() -> None:
+    from dataclasses import dataclass as _dc
+
+    from clove.drivers import Caller, Driver, NoArgs, operation
+
+    @_dc(frozen=True)
+    class Cfg:
+        pass
+
+    class WhoAsks(Driver):
+        Config = Cfg
+
+        def _open(self) -> None:
+            pass
+
+        def _close(self) -> None:
+            pass
+
+        @operation(caller=True)
+        def whoami(self, args: NoArgs, caller: Caller | None) -> object:
+            """Echo the caller."""
+            return None if caller is None else caller.agent
+
+        @operation()
+        def plain(self, args: NoArgs) -> str:
+            """No caller."""
+            return "ok"
+
+    d = WhoAsks(Cfg())
+    d.open()
+    try:
+        assert d.operations()["whoami"].wants_caller and not d.operations()["plain"].wants_caller
+        who = Caller.from_wire({"agent": "nav", "agent_id": 3, "operator": False, "grant": {"ops": ["whoami"]}})
+        assert d.call("whoami", {}, who) == "nav"
+        assert d.call("whoami", {}) is None
+        assert d.call("plain", {}, who) == "ok"
+        assert Caller.from_wire(None) is None
+    finally:
+        d.close()

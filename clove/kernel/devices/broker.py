@@ -71,6 +71,12 @@ class DeviceBroker:
             (self.dir / runtime.name).mkdir(mode=0o700, exist_ok=True)
             runtime.start()
 
+    def driver_state_dir(self, name: str) -> str:
+        """``<state>/devices/<name>/state``: the driver's durable directory."""
+        path = self.dir / name / "state"
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return str(path)
+
     def log_path(self, name: str) -> str:
         path = self.dir / name / "host.log"
         max_bytes = self.kernel.config.logs.max_bytes
@@ -236,7 +242,7 @@ class DeviceBroker:
         for _name, bucket, amount in buckets:
             bucket.take(amount)
 
-    def call(self, agent: Agent | None, name: str, op: str, args: dict[str, Any], deferred: Deferred) -> None:
+    def call(self, agent: Agent | None, name: str, op: str, args: dict[str, Any], deferred: Deferred, principal_id: int | None = None) -> None:
         runtime = self.runtime(name)
         parsed = self.authorize(agent, runtime, op, args)
         grant = agent.spec.devices.get(name) if agent is not None else None
@@ -244,7 +250,9 @@ class DeviceBroker:
             narrowed = grant.narrow(op, parsed)
             if narrowed is not parsed:
                 args = {f.name: getattr(narrowed, f.name) for f in dataclasses.fields(narrowed) if f.init}
-        runtime.call(op, args, deferred)
+        spec = runtime.spec.driver_class.operations().get(op)
+        caller = _caller(agent, grant, principal_id) if spec is not None and spec.wants_caller else None
+        runtime.call(op, args, deferred, caller)
 
     def subscribe(self, agent: Agent | None, principal_id: int, name: str, filters: list[Any] | None, queue: int | None) -> Subscription:
         runtime = self.runtime(name)
@@ -258,7 +266,7 @@ class DeviceBroker:
         if queue is not None and not 1 <= queue <= 1_000_000:
             raise InvalidArguments("queue must be 1..1000000", details={"argument": "queue"})
         wants = cls.compile_filter(filters) if filters else None
-        return runtime.subscribe(principal_id, grant, wants, queue)
+        return runtime.subscribe(principal_id, grant, wants, queue, owner=agent.name if agent is not None else None)
 
     def recv(self, agent: Agent | None, principal_id: int, name: str, want: ReadWant, timeout: float | None, deferred: Deferred) -> None:
         runtime = self.runtime(name)
@@ -294,6 +302,14 @@ class DeviceBroker:
             "device_subscriptions": sum(len(r.subs) for r in self.devices.values()),
             "device_calls_in_flight": sum(r.held() for r in self.devices.values()),
         }
+
+
+def _caller(agent: Agent | None, grant: DeviceGrant | None, principal_id: int | None) -> dict[str, Any]:
+    """The caller as the driver sees it (only for operations that ask for it)."""
+    if agent is None:
+        return {"agent": None, "agent_id": principal_id, "operator": True, "grant": None}
+    table = {f.name: getattr(grant, f.name) for f in dataclasses.fields(grant) if f.init} if grant is not None else None
+    return {"agent": agent.name, "agent_id": agent.id, "operator": False, "grant": table}
 
 
 def attach(kernel: Kernel) -> None:

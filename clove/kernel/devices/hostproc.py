@@ -38,6 +38,8 @@ class HostProcess:
         self.cgroup: AgentCgroup | None = None
         self.pidfd = -1
         self.limit_report: dict[str, Any] = {}
+        #: The driver's durable directory (kept across host restarts and kernel restarts).
+        self.state_dir: str | None = None
 
     @property
     def pid(self) -> int | None:
@@ -95,6 +97,7 @@ class HostProcess:
                 "endpoint": self.endpoint,
                 "incarnation": self.incarnation,
                 "heartbeat": self.heartbeat,
+                "state_dir": self.state_dir,
             },
             use_bin_type=True,
         ))

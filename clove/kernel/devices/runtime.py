@@ -81,6 +81,7 @@ class DeviceRuntime:
             return
         self.incarnation += 1
         host = HostProcess(self.spec, self.incarnation, endpoint=self.broker.endpoint, heartbeat=HEARTBEAT_S)
+        host.state_dir = self.broker.driver_state_dir(self.name)
         self.state = "starting"
         self._started_at = self._last_beat = time.monotonic()
         try:
@@ -198,7 +199,7 @@ class DeviceRuntime:
 
     # ---- calls ------------------------------------------------------------------------------------
 
-    def call(self, op: str, args: dict[str, Any], deferred: Deferred) -> None:
+    def call(self, op: str, args: dict[str, Any], deferred: Deferred, caller: dict[str, Any] | None = None) -> None:
         if self.state != "ready" or self.host is None:
             why = f": {self.last_error}" if self.last_error else ""
             raise DeviceUnavailable(f"device {self.name} is {self.state}{why}", details={"device": self.name, "state": self.state})
@@ -209,7 +210,10 @@ class DeviceRuntime:
         )
         self._pending[call_id] = (deferred, timer, op)
         self.counters["calls"] += 1
-        self.broker.send(self, {"t": "call", "id": call_id, "op": op, "args": args})
+        message: dict[str, Any] = {"t": "call", "id": call_id, "op": op, "args": args}
+        if caller is not None:
+            message["caller"] = caller
+        self.broker.send(self, message)
 
     def _reply(self, message: dict[str, Any]) -> None:
         entry = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
@@ -251,11 +255,11 @@ class DeviceRuntime:
             for sub in self.subs.values():
                 sub.offer_bytes(data)
 
-    def subscribe(self, principal_id: int, grant: DeviceGrant | None, wants: Callable[[Any], bool] | None, queue: int | None) -> Subscription:
+    def subscribe(self, principal_id: int, grant: DeviceGrant | None, wants: Callable[[Any], bool] | None, queue: int | None, owner: str | None = None) -> Subscription:
         kind = self.spec.driver_class.stream or "items"
         limit = queue or (self.spec.queue_bytes if kind == "bytes" else self.spec.queue)
         old = self.subs.get(principal_id)
-        sub = Subscription(principal_id, kind=kind, limit=limit, grant=grant, wants=wants)
+        sub = Subscription(principal_id, kind=kind, limit=limit, grant=grant, wants=wants, owner=owner)
         if old is not None:  # new filters: keep what is queued and the drop count
             old.cancel()
             sub.items, sub.buf, sub.dropped, sub.delivered = old.items, old.buf, old.dropped, old.delivered

@@ -2,7 +2,8 @@
 filled through the principal's grant and its own filters, and at most one parked read.
 
 When the queue is full the oldest data goes, so a slow subscriber costs bounded memory and
-still sees the newest frames; ``dropped`` says how much it lost.
+still sees the newest frames; ``dropped`` says how much it lost. An item addressed to one agent
+(a ``"to"`` key: an execution report for its own order) reaches that agent (and operators) only.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class ReadWant:
 
 
 class Subscription:
-    __slots__ = ("principal_id", "admits", "wants", "kind", "limit", "items", "buf", "dropped", "delivered", "_parked")
+    __slots__ = ("principal_id", "owner", "admits", "wants", "kind", "limit", "items", "buf", "dropped", "delivered", "_parked")
 
     def __init__(
         self,
@@ -39,8 +40,10 @@ class Subscription:
         limit: int,
         grant: DeviceGrant | None,
         wants: Callable[[Any], bool] | None,
+        owner: str | None = None,
     ) -> None:
         self.principal_id = principal_id
+        self.owner = owner  # the agent's name; None: an operator, who sees every item
         self.kind = kind  # "items" or "bytes"
         self.limit = limit
         self.admits = grant.admits if grant is not None else None
@@ -54,8 +57,10 @@ class Subscription:
     # ---- filling ------------------------------------------------------------------------------
 
     def offer_items(self, items: list[Any]) -> None:
-        admits, wants, queue = self.admits, self.wants, self.items
+        admits, wants, queue, owner = self.admits, self.wants, self.items, self.owner
         for item in items:
+            if owner is not None and item.get("to", owner) != owner:
+                continue
             if (admits is None or admits(item)) and (wants is None or wants(item)):
                 queue.append(item)
         excess = len(queue) - self.limit

@@ -85,7 +85,7 @@ class DeviceCall(_DeviceSyscall):
 
     def execute(self, ctx: SyscallContext, req: CallRequest) -> Deferred:
         deferred = Deferred()
-        _broker(ctx).call(ctx.agent, req.device, req.op, req.args, deferred)
+        _broker(ctx).call(ctx.agent, req.device, req.op, req.args, deferred, ctx.principal_id)
         return deferred
 
 
