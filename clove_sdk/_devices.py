@@ -81,6 +81,46 @@ class Device:
             body["timeout"] = timeout
         return bytes(self.client.call("device.recv", **body)["data"])
 
+    # ---- exchange devices (the exchange driver's operations, with positional arguments) ---------
+
+    def submit_order(
+        self,
+        symbol: str,
+        side: str,
+        qty: float,
+        price: float | None = None,
+        type: str = "limit",  # noqa: A002 - the order type, as the venue calls it
+        tif: str = "day",
+        client_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Submit an order through the kernel and the venue's pre-trade risk checks. Returns
+        ``{client_id, status}`` once it is on its way; its execution reports arrive on the
+        stream (:meth:`executions`). A refusal raises :class:`clove.errors.PermissionDenied`
+        (``risk.denied`` with ``details.reason``)."""
+        args: dict[str, Any] = {"symbol": symbol, "side": side, "qty": qty, "type": type, "tif": tif}
+        if price is not None:
+            args["price"] = price
+        if client_id is not None:
+            args["client_id"] = client_id
+        return dict(self.call("submit_order", **args))
+
+    def cancel(self, client_id: str) -> dict[str, Any]:
+        """Ask the venue to cancel one of your open orders."""
+        return dict(self.call("cancel", client_id=client_id))
+
+    def orders(self) -> list[dict[str, Any]]:
+        """Your open orders, as the gateway knows them."""
+        return list(self.call("orders"))
+
+    def positions(self) -> dict[str, float]:
+        """Your net position per symbol, from fills."""
+        return dict(self.call("positions"))
+
+    def executions(self, max_items: int = 100, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Execution reports for your orders and market data for your symbols (stream items
+        with ``type`` ``"exec"`` or ``"md"``)."""
+        return self.recv(max_items=max_items, timeout=timeout)
+
     def readline(self, timeout: float | None = None, terminator: bytes = b"\n", size: int = 65536) -> bytes:
         """Bytes up to and including ``terminator``; on timeout whatever arrived (possibly a
         partial line, as pyserial's ``readline``)."""

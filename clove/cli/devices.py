@@ -228,6 +228,21 @@ def cmd_estop(args: argparse.Namespace, client: Callable[[argparse.Namespace], A
     return 0
 
 
+def cmd_trading(args: argparse.Namespace, client: Callable[[argparse.Namespace], Any], emit: Callable[..., None], error: type[Exception]) -> int:
+    """halt (kill switch: cancel every open order, block new ones), reduce (only
+    position-reducing orders), resume, or status, on an exchange device."""
+    with client(args) as c:
+        dev = c.device(args.device)
+        if args.action == "status":
+            result = dev.call("status")
+            emit(args, result, lambda: json.dumps(result, indent=2, default=_jsonable))
+            return 0
+        state = {"halt": "HALTED", "reduce": "REDUCING", "resume": "ACTIVE"}[args.action]
+        result = dev.call("set_state", state=state, reason=args.reason)
+    emit(args, result, lambda: f"{args.device}: {result.get('state')}" + (f"; cancelling {len(result.get('cancelling', []))} open orders" if result.get("cancelling") else ""))
+    return 0
+
+
 def interlocks_table(interlocks: list[dict[str, Any]]) -> str:
     if not interlocks:
         return "no interlocks configured"
@@ -253,6 +268,12 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], argparse.A
     e.add_argument("--list", action="store_true", help="show interlocks and their state")
     e.add_argument("--reason", default="clove estop", help="recorded in the journal")
     e.set_defaults(func=bind(cmd_estop))
+
+    t = common(sub.add_parser("trading", help="kill switch and trading state of an exchange device"))
+    t.add_argument("action", choices=["halt", "reduce", "resume", "status"])
+    t.add_argument("--device", default="exchange", help="the exchange device (default: exchange)")
+    t.add_argument("--reason", default="operator", help="recorded in the order journal")
+    t.set_defaults(func=bind(cmd_trading))
 
     r = common(sub.add_parser("run", help="start a deployment: its kernel, devices and agents (or its agents on a running kernel)"))
     r.add_argument("config", help="deployment TOML ([devices], [agents], ...)")

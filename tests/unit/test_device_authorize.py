@@ -227,7 +227,7 @@ def test_an_unknown_operation_is_invalid_arguments(broker: DeviceBroker, runtime
         assert info.value.details == {"op": "fly"}
         assert (
             info.value.message
-            == "device loop has no operation 'fly' (it has: write, crash, hang, leak, break_stream)"
+            == "device loop has no operation 'fly' (it has: write, whoami, crash, hang, leak, break_stream)"
         )
     assert runtime.counters["denied"] == 0
 
@@ -412,7 +412,7 @@ def test_a_grant_may_narrow_what_is_forwarded(broker: DeviceBroker, runtime: Dev
     agent = make_agent(loop=NarrowGrant(ops=("write",)))
     broker.call(agent, "loop", "write", {"tag": "t", "count": 50}, Deferred())
     broker.call(agent, "loop", "write", {"tag": "t"}, Deferred())
-    assert sent[0]["args"] == {"tag": "t", "data": None, "count": 1}
+    assert sent[0]["args"] == {"tag": "t", "data": None, "count": 1, "to": None}
     assert sent[1]["args"] == {"tag": "t"}  # not narrowed: forwarded as sent
 
 
@@ -518,4 +518,4 @@ def test_views_show_agents_only_their_devices_and_ops(broker: DeviceBroker) -> N
     )
     views = broker.views(None)
     assert [v["name"] for v in views] == ["loop", "aux"]
-    assert views[0]["ops"] == ["write", "crash", "hang", "leak", "break_stream", "recv"]
+    assert views[0]["ops"] == ["write", "whoami", "crash", "hang", "leak", "break_stream", "recv"]

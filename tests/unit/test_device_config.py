@@ -328,7 +328,7 @@ def test_grant_op_the_driver_does_not_offer(tmp_path: Path) -> None:
     message = config_error(tmp_path, LOOP + AGENT + '[agents.a.devices.loop]\nops = ["write", "fly"]\n')
     assert message == (
         "[agents.a.devices.loop].ops: driver 'loopback' has no operation 'fly' "
-        "(it has: write, crash, hang, leak, break_stream, recv)"
+        "(it has: write, whoami, crash, hang, leak, break_stream, recv)"
     )
 
 
