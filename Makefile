@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-guarantees test bench clean
 
-PLUGINS := plugins/serial plugins/can plugins/gpio
+PLUGINS := plugins/serial plugins/can plugins/gpio plugins/exchange
 
 $(STAMP): pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)

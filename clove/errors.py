@@ -10,6 +10,7 @@
     │   ├── UnknownSyscall   "proto.unknown_syscall"
     │   └── InvalidArguments "proto.invalid_args"
     ├── PermissionDenied     "perm.denied"
+    │   └── RiskDenied       "risk.denied"         an order refused by pre-trade risk checks (details.reason)
     ├── NotFound             "notfound"
     ├── Conflict             "conflict"
     ├── SandboxError         "sandbox.setup"
@@ -58,6 +59,7 @@ __all__ = [
     "PermissionDenied",
     "ProtocolError",
     "QuotaExceeded",
+    "RiskDenied",
     "SandboxError",
     "SpawnFailed",
     "UnknownSyscall",
@@ -131,6 +133,22 @@ class PermissionDenied(CloveError):
     """The caller's identity is not allowed to make this syscall on this target."""
 
     code = "perm.denied"
+
+
+class RiskDenied(PermissionDenied):
+    """An order or cancel refused by an exchange driver's pre-trade risk engine. ``reason``
+    (also ``details["reason"]``, so it survives the wire) names the check, such as
+    ``max_position`` or ``state_halted``; ``details`` holds ``scope``, ``limit`` and ``value``
+    when a limit was hit."""
+
+    code = "risk.denied"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None, reason: str | None = None) -> None:
+        merged = dict(details or {})
+        if reason is not None:
+            merged["reason"] = reason
+        super().__init__(message, details=merged)
+        self.reason: str = str(merged.get("reason", "check_failed"))
 
 
 class NotFound(CloveError):
@@ -259,6 +277,7 @@ _BY_CODE: dict[str, type[CloveError]] = {
         OperationTimeout,
         UpstreamError,
         QuotaExceeded,
+        RiskDenied,
         DeviceError,
         DeviceUnavailable,
         DeviceBusy,

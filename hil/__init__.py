@@ -6,6 +6,7 @@ benches that wire them into a deployment, fault plans and assertions (docs/hil.m
   the 2-D world it drives;
 - ``hil.gps``: an NMEA GPS and a command/response device on pseudo-terminals;
 - ``hil.replay``: record and replay bus traffic in python-can log formats;
+- ``hil.exchange``: a FIX 4.4 venue (price-time order books, a liquidity bot, faults);
 - ``hil.bench``, ``hil.sims``, ``hil.harness``, ``hil.assertions``, ``hil.view``: bench files, the
   simulators behind them, the runner, the checks and the report; ``hil.pytest_plugin``: fixtures.
 """

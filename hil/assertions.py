@@ -37,6 +37,7 @@ class RunRecord:
     state: dict[str, Any] = field(default_factory=dict)  # "scope:key" → exists
     motor: dict[str, list[tuple[float, int, int]]] = field(default_factory=dict)  # sim → (ts, left, right) actual speeds
     logs: dict[str, str] = field(default_factory=dict)  # agent name → its log
+    venue_open: dict[str, int] = field(default_factory=dict)  # fix_venue sim → open orders at the end
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +184,22 @@ def _log_contains(spec: AssertionSpec, r: RunRecord) -> Outcome:
     return Outcome(spec.name, spec.kind, bool(lines), len(lines), f"{o['agent']}'s log has {o['text']!r}", lines[0][:160] if lines else "")
 
 
+def _trading(spec: AssertionSpec, r: RunRecord) -> Outcome:
+    """Orders at the venue: how many an agent got filled or had refused, from the journal."""
+    o = spec.options
+    sent = [rec for rec in r.journal if rec.get("agent_name") == o["agent"] and rec.get("syscall") == "device.call" and (rec.get("args") or {}).get("op") == "submit_order"]
+    accepted = sum(1 for rec in sent if rec.get("code") == "ok")
+    refused = sum(1 for rec in sent if rec.get("code") in ("risk.denied", "perm.denied"))
+    ok = accepted >= o["min_accepted"] and refused >= o["min_refused"] and (o.get("max_accepted") is None or accepted <= o["max_accepted"])
+    return Outcome(spec.name, spec.kind, ok, {"accepted": accepted, "refused": refused}, f"{o['agent']}: at least {o['min_accepted']} orders accepted and {o['min_refused']} refused" + (f", at most {o['max_accepted']} accepted" if o.get("max_accepted") is not None else ""))
+
+
+def _venue_open_orders(spec: AssertionSpec, r: RunRecord) -> Outcome:
+    o = spec.options
+    n = r.venue_open.get(o["sim"])
+    return Outcome(spec.name, spec.kind, n is not None and n <= o["max"], n, f"at most {o['max']} open orders at the venue at the end")
+
+
 CHECKS: dict[str, Callable[[AssertionSpec, RunRecord], Outcome]] = {
     "frame_after": _frame_after,
     "frames_within": _frames_within,
@@ -197,6 +214,8 @@ CHECKS: dict[str, Callable[[AssertionSpec, RunRecord], Outcome]] = {
     "journal_verified": _journal_verified,
     "motor_stopped": _motor_stopped,
     "log_contains": _log_contains,
+    "trading": _trading,
+    "venue_open_orders": _venue_open_orders,
 }
 
 

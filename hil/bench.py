@@ -26,6 +26,8 @@ SIM_KINDS: Final[dict[str, dict[str, tuple[type | tuple[type, ...], Any]]]] = {
     "nmea_gps": {"wire": (str, None), "rate_hz": ((int, float), 5.0), "baudrate": (int, 9600)},
     "command_device": {"wire": (str, None)},
     "gpio_chip": {"wire": (str, None), "lines": (dict, None), "outputs": (list, []), "active_low": (list, [])},
+    # A FIX 4.4 venue (hil.exchange): symbols = { ACME = 100.0 }, credentials = { CLOVE = "secret" }.
+    "fix_venue": {"wire": (str, None), "symbols": (dict, None), "credentials": (dict, {"CLOVE": "secret"}), "seed": (int, 1), "liquidity": (bool, True)},
 }
 #: Fault kinds: the simulator kind they act on ("" for the kernel) and their keys.
 FAULT_KINDS: Final[dict[str, tuple[str, dict[str, tuple[type | tuple[type, ...], Any]]]]] = {
@@ -42,6 +44,12 @@ FAULT_KINDS: Final[dict[str, tuple[str, dict[str, tuple[type | tuple[type, ...],
     "gpio_release": ("gpio_chip", {"line": (str, None)}),
     "gpio_toggle": ("gpio_chip", {"line": (str, None)}),
     "gpio_stuck": ("gpio_chip", {"line": (str, None), "level": (int, None), "for": ((int, float), None)}),
+    "venue_reject": ("fix_venue", {"count": (int, 1)}),
+    "venue_disconnect": ("fix_venue", {}),
+    "venue_latency": ("fix_venue", {"ms": ((int, float), None), "for": ((int, float), None)}),
+    "venue_throttle": ("fix_venue", {"rate": ((int, float), None), "for": ((int, float), None)}),
+    # The kill switch (an operator's `clove trading halt`); `state` REDUCING or ACTIVE also work.
+    "trading_state": ("", {"device": (str, None), "state": (str, "HALTED")}),
     "kill_driver_host": ("", {"device": (str, None)}),
     "kill_agent": ("", {"agent": (str, None)}),
     "release_interlock": ("", {"interlock": (str, None)}),
@@ -63,8 +71,11 @@ ASSERTION_KINDS: Final[dict[str, dict[str, tuple[type | tuple[type, ...], Any]]]
     "motor_stopped": {"sim": (str, None), "after": (str, None), "within_ms": ((int, float), None)},
     # An agent's log (stdout and stderr) has a line containing `text`.
     "log_contains": {"agent": (str, None), "text": (str, None)},
+    # From the journal: an agent's submit_order calls accepted and refused (risk or grant).
+    "trading": {"agent": (str, None), "min_accepted": (int, 0), "min_refused": (int, 0), "max_accepted": (int, None)},
+    "venue_open_orders": {"sim": (str, None), "max": (int, 0)},
 }
-_OPTIONAL: Final = {"data", "device", "syscall", "max_latency_ms", "for", "after", "within_ms"}
+_OPTIONAL: Final = {"data", "device", "syscall", "max_latency_ms", "for", "after", "within_ms", "max_accepted", "wire"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,6 +217,8 @@ def _apply(fault: FaultSpec, sims: dict[str, Simulator], client: Any) -> float:
             os.kill(int(row["pid"]), 9)
     elif fault.kind == "release_interlock":
         client.call("interlock.release", name=fault.options["interlock"])
+    elif fault.kind == "trading_state":
+        client.call("device.call", device=fault.options["device"], op="set_state", args={"state": fault.options["state"], "reason": "bench fault plan"})
     return now
 
 

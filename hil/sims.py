@@ -261,6 +261,50 @@ class GpioSim(Simulator):
             self.server = None
 
 
+class VenueSim(Simulator):
+    """A FIX venue (:class:`hil.exchange.venue.SimVenue`) on a free local port."""
+
+    def __init__(self, spec: SimSpec, run_dir: Path, world: World) -> None:
+        super().__init__(spec, run_dir, world)
+        self.venue: Any = None
+
+    def start(self) -> None:
+        from hil.exchange.venue import SimVenue
+
+        o = self.spec.options
+        self.venue = SimVenue(
+            symbols={k: float(v) for k, v in o["symbols"].items()}, credentials=o["credentials"], seed=o["seed"], liquidity=o["liquidity"], store_dir=str(self.run_dir / f"{self.name}-venue")
+        ).start()
+
+    def wiring(self) -> dict[str, Any]:
+        return {"host": "127.0.0.1", "port": int(self.venue.port)}
+
+    def apply(self, fault: FaultSpec) -> float:
+        o = fault.options
+        venue = self.venue
+        if fault.kind == "venue_reject":
+            venue.reject_next(o["count"])
+        elif fault.kind == "venue_disconnect":
+            venue.disconnect()
+        elif fault.kind == "venue_latency":
+            venue.latency(o["ms"] / 1000)
+            self._undo_after(o.get("for"), f"{fault.name} ended", lambda: venue.latency(0.0))
+        elif fault.kind == "venue_throttle":
+            venue.throttle(float(o["rate"]))
+            self._undo_after(o.get("for"), f"{fault.name} ended", lambda: venue.throttle(None))
+        else:
+            return super().apply(fault)
+        return time.time()
+
+    def collect(self, record: RunRecord) -> None:
+        record.venue_open[self.name] = sum(len(self.venue.orders(s, open_only=True)) for s in self.venue.sessions())
+
+    def stop(self) -> None:
+        if self.venue is not None:
+            self.venue.stop()
+            self.venue = None
+
+
 def build_simulators(bench: Bench, run_dir: Path) -> dict[str, Simulator]:
     world = World()
     sims: dict[str, Simulator] = {}
@@ -277,4 +321,6 @@ def build_simulators(bench: Bench, run_dir: Path) -> dict[str, Simulator]:
             sims[spec.name] = CommandSim(spec, run_dir, world)
         elif spec.kind == "gpio_chip":
             sims[spec.name] = GpioSim(spec, run_dir, world)
+        elif spec.kind == "fix_venue":
+            sims[spec.name] = VenueSim(spec, run_dir, world)
     return sims

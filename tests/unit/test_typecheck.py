@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_mypy_strict_is_clean() -> None:
     pytest.importorskip("mypy")
     out = subprocess.run(
-        [sys.executable, "-m", "mypy", "clove", "clove_sdk", "hil", "plugins/serial/clove_driver_serial", "plugins/can/clove_driver_can", "plugins/gpio/clove_driver_gpio"],
+        [sys.executable, "-m", "mypy", "clove", "clove_sdk", "hil", "plugins/serial/clove_driver_serial", "plugins/can/clove_driver_can", "plugins/gpio/clove_driver_gpio", "plugins/exchange/clove_driver_exchange"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,0 +1,432 @@
+"""The exchange driver: order entry through one FIX 4.4 session, behind a risk engine that runs
+in the driver host, outside every agent, and that no agent can reach around.
+
+Path of an order: agent → kernel (the agent's grant: operation, symbol, size) → this host:
+the risk engine (positions, exposure, collars, rates shared across agents on the credential,
+trading state) → the order journal (durable before anything leaves) → NewOrderSingle on the
+venue session. Execution reports come back on the session's reader thread: journaled first, then
+applied to the risk engine and the order book, then streamed to the agent that owns the order
+(stream items carry ``"to"``: the kernel delivers them to that agent only). Market data updates
+the risk engine's reference prices and streams to agents granted the symbol.
+
+Restarts: the journal rebuilds orders, fills and trading states; the session's sequence store
+makes the venue resend what it reported while the host was away (duplicates are skipped by
+ExecID); an OrderMassStatusRequest then confirms which orders are still open. A lost connection
+makes the stream fail (``device.broken``): the kernel restarts the host, which reconnects and
+reconciles. Trading states: ACTIVE, REDUCING (position-reducing orders only), HALTED (the kill
+switch: every open order is cancelled, new ones are refused), set by an operator
+(``clove trading halt``) or an interlock (``{ device = "exchange", op = "set_state", ... }``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import select
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any, ClassVar
+
+from clove.drivers import Caller, Driver, NoArgs, operation
+from clove.errors import DeviceBroken, DeviceUnavailable, NotFound, PermissionDenied
+from clove_driver_exchange.config import CancelArgs, ExchangeConfig, ExchangeGrant, StateArgs, SubmitArgs
+from clove_driver_exchange.fix import messages as fixmsg
+from clove_driver_exchange.fix.messages import Message, MsgType, Tag
+from clove_driver_exchange.fix.session import FixConnection, FixSession, connect
+from clove_driver_exchange.fix.store import SeqStore
+from clove_driver_exchange.journal import JournaledOrder, OrderJournal, Replayed, apply
+from clove_driver_exchange.risk import Limits, Order, RiskEngine, TradingState
+
+__all__ = ["ExchangeDriver"]
+
+log = logging.getLogger(__name__)
+
+_STATUS = {"0": "new", "1": "partially_filled", "2": "filled", "4": "canceled", "6": "pending_cancel", "8": "rejected", "C": "expired", "A": "pending_new"}
+_SIDES = {"1": "buy", "2": "sell"}
+_OPERATOR = "operator"
+
+
+class ExchangeDriver(Driver):
+    """See the module docstring. Stream items: ``{"type": "exec", "to", ...}``,
+    ``{"type": "cancel_reject", "to", ...}``, ``{"type": "md", "symbol", "bid", "ask", "last"}``
+    and ``{"type": "state", "state"}``."""
+
+    Config = ExchangeConfig
+    Grant = ExchangeGrant
+    stream = "items"
+    stream_op = "executions"
+
+    #: Items kept for the host to stream when nobody reads (oldest dropped first).
+    QUEUE: ClassVar[int] = 100_000
+
+    config: ExchangeConfig
+
+    def __init__(self, config: ExchangeConfig) -> None:
+        self._lock = threading.RLock()
+        self._items: deque[dict[str, Any]] = deque(maxlen=self.QUEUE)
+        self._wake_r = self._wake_w = -1
+        self._journal: OrderJournal | None = None
+        self._book = Replayed()
+        self._risk: RiskEngine | None = None
+        self._session: FixSession | None = None
+        self._conn: FixConnection | None = None
+        self._lost: str | None = None
+        self._reconciling: set[str] | None = None
+        self._ids = itertools.count(1)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.counters = {"orders": 0, "denied": 0, "cancels": 0, "reports": 0, "fills": 0, "duplicates": 0}
+        super().__init__(config)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        directory = self.state_dir
+        if directory is None:  # outside a host (a plugin's own tests): a private temporary dir
+            self._tmp = tempfile.TemporaryDirectory(prefix="clove-exchange-")
+            directory = self._tmp.name
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._journal = OrderJournal(os.path.join(directory, "orders.jsonl"), fsync=self.config.fsync)
+        self._book = self._journal.replay()
+        self._risk = RiskEngine(self.config.limits(), instruments=self.config.symbols, max_reference_age_s=self.config.max_reference_age_s)
+        self._restore_risk()
+        self._session = FixSession(
+            "initiator",
+            self.config.sender_comp_id,
+            self.config.target_comp_id,
+            SeqStore(os.path.join(directory, "fix-session.json"), fsync=self.config.fsync),
+            heartbeat_s=self.config.heartbeat_s,
+            on_app_message=self._on_app,
+            username=self.config.username,
+            password=self.config.password,
+            cancel_on_disconnect=self.config.cancel_on_disconnect,
+            reset_on_logon=self.config.reset_on_logon,
+        )
+        try:
+            self._conn = connect(self._session, self.config.host, self.config.port, timeout=self.config.connect_timeout, on_disconnect=self._on_disconnect)
+        except OSError as err:
+            raise DeviceUnavailable(f"venue {self.config.host}:{self.config.port} unreachable: {err.strerror or err}") from None
+        deadline = time.monotonic() + self.config.connect_timeout
+        while self._session.state != "active":
+            if self._lost is not None or time.monotonic() > deadline:
+                why = self._lost or self._session.last_logout_text or "no logon reply"
+                self._conn.close("logon failed")
+                raise DeviceUnavailable(f"venue {self.config.target_comp_id}: logon failed: {why}")
+            time.sleep(0.01)  # the session's reader thread completes the logon
+        self._reconcile()
+        self._session.send_app(*fixmsg.market_data_request(f"md-{uuid.uuid4().hex[:8]}", list(self.config.symbols)))
+
+    def _restore_risk(self) -> None:
+        """Positions, open orders and states from the journal, into a fresh risk engine."""
+        assert self._risk is not None  # noqa: S101
+        positions: dict[str, dict[str, float]] = {}
+        for fill in self._book.fills:
+            signed = fill["qty"] if fill["side"] == "buy" else -fill["qty"]
+            book = positions.setdefault(fill["agent"], {})
+            book[fill["symbol"]] = book.get(fill["symbol"], 0.0) + signed
+        opened = [
+            {**o.to_dict(), "remaining": o.leaves, "acked": o.order_id is not None, "venue_order_id": o.order_id}
+            for o in self._book.orders.values()
+            if o.open
+        ]
+        for entry in opened:
+            entry.pop("status", None), entry.pop("order_id", None), entry.pop("cum_qty", None), entry.pop("leaves_qty", None), entry.pop("avg_px", None)
+        states = {agent or "": state for agent, state in self._book.states.items()}
+        self._risk.restore(
+            {
+                "version": 1,
+                "state": states.pop("", "active"),
+                "agent_states": states,
+                "positions": {agent: {s: q for s, q in book.items() if q} for agent, book in positions.items()},
+                "open_orders": opened,
+            }
+        )
+
+    def _reconcile(self) -> None:
+        """Ask the venue for every open order; what we think is open and it does not is done."""
+        assert self._session is not None  # noqa: S101
+        with self._lock:
+            self._reconciling = {cid for cid, o in self._book.orders.items() if o.open}
+        self._session.send_app(*fixmsg.order_mass_status_request(f"recon-{uuid.uuid4().hex[:8]}"))
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            if self._session is not None and self._session.state == "active":
+                self._session.logout("clove driver closing")
+                self._conn.join(2.0)
+            self._conn.close("driver closed")
+            self._conn.join(2.0)
+        if self._journal is not None:
+            self._journal.close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def _on_disconnect(self, conn: FixConnection, reason: str) -> None:
+        if not self.closed:
+            self._lost = reason
+            self._wake()
+
+    # ---- the stream -----------------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self._wake_r
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _emit(self, item: dict[str, Any]) -> None:
+        self._items.append(item)
+        self._wake()
+
+    def _read_internal(self, timeout: float | None) -> list[dict[str, Any]]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._items and self._lost is None and not self.closed and timeout != 0:
+            left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            if left <= 0:
+                break
+            select.select([self._wake_r], [], [], left)
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        if self._lost is not None and not self._items:
+            raise DeviceBroken(f"venue session lost: {self._lost}")
+        out: list[dict[str, Any]] = []
+        while self._items and len(out) < 512:
+            out.append(self._items.popleft())
+        return out
+
+    # ---- operations -----------------------------------------------------------------------------
+
+    def _active(self) -> FixSession:
+        if self._session is None or self._session.state != "active" or self._lost is not None:
+            raise DeviceUnavailable(f"venue session is not active ({self._lost or (self._session.state if self._session else 'closed')})")
+        return self._session
+
+    @staticmethod
+    def _who(caller: Caller | None) -> tuple[str, Limits | None]:
+        if caller is None or caller.operator or caller.agent is None:
+            return _OPERATOR, None
+        from clove.drivers.schema import build
+
+        grant = build(ExchangeGrant, dict(caller.grant or {}))
+        return caller.agent, grant.limits()
+
+    @operation(args=SubmitArgs, caller=True)
+    def submit_order(self, args: SubmitArgs, caller: Caller | None) -> dict[str, Any]:
+        """Risk-check, journal and send one order; reports follow on the stream."""
+        agent, limits = self._who(caller)
+        session = self._active()
+        assert self._risk is not None and self._journal is not None  # noqa: S101
+        client_id = args.client_id or f"{agent[:12]}-{uuid.uuid4().hex[:12]}"
+        order = Order(client_id=client_id, agent=agent, symbol=args.symbol, side=args.side, qty=args.qty, price=args.price, type=args.type, tif=args.tif)
+        with self._lock:
+            if client_id in self._book.orders:
+                raise PermissionDenied(f"duplicate_order: client id {client_id!r} was used already", details={"reason": "duplicate_client_id"})
+            try:
+                self._risk.check_new(order, limits)
+            except PermissionDenied:
+                self.counters["denied"] += 1
+                raise
+            entry = self._journal.append("order", client_id=client_id, agent=agent, symbol=args.symbol, side=args.side, qty=args.qty, price=args.price, type=args.type, tif=args.tif)
+            apply(self._book, entry)
+            self._risk.accept_new(order)
+            try:
+                session.send_app(*fixmsg.new_order_single(client_id, args.symbol, args.side, args.qty, ord_type=args.type, price=args.price, time_in_force=args.tif, account=agent))
+            except Exception:
+                self._risk.on_done(client_id)
+                raise
+            self.counters["orders"] += 1
+        return {"client_id": client_id, "status": "sent"}
+
+    @operation(args=CancelArgs, caller=True)
+    def cancel(self, args: CancelArgs, caller: Caller | None) -> dict[str, Any]:
+        """Ask the venue to cancel one of the caller's open orders."""
+        agent, limits = self._who(caller)
+        session = self._active()
+        assert self._risk is not None and self._journal is not None  # noqa: S101
+        with self._lock:
+            order = self._book.orders.get(args.client_id)
+            if order is None or (agent != _OPERATOR and order.agent != agent):
+                raise NotFound(f"no open order {args.client_id!r} of yours", details={"client_id": args.client_id})
+            self._risk.check_cancel(order.agent, args.client_id, limits if agent != _OPERATOR else None)
+            self._send_cancel(session, order, reason=f"cancel by {agent}")
+            self.counters["cancels"] += 1
+        return {"client_id": args.client_id, "status": "cancel_sent"}
+
+    def _send_cancel(self, session: FixSession, order: JournaledOrder, *, reason: str) -> None:
+        assert self._journal is not None  # noqa: S101
+        cancel_id = f"cx-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+        self._journal.append("cancel", client_id=order.client_id, cancel_id=cancel_id, reason=reason)
+        session.send_app(*fixmsg.order_cancel_request(cancel_id, order.client_id, order.symbol, order.side, qty=order.qty, account=order.agent))
+
+    @operation(caller=True)
+    def orders(self, args: NoArgs, caller: Caller | None) -> list[dict[str, Any]]:
+        """The caller's open orders (an operator's view: every agent's)."""
+        agent, _ = self._who(caller)
+        with self._lock:
+            return [o.to_dict() for o in self._book.orders.values() if o.open and (agent == _OPERATOR or o.agent == agent)]
+
+    @operation(caller=True)
+    def positions(self, args: NoArgs, caller: Caller | None) -> dict[str, float]:
+        """The caller's net position per symbol (an operator's view: the account's)."""
+        agent, _ = self._who(caller)
+        assert self._risk is not None  # noqa: S101
+        with self._lock:
+            return dict(self._risk.account_positions() if agent == _OPERATOR else self._risk.positions(agent))
+
+    @operation(args=StateArgs, caller=True)
+    def set_state(self, args: StateArgs, caller: Caller | None) -> dict[str, Any]:
+        """Operators: ACTIVE, REDUCING or HALTED (cancels every open order) for all or one agent."""
+        if caller is not None and not caller.operator:
+            raise PermissionDenied("the trading state belongs to operators", details={"reason": "operator_only"})
+        assert self._risk is not None and self._journal is not None  # noqa: S101
+        state = TradingState(args.state.lower())
+        cancelling: list[str] = []
+        with self._lock:
+            self._journal.append("state", state=state.value, agent=args.agent, reason=args.reason)
+            apply(self._book, {"kind": "state", "state": state.value, "agent": args.agent})
+            to_cancel = self._risk.set_state(state, args.agent)
+            session = self._session if self._session is not None and self._session.state == "active" else None
+            for open_order in to_cancel:
+                order = self._book.orders.get(open_order.client_id)
+                if order is not None and session is not None:
+                    self._send_cancel(session, order, reason=f"kill switch: {args.reason}")
+                    cancelling.append(order.client_id)
+        self._emit({"type": "state", "state": state.value.upper(), "agent": args.agent, "reason": args.reason, "ts": time.time()})
+        return {"state": state.value.upper(), "agent": args.agent, "cancelling": cancelling}
+
+    @operation("status")
+    def op_status(self, args: NoArgs) -> dict[str, Any]:
+        """Session state, sequence numbers, trading state, open orders and reference prices."""
+        assert self._risk is not None and self._session is not None  # noqa: S101
+        with self._lock:
+            return {
+                "session": self._session.state,
+                "venue": self.config.target_comp_id,
+                "next_out_seq": self._session.next_sender_seq,
+                "next_in_seq": self._session.next_target_seq,
+                "state": self._risk.state().value.upper(),
+                "open_orders": sum(1 for o in self._book.orders.values() if o.open),
+                "references": {s: self._risk.reference(s) for s in self.config.symbols},
+                "counters": dict(self.counters),
+            }
+
+    # ---- what the venue says (the session's reader thread) --------------------------------------
+
+    def _on_app(self, msg: Message) -> None:
+        try:
+            if msg.msg_type == MsgType.EXECUTION_REPORT:
+                self._on_report(msg)
+            elif msg.msg_type == MsgType.ORDER_CANCEL_REJECT:
+                self._on_cancel_reject(msg)
+            elif msg.msg_type == MsgType.MARKET_DATA_SNAPSHOT:
+                self._on_market_data(msg)
+        except Exception:  # noqa: BLE001 - one bad report must not stop the session's thread
+            log.exception("venue message not applied: %r", msg)
+
+    def _on_report(self, msg: Message) -> None:
+        assert self._journal is not None and self._risk is not None  # noqa: S101
+        exec_type = msg.get(Tag.EXEC_TYPE) or ""
+        client_id = msg.get(Tag.CL_ORD_ID) or ""
+        if exec_type in ("4",) and msg.get(Tag.ORIG_CL_ORD_ID):
+            client_id = msg.get(Tag.ORIG_CL_ORD_ID) or client_id  # a cancel's report names the cancel request
+        exec_id = msg.get(Tag.EXEC_ID) or ""
+        status = _STATUS.get(msg.get(Tag.ORD_STATUS) or "", "unknown")
+        last_qty = msg.get_float(Tag.LAST_QTY) or 0.0 if exec_type == "F" else 0.0
+        last_px = msg.get_float(Tag.LAST_PX) or 0.0
+        with self._lock:
+            if exec_type == "I":  # mass status: this order is open at the venue
+                if self._reconciling is not None:
+                    self._reconciling.discard(client_id)
+                if msg.get(Tag.LAST_RPT_REQUESTED) == "Y":
+                    self._finish_reconcile()
+                return
+            if exec_id and exec_id in self._book.exec_ids:
+                self.counters["duplicates"] += 1
+                return
+            order = self._book.orders.get(client_id)
+            entry = self._journal.append(
+                "exec", client_id=client_id, exec_id=exec_id, exec_type=exec_type, status=status, order_id=msg.get(Tag.ORDER_ID),
+                last_qty=last_qty, last_px=last_px, text=msg.get(Tag.TEXT),
+            )  # fmt: skip
+            apply(self._book, entry)
+            self.counters["reports"] += 1
+            if order is None:
+                return
+            if exec_type == "0":
+                self._risk.on_ack(client_id, msg.get(Tag.ORDER_ID))
+            if last_qty:
+                self.counters["fills"] += 1
+                self._risk.on_fill(client_id, last_qty, last_px)
+            if status in ("filled", "canceled", "rejected", "expired"):
+                self._risk.on_done(client_id)
+        self._emit(
+            {
+                "type": "exec", "to": order.agent, "client_id": client_id, "order_id": msg.get(Tag.ORDER_ID), "exec_id": exec_id,
+                "exec_type": exec_type, "status": status, "symbol": order.symbol, "side": order.side, "qty": order.qty,
+                "last_qty": last_qty, "last_px": last_px, "cum_qty": order.cum_qty, "leaves_qty": order.leaves,
+                "avg_px": order.avg_px, "text": msg.get(Tag.TEXT), "ts": time.time(),
+            }  # fmt: skip
+        )
+
+    def _finish_reconcile(self) -> None:
+        """Orders we thought open that the venue does not list were finished while we were away
+        (their fills, if any, came in the venue's resend): close them as canceled."""
+        assert self._journal is not None and self._risk is not None  # noqa: S101
+        missing = self._reconciling or set()
+        self._reconciling = None
+        for client_id in sorted(missing):
+            order = self._book.orders.get(client_id)
+            if order is None or not order.open:
+                continue
+            entry = self._journal.append("exec", client_id=client_id, exec_id=f"reconcile-{client_id}", exec_type="4", status="canceled", text="not open at the venue after reconnect")
+            apply(self._book, entry)
+            self._risk.on_done(client_id)
+        self._journal.append("reconciled", missing=sorted(missing))
+
+    def _on_cancel_reject(self, msg: Message) -> None:
+        client_id = msg.get(Tag.ORIG_CL_ORD_ID) or ""
+        with self._lock:
+            order = self._book.orders.get(client_id)
+        if order is not None:
+            self._emit({"type": "cancel_reject", "to": order.agent, "client_id": client_id, "text": msg.get(Tag.TEXT), "ts": time.time()})
+
+    def _on_market_data(self, msg: Message) -> None:
+        assert self._risk is not None  # noqa: S101
+        symbol = msg.get(Tag.SYMBOL) or ""
+        best: dict[str, float | None] = {"bid": None, "ask": None, "last": None}
+        for entry in msg.groups.get(Tag.NO_MD_ENTRIES, []):
+            kind, px = entry.get(Tag.MD_ENTRY_TYPE), entry.get(Tag.MD_ENTRY_PX)
+            if px is None:
+                continue
+            price = float(px)
+            if kind == "0" and (best["bid"] is None or price > best["bid"]):
+                best["bid"] = price
+            elif kind == "1" and (best["ask"] is None or price < best["ask"]):
+                best["ask"] = price
+            elif kind == "2":
+                best["last"] = price
+        bid, ask = best["bid"], best["ask"]
+        reference = (bid + ask) / 2 if bid is not None and ask is not None else best["last"]
+        if reference is not None:
+            with self._lock:
+                self._risk.set_reference(symbol, reference)
+        self._emit({"type": "md", "symbol": symbol, **best, "ts": time.time()})
+
+    def status(self) -> dict[str, Any]:
+        """For the host's heartbeat (``clove devices``)."""
+        if self._session is None:
+            return {"session": "closed"}
+        return {"session": self._session.state, "venue": self.config.target_comp_id, "lost": self._lost}

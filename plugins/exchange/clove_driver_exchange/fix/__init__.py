@@ -1,0 +1,30 @@
+"""A small FIX 4.4 engine, the one both ends of Clove's trading path speak: the exchange driver
+(initiator) and the simulated venue in ``hil.exchange`` (acceptor).
+
+* :mod:`~clove_driver_exchange.fix.messages` — framing with BodyLength/CheckSum checks, parsing
+  into :class:`Message`, and builders for the session and order messages (over simplefix);
+* :mod:`~clove_driver_exchange.fix.store` — :class:`SeqStore`, the crash-safe journal of
+  sequence numbers and sent messages;
+* :mod:`~clove_driver_exchange.fix.session` — :class:`FixSession`, the socket-free session state
+  machine, and :class:`FixConnection`/:func:`connect`, its threaded TCP transport.
+
+It imports nothing of Clove, so the venue and tools can use it on their own.
+"""
+
+from clove_driver_exchange.fix.messages import FixError, Message, MsgType, Outgoing, Tag
+from clove_driver_exchange.fix.session import FixConnection, FixSession, Role, State, connect
+from clove_driver_exchange.fix.store import SeqStore
+
+__all__ = [
+    "FixConnection",
+    "FixError",
+    "FixSession",
+    "Message",
+    "MsgType",
+    "Outgoing",
+    "Role",
+    "SeqStore",
+    "State",
+    "Tag",
+    "connect",
+]
