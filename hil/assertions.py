@@ -200,6 +200,23 @@ def _venue_open_orders(spec: AssertionSpec, r: RunRecord) -> Outcome:
     return Outcome(spec.name, spec.kind, n is not None and n <= o["max"], n, f"at most {o['max']} open orders at the venue at the end")
 
 
+def _agent_report(spec: AssertionSpec, r: RunRecord) -> Outcome:
+    import json
+
+    o = spec.options
+    expected = f"every entry of {o['agent']}'s REPORT has {o['field']} = {o['equals']!r}"
+    lines = [line[len("REPORT ") :] for line in r.logs.get(o["agent"], "").splitlines() if line.startswith("REPORT ")]
+    if not lines:
+        return Outcome(spec.name, spec.kind, False, None, expected, "no REPORT line in its log")
+    try:
+        report = json.loads(lines[-1])
+    except ValueError:
+        return Outcome(spec.name, spec.kind, False, None, expected, "its REPORT is not JSON")
+    entries = report.values() if isinstance(report, dict) else report
+    wrong = {k: v.get(o["field"]) for k, v in (report.items() if isinstance(report, dict) else enumerate(entries)) if not isinstance(v, dict) or v.get(o["field"]) != o["equals"]}
+    return Outcome(spec.name, spec.kind, bool(report) and not wrong, {"entries": len(report), "other": len(wrong)}, expected, f"not {o['equals']}: {wrong}" if wrong else ", ".join(map(str, report)))
+
+
 CHECKS: dict[str, Callable[[AssertionSpec, RunRecord], Outcome]] = {
     "frame_after": _frame_after,
     "frames_within": _frames_within,
@@ -216,6 +233,7 @@ CHECKS: dict[str, Callable[[AssertionSpec, RunRecord], Outcome]] = {
     "log_contains": _log_contains,
     "trading": _trading,
     "venue_open_orders": _venue_open_orders,
+    "agent_report": _agent_report,
 }
 
 

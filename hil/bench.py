@@ -74,6 +74,8 @@ ASSERTION_KINDS: Final[dict[str, dict[str, tuple[type | tuple[type, ...], Any]]]
     # From the journal: an agent's submit_order calls accepted and refused (risk or grant).
     "trading": {"agent": (str, None), "min_accepted": (int, 0), "min_refused": (int, 0), "max_accepted": (int, None)},
     "venue_open_orders": {"sim": (str, None), "max": (int, 0)},
+    # The JSON an agent printed after "REPORT ": every entry's `field` equals `equals`.
+    "agent_report": {"agent": (str, None), "field": (str, None), "equals": (str, None)},
 }
 _OPTIONAL: Final = {"data", "device", "syscall", "max_latency_ms", "for", "after", "within_ms", "max_accepted", "wire"}
 
