@@ -217,6 +217,14 @@ def _agent_report(spec: AssertionSpec, r: RunRecord) -> Outcome:
     return Outcome(spec.name, spec.kind, bool(report) and not wrong, {"entries": len(report), "other": len(wrong)}, expected, f"not {o['equals']}: {wrong}" if wrong else ", ".join(map(str, report)))
 
 
+def _refusal_reasons(spec: AssertionSpec, r: RunRecord) -> Outcome:
+    o = spec.options
+    messages = [str((rec.get("details") or {}).get("message", "")) for rec in r.journal if rec.get("agent_name") == o["agent"] and rec.get("decision") == "denied"]
+    seen = {reason: sum(1 for m in messages if m.startswith(f"{reason}:") or f"{reason!r}" in m or f" {reason} " in m) for reason in o["reasons"]}
+    missing = [reason for reason, n in seen.items() if not n]
+    return Outcome(spec.name, spec.kind, not missing, seen, f"{o['agent']} refused for each of {', '.join(o['reasons'])}", f"never: {missing}" if missing else "")
+
+
 CHECKS: dict[str, Callable[[AssertionSpec, RunRecord], Outcome]] = {
     "frame_after": _frame_after,
     "frames_within": _frames_within,
@@ -234,6 +242,7 @@ CHECKS: dict[str, Callable[[AssertionSpec, RunRecord], Outcome]] = {
     "trading": _trading,
     "venue_open_orders": _venue_open_orders,
     "agent_report": _agent_report,
+    "refusal_reasons": _refusal_reasons,
 }
 
 

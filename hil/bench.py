@@ -76,6 +76,8 @@ ASSERTION_KINDS: Final[dict[str, dict[str, tuple[type | tuple[type, ...], Any]]]
     "venue_open_orders": {"sim": (str, None), "max": (int, 0)},
     # The JSON an agent printed after "REPORT ": every entry's `field` equals `equals`.
     "agent_report": {"agent": (str, None), "field": (str, None), "equals": (str, None)},
+    # Each reason (a risk check's name, e.g. "max_position") led at least one journaled refusal.
+    "refusal_reasons": {"agent": (str, None), "reasons": (list, None)},
 }
 _OPTIONAL: Final = {"data", "device", "syscall", "max_latency_ms", "for", "after", "within_ms", "max_accepted", "wire"}
 

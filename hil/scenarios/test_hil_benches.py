@@ -50,7 +50,7 @@ def test_rover_bench_passes_and_leaves_nothing_behind(hil_bench):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("bench", ["fault-can", "fault-serial", "fault-gpio", "fault-kernel"])
+@pytest.mark.parametrize("bench", ["fault-can", "fault-serial", "fault-gpio", "fault-kernel", "trading"])
 def test_fault_scenarios_react_as_declared(hil_bench, bench):
     report = hil_bench(BENCHES / f"{bench}.toml")
     assert report.passed, _explain(report)
