@@ -34,6 +34,8 @@ DEFAULT_SOCKET: Final = "/tmp/clove.sock"
 BACKENDS: Final = ("auto", "cgroup2", "cgroup1", "rlimit", "none")
 RESTART_POLICIES: Final = ("never", "on-failure", "always")
 LEVELS: Final = ("unrestricted", "standard", "sandboxed", "readonly", "minimal")
+#: The top-level tables a config may hold.
+TABLES: Final = ("kernel", "sandbox", "supervisor", "logs", "retention", "postmortem", "recording", "agents", "llm", "devices", "interlocks")
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -85,6 +87,36 @@ class RetentionSection:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PostmortemSection:
+    """Post-mortem bundles of agents that die abnormally (docs/postmortem.md): the newest
+    ``keep`` per agent, each at most ``max_bytes``, with the last ``log_tail_bytes`` of its log
+    and its last ``journal_records`` journal records since its last start."""
+
+    enabled: bool = True
+    keep: int = 10
+    log_tail_bytes: int = 64 << 10
+    journal_records: int = 200
+    max_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordingSection:
+    """Syscall recording for replay (docs/recording.md): ``enabled`` records from boot the
+    ``agents`` named (empty: every agent); ``llm.think``, ``http`` and ``exec`` calls only with
+    their ``include_*``. The newest ``max_entries`` stay in memory for export; each agent's file
+    is rotated at ``max_bytes``, keeping ``rotate`` old ones."""
+
+    enabled: bool = False
+    agents: tuple[str, ...] = ()
+    include_think: bool = False
+    include_http: bool = False
+    include_exec: bool = False
+    max_entries: int = 50_000
+    max_bytes: int = 64 << 20
+    rotate: int = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AgentConfig:
     """An agent the kernel starts at boot (``[agents.NAME]``); also the shape of a spawn."""
 
@@ -115,6 +147,8 @@ class KernelConfig:
     supervisor: SupervisorSection = field(default_factory=SupervisorSection)
     logs: LogsSection = field(default_factory=LogsSection)
     retention: RetentionSection = field(default_factory=RetentionSection)
+    postmortem: PostmortemSection = field(default_factory=PostmortemSection)
+    recording: RecordingSection = field(default_factory=RecordingSection)
     agents: tuple[AgentConfig, ...] = ()
     llm: LlmSection | None = None
     devices: tuple[DeviceSpec, ...] = ()
@@ -327,6 +361,46 @@ def _resolve_interpreter(value: str | None, base_dir: Path, t: _Table) -> str | 
     return found
 
 
+def _postmortem(source: str, raw: dict[str, Any]) -> PostmortemSection:
+    t = _section(source, raw, "postmortem")
+    section = PostmortemSection(
+        enabled=t.get("enabled", bool, True),
+        keep=t.positive("keep", int, 10),
+        log_tail_bytes=t.positive("log_tail_bytes", int, 64 << 10),
+        journal_records=t.positive("journal_records", int, 200),
+        max_bytes=t.positive("max_bytes", int, 1 << 20),
+    )
+    if section.max_bytes < 64 << 10:
+        raise t.fail("max_bytes", f"must be at least 65536 (a summary and some log), got {section.max_bytes}")
+    t.done()
+    return section
+
+
+def _recording(source: str, raw: dict[str, Any]) -> RecordingSection:
+    t = _section(source, raw, "recording")
+    agents = t.get("agents", list, [])
+    try:
+        names = tuple(validate_name(name) for name in agents)
+    except ValueError as err:
+        raise t.fail("agents", str(err)) from None
+    section = RecordingSection(
+        enabled=t.get("enabled", bool, False),
+        agents=names,
+        include_think=t.get("include_think", bool, False),
+        include_http=t.get("include_http", bool, False),
+        include_exec=t.get("include_exec", bool, False),
+        max_entries=t.positive("max_entries", int, 50_000),
+        max_bytes=t.positive("max_bytes", int, 64 << 20),
+        rotate=t.get("rotate", int, 3),
+    )
+    if section.max_bytes < 4096:
+        raise t.fail("max_bytes", f"must be at least 4096 (a segment holds the recording's header), got {section.max_bytes}")
+    if section.rotate < 0:
+        raise t.fail("rotate", f"must be >= 0, got {section.rotate}")
+    t.done()
+    return section
+
+
 def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
     """Read and validate a kernel config; ``None`` gives the defaults.
 
@@ -344,9 +418,9 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
         raise ConfigError(f"{source}: cannot read: {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source}: invalid TOML: {err}") from None
-    unknown = sorted(set(raw) - {"kernel", "sandbox", "supervisor", "logs", "retention", "agents", "llm", "devices", "interlocks"})
+    unknown = sorted(set(raw) - set(TABLES))
     if unknown:
-        raise ConfigError(f"{source}: [{unknown[0]}]: unknown table (known: agents, devices, interlocks, kernel, llm, logs, retention, sandbox, supervisor)")
+        raise ConfigError(f"{source}: [{unknown[0]}]: unknown table (known: {', '.join(sorted(TABLES))})")
     base_dir = Path(source).resolve().parent
     k = _section(source, raw, "kernel")
     state_dir = k.get("state_dir", str, None)
@@ -383,6 +457,8 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
     r = _section(source, raw, "retention")
     retention = RetentionSection(max_exited=r.positive("max_exited", int, 100))
     r.done()
+    postmortem = _postmortem(source, raw)
+    recording = _recording(source, raw)
     from clove.kernel.devices.settings import parse_devices  # loads only the drivers the config names
 
     devices, _registry = parse_devices(source, raw)
@@ -398,5 +474,5 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
 
     llm = parse_llm(source, raw)
     return KernelConfig(
-        kernel=kernel, sandbox=sandbox, supervisor=supervisor, logs=logs, retention=retention, agents=agents, llm=llm, devices=devices, interlocks=interlocks, source=source
+        kernel=kernel, sandbox=sandbox, supervisor=supervisor, logs=logs, retention=retention, postmortem=postmortem, recording=recording, agents=agents, llm=llm, devices=devices, interlocks=interlocks, source=source
     )

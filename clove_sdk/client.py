@@ -32,6 +32,7 @@ from clove_sdk._llm import LlmMixin
 from clove_sdk._messaging import MessagingMixin
 from clove_sdk._metrics import MetricsMixin
 from clove_sdk._permissions import PermissionsMixin
+from clove_sdk._recording import RecordingMixin
 from clove_sdk._state import StateMixin
 
 DEFAULT_SOCKET = "/tmp/clove.sock"
@@ -49,7 +50,7 @@ def default_endpoint(socket_path: str | None = None) -> str:
 
 class CloveClient(
     MessagingMixin, StateMixin, EventsMixin, FilesMixin, ExecMixin, HttpMixin, LlmMixin, PermissionsMixin, MetricsMixin,
-    DevicesMixin,
+    DevicesMixin, RecordingMixin,
 ):
     """A connection to a kernel. Use it as a context manager, or call :meth:`close`.
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clove.cli import devices, hil, render
+from clove.cli import devices, hil, postmortem, render, replay
 from clove.config import parse_cpu, parse_memory
 from clove.errors import CloveError, KernelUnavailable
 from clove_sdk.client import CloveClient, default_endpoint, kernel_listening
@@ -298,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     devices.add_parsers(sub, common, lambda cmd: lambda args: cmd(args, _client, _emit, CliError))
     hil.add_parsers(sub, lambda cmd: lambda args: cmd(args, CliError))
+    replay.add_parsers(sub, common, lambda cmd: lambda args: cmd(args, _client, _emit, CliError))
+    postmortem.add_parsers(sub, common, lambda cmd: lambda args: cmd(args, _client, _emit, CliError))
 
     a = common(sub.add_parser("audit", help="query or verify the audit journal"))
     a.add_argument("--agent", help="only records of this agent (name)")

@@ -42,12 +42,15 @@ if TYPE_CHECKING:
     from clove.kernel.http_service import HttpService
     from clove.kernel.messaging import MessagingService
     from clove.kernel.metrics import MetricsService
+    from clove.kernel.recording import Recorder
+    from clove.kernel.replay import ReplayService
+    from clove.kernel.postmortem.service import PostmortemService
     from clove.kernel.state import StateService
 
 log = logging.getLogger(__name__)
 
 JOURNAL_HAND_OFF_S = 0.002
-_SERVICE_ATTRS = ("messaging", "execs", "http", "metrics", "state", "files", "llm", "devices")
+_SERVICE_ATTRS = ("messaging", "execs", "http", "metrics", "state", "files", "llm", "devices", "postmortem")
 
 
 def _raise_fd_limit() -> None:
@@ -90,6 +93,9 @@ class Kernel:
         self.metrics: MetricsService
         self.devices: DeviceBroker
         self.interlocks: Interlocks
+        self.recorder: Recorder  # the dispatcher asks it about every agent syscall
+        self.replay: ReplayService  # ...and hands it those of replayed agents
+        self.postmortem: PostmortemService
         self.started_at = time.time()
         self._stopping = False
         self._stop_deadline = 0.0

@@ -4,6 +4,11 @@ Every request gets exactly one reply that echoes its id, and one journal record,
 allowed, denied, malformed or fails inside the handler. A bug in a handler becomes an
 ``internal`` error reply (the traceback goes to the kernel log only). A denial also emits
 SYSCALL_BLOCKED.
+
+Recording and replay (docs/recording.md) hook in here too: while the recorder is active it
+captures each agent request on arrival and records it with its reply once sent (direct and
+deferred paths); a replayed agent's requests go to the replay service right after identify and
+are answered from its recording, never authorized or performed.
 """
 
 from __future__ import annotations
@@ -22,13 +27,17 @@ from clove.kernel.redact import redact
 from clove.kernel.syscalls import SYSCALLS, Deferred, Syscall, SyscallContext
 
 if TYPE_CHECKING:
+    from clove.kernel.agents import Agent
     from clove.kernel.core import Kernel
+    from clove.kernel.recording import Pending
     from clove.kernel.sessions import OperatorSession
 
 log = logging.getLogger(__name__)
 
 #: Messages taken from one socket per loop turn, so a flooding client cannot starve the others.
 BATCH = 32
+#: Shorter waits than this are not worth a timer: the loop polls in whole milliseconds.
+TIMER_RESOLUTION_S = 0.001
 
 
 class Dispatcher:
@@ -79,6 +88,13 @@ class Dispatcher:
             return
         syscall = self.registry.get(request.call)
         agent = self.kernel.supervisor.table.get(caller.agent_id) if caller.agent_id is not None else None
+        pending = None
+        if agent is not None:
+            if agent.id in self.kernel.replay.tracks:  # a replayed agent: answered from its recording
+                self._replay(sock, routing, caller, agent, request, syscall, started)
+                return
+            if self.kernel.recorder.active:
+                pending = self.kernel.recorder.capture(agent, request, started)
         try:
             if syscall is None:
                 raise UnknownSyscall(f"unknown syscall {request.call!r}", details={"call": request.call})
@@ -89,18 +105,24 @@ class Dispatcher:
         except CloveError as err:
             self._send(sock, routing, wire.error_reply(request.id, err))
             self._record(caller, request, syscall, started, err)
+            if pending is not None:
+                self.kernel.recorder.record(pending, None, err)
             return
         except Exception:
             log.exception("syscall %s failed", request.call)
             bug = InternalError(f"{request.call} failed inside the kernel; see the kernel log")
             self._send(sock, routing, wire.error_reply(request.id, bug))
             self._record(caller, request, syscall, started, bug)
+            if pending is not None:
+                self.kernel.recorder.record(pending, None, bug)
             return
         if isinstance(result, Deferred):
-            result.bind(lambda value, error: self._finish_deferred(sock, routing, caller, request, syscall, started, value, error))
+            result.bind(lambda value, error: self._finish_deferred(sock, routing, caller, request, syscall, started, value, error, pending))
             return
         self._send(sock, routing, wire.ok_reply(request.id, result))
         self._record(caller, request, syscall, started, None)
+        if pending is not None:
+            self.kernel.recorder.record(pending, result, None)
 
     def _finish_deferred(
         self,
@@ -112,12 +134,37 @@ class Dispatcher:
         started: int,
         value: Any,
         error: CloveError | None,
+        pending: Pending | None = None,
     ) -> None:
         if sock.closed:
             return
         frames = wire.error_reply(request.id, error) if error is not None else wire.ok_reply(request.id, value)
         self._send(sock, routing, frames)
         self._record(caller, request, syscall, started, error)
+        if pending is not None:
+            self.kernel.recorder.record(pending, value, error)
+
+    def _replay(
+        self, sock: zmq.Socket[bytes], routing: bytes, caller: Caller, agent: Agent, request: wire.Request, syscall: Syscall | None, started: int
+    ) -> None:
+        """Answer a replayed agent from its recording (now, or after the recorded duration);
+        journaled like any syscall, marked ``replayed``."""
+        answer = self.kernel.replay.answer(agent, request)
+
+        def send() -> None:
+            if sock.closed:
+                return
+            frames = wire.error_reply(request.id, answer.error) if answer.error is not None else wire.ok_reply(request.id, answer.result)
+            self._send(sock, routing, frames)
+            self._record(caller, request, syscall, started, answer.error, replayed=True)
+
+        # At recorded speed the reply leaves when it did in the recording, counted from arrival;
+        # below the loop's 1 ms timer resolution it leaves now (the replay's own work is that wait).
+        wait = answer.delay - (time.perf_counter_ns() - started) / 1e9
+        if wait >= TIMER_RESOLUTION_S:
+            self.kernel.loop.call_later(wait, send)
+        else:
+            send()
 
     def _send(self, sock: zmq.Socket[bytes], routing: bytes, frames: list[bytes]) -> None:
         try:
@@ -136,13 +183,14 @@ class Dispatcher:
         *,
         category: str | None = None,
         event: str | None = None,
+        replayed: bool = False,
     ) -> None:
         denied = isinstance(error, PermissionDenied) or (error is not None and error.code.startswith("proto."))
         if category is None:
             category = Category.SECURITY if denied else (syscall.category if syscall else Category.SYSCALL)
         agent = self.kernel.supervisor.table.get(caller.agent_id) if caller.agent_id is not None else None
         call = request.call if request else None
-        if isinstance(error, PermissionDenied):
+        if isinstance(error, PermissionDenied) and not replayed:  # a replayed denial blocked nothing now
             self.kernel.events.emit(
                 "SYSCALL_BLOCKED",
                 {"syscall": call, "reason": error.message, "caller": caller.kind, "caller_id": caller.principal_id, **error.details},
@@ -160,5 +208,10 @@ class Dispatcher:
             decision="denied" if denied else "allowed",
             code=error.code if error else "ok",
             duration_us=(time.perf_counter_ns() - started) // 1000,
-            details={"caller": caller.kind, "caller_id": caller.principal_id, **({"message": error.message} if error else {})},
+            details={
+                "caller": caller.kind,
+                "caller_id": caller.principal_id,
+                **({"message": error.message} if error else {}),
+                **({"replayed": True} if replayed else {}),
+            },
         )

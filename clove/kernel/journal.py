@@ -303,6 +303,12 @@ class Journal:
                     break
         return found
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The ring's records, oldest first, as a new list (the records are shared: read-only).
+        A C-level copy, so the loop can hand it to another thread that filters it at leisure,
+        as a post-mortem does for one agent's records."""
+        return list(self._ring)
+
     def set_ring_size(self, size: int) -> None:
         """Keep the ``size`` most recent records for :meth:`query` (``set_audit_config``)."""
         if size < 1:

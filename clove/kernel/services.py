@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 
 from clove.kernel import exec_service, files, http_service, llm_service, messaging, metrics, state
 from clove.kernel import interlocks
+from clove.kernel import recording, replay
 from clove.kernel.devices import broker as devices
+from clove.kernel.postmortem import service as postmortem
 
 if TYPE_CHECKING:
     from clove.kernel.core import Kernel
@@ -23,4 +25,7 @@ SERVICES: tuple[Callable[[Kernel], None], ...] = (
     llm_service.attach,
     devices.attach,
     interlocks.attach,
+    recording.attach,
+    replay.attach,
+    postmortem.attach,
 )

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 S = AgentState
 Callback = Callable[[Agent, "CloveError | None"], None]
+#: Called with ``(agent, runtime, exit info)`` when an incarnation has ended, before its cgroup
+#: is released (see :attr:`Supervisor.exit_hooks`).
+ExitHook = Callable[[Agent, "Runtime", ExitInfo], None]
 
 
 @dataclass(eq=False)
@@ -96,6 +99,12 @@ class Supervisor:
         self.spares = Spares(backend, launcher, self._discard_cgroup)
         self._interpreter_paths = interpreter_paths()
         self.listeners: list[Callable[[str, Agent, dict[str, Any]], None]] = []
+        #: Called when an incarnation has ended (or failed to start) and its exit is classified,
+        #: but before its cgroup is released: the last moment its counters (memory peak, OOM
+        #: kills, CPU, pids) can be read. The agent's state is still the one it died in; the
+        #: lifecycle records (``agent.exited``...) follow. Hooks must be quick; one that raises
+        #: is logged and skipped, never allowed to derail the supervisor.
+        self.exit_hooks: list[ExitHook] = []
 
     # ---- events ------------------------------------------------------------------------------
 
@@ -306,14 +315,16 @@ class Supervisor:
             timed_out=rt.timed_out,
             start_timeout=self.config.sandbox.start_timeout,
         )
+        self._run_exit_hooks(agent, rt, info)
         self._release_incarnation(agent, rt)
         uptime = time.monotonic() - agent.started_mono if agent.started_mono else 0.0
         agent.started_mono = None
         agent.exit = info
         self._event("agent.exited", agent, **info.to_dict(), uptime=round(uptime, 3))
         if info.reason in (ExitReason.FAILED_TO_START, ExitReason.START_TIMEOUT):
-            self._settle(agent, S.FAILED)
+            # The spawn's caller hears why first: _settle answers any waiter left with "no error".
             self._notify(rt.start_waiters, agent, SpawnFailed(info.message or "agent failed to start", details=info.to_dict()))
+            self._settle(agent, S.FAILED)
             return
         if agent.state is S.STOPPING:
             self._settle(agent, S.EXITED)
@@ -322,6 +333,13 @@ class Supervisor:
             self._schedule_restart(agent, uptime)
         else:
             self._settle(agent, S.EXITED)
+
+    def _run_exit_hooks(self, agent: Agent, rt: Runtime, info: ExitInfo) -> None:
+        for hook in self.exit_hooks:
+            try:
+                hook(agent, rt, info)
+            except Exception:
+                log.exception("exit hook %r failed for agent %s", hook, agent.name)
 
     def _release_incarnation(self, agent: Agent, rt: Runtime) -> None:
         if rt.cgroup is not None:
@@ -357,6 +375,7 @@ class Supervisor:
         rt = self._rt[agent.id]
         agent.exit = ExitInfo(ExitReason.FAILED_TO_START, message=message)
         self._by_key.pop(agent.key, None)
+        self._run_exit_hooks(agent, rt, agent.exit)
         self._release_incarnation(agent, rt)
         self._event("agent.exited", agent, **agent.exit.to_dict())
         self._settle(agent, S.FAILED)

@@ -72,7 +72,7 @@ def test_the_shipped_benches_load():
     [
         (("duration = 10", 'duration = "ten"'), "[bench].duration: expected int or number, got str 'ten'"),
         (("duration = 10", "duration = 10\nspeed = 2"), "[bench].speed: unknown key (known: deployment, duration, name, ready_timeout)"),
-        (('kind = "can_bus"', 'kind = "lin_bus"'), "[sims.bus].kind: expected one of can_bus, motor_controller, nmea_gps, command_device, gpio_chip; got 'lin_bus'"),
+        (('kind = "can_bus"', 'kind = "lin_bus"'), "[sims.bus].kind: expected one of can_bus, motor_controller, nmea_gps, command_device, gpio_chip, fix_venue; got 'lin_bus'"),
         (("at = 2", "at = 12"), "[[faults]][0].at: expected seconds within the bench's duration (0..10), got 12"),
         (('sim = "chip"', 'sim = "bus"'), "[[faults]][0].sim: expected the name of a gpio_chip simulator (chip), got 'bus'"),
         (('line = "estop"', 'line = "brake"'), "[[faults]][0].line: the chip 'chip' has no line 'brake'"),

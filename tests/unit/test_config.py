@@ -14,6 +14,7 @@ from clove.config import (
     DEFAULT_SOCKET,
     AgentConfig,
     KernelConfig,
+    PostmortemSection,
     default_state_dir,
     load_config,
     parse_cpu,
@@ -66,6 +67,8 @@ def test_none_gives_defaults() -> None:
     assert (sv.backoff_initial, sv.backoff_max, sv.stable_after) == (0.5, 30.0, 10.0)
     assert config.logs.max_bytes == MiB
     assert config.retention.max_exited == 100
+    pm = config.postmortem
+    assert (pm.enabled, pm.keep, pm.log_tail_bytes, pm.journal_records, pm.max_bytes) == (True, 10, 64 * 1024, 200, MiB)
 
 
 def test_empty_file_gives_defaults_with_source(tmp_path: Path) -> None:
@@ -117,6 +120,13 @@ max_bytes = 4096
 [retention]
 max_exited = 7
 
+[postmortem]
+enabled = false
+keep = 3
+log_tail_bytes = 8192
+journal_records = 50
+max_bytes = 100000
+
 [agents.sensor-1]
 script = "agents/sensor.py"
 args = ["--rate", "10"]
@@ -163,6 +173,7 @@ def test_full_file(tmp_path: Path) -> None:
     ) == (0.25, 8.0, 20.0)
     assert config.logs.max_bytes == 4096
     assert config.retention.max_exited == 7
+    assert config.postmortem == PostmortemSection(enabled=False, keep=3, log_tail_bytes=8192, journal_records=50, max_bytes=100_000)
     sensor, plain = config.agents
     assert sensor == AgentConfig(
         name="sensor-1",
@@ -244,6 +255,17 @@ def test_every_backend_is_accepted(tmp_path: Path, backend: str) -> None:
         ("[kernel]\nsockets = 1\n", "kernel", "sockets", "unknown key (known: "),
         ('[sandbox]\nbackend = "none"\nzzz = 1\naaa = 2\n', "sandbox", "aaa", "unknown key (known: "),
         ("[retention]\nmax_exited = 3\nkeep = 1\n", "retention", "keep", "unknown key (known: max_exited)"),
+        ("[postmortem]\nkeep = 0\n", "postmortem", "keep", "must be positive, got 0"),
+        ('[postmortem]\nenabled = "yes"\n', "postmortem", "enabled", "expected bool, got str 'yes'"),
+        ("[postmortem]\njournal_records = 1.5\n", "postmortem", "journal_records", "expected int, got float 1.5"),
+        ("[postmortem]\nlog_tail_bytes = -1\n", "postmortem", "log_tail_bytes", "must be positive, got -1"),
+        ("[postmortem]\nmax_bytes = 4096\n", "postmortem", "max_bytes", "must be at least 65536"),
+        (
+            "[postmortem]\nkept = 3\n",
+            "postmortem",
+            "kept",
+            "unknown key (known: enabled, journal_records, keep, log_tail_bytes, max_bytes)",
+        ),
     ],
 )
 def test_section_errors(tmp_path: Path, text: str, table: str, key: str, message: str) -> None:
@@ -264,11 +286,11 @@ def test_unknown_table(tmp_path: Path, table: str) -> None:
     err = config_error(path)
     assert (
         err.message
-        == f"{path}: [{table}]: unknown table (known: agents, devices, interlocks, kernel, llm, logs, retention, sandbox, supervisor)"
+        == f"{path}: [{table}]: unknown table (known: agents, devices, interlocks, kernel, llm, logs, postmortem, recording, retention, sandbox, supervisor)"
     )
 
 
-@pytest.mark.parametrize("table", ["kernel", "sandbox", "supervisor", "logs", "retention"])
+@pytest.mark.parametrize("table", ["kernel", "sandbox", "supervisor", "logs", "retention", "postmortem"])
 def test_section_that_is_not_a_table(tmp_path: Path, table: str) -> None:
     path = write(tmp_path, f"{table} = 5\n")
     assert config_error(path).message == f"{path}: [{table}]: expected a table, got int"

@@ -3,7 +3,8 @@ lists its syscall classes in ``SYSCALLS``."""
 
 from __future__ import annotations
 
-from clove.kernel.syscalls import devices, events, exec, fs, http, interlocks, ipc, llm, metrics, permissions, state
+from clove.kernel.syscalls import devices, events, exec, fs, http, interlocks, ipc, llm, metrics, permissions, record, state
+from clove.kernel.syscalls import postmortem
 from clove.kernel.syscalls.agents import Kill, ListAgents, Logs, Pause, Remove, Resume, Spawn
 from clove.kernel.syscalls.audit import GetAuditLog
 from clove.kernel.syscalls.base import Deferred, Syscall, SyscallContext
@@ -37,6 +38,8 @@ SYSCALLS: dict[str, Syscall] = {
         *permissions.SYSCALLS,
         *devices.SYSCALLS,
         *interlocks.SYSCALLS,
+        *record.SYSCALLS,
+        *postmortem.SYSCALLS,
     )
 }
 
