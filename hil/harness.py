@@ -43,6 +43,7 @@ class BenchReport:
     wall_s: float
     run_dir: str = ""
     errors: list[str] = field(default_factory=list)
+    kernel_pid: int | None = None  # to check nothing of it outlived the run
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,12 +130,14 @@ def run_bench(bench: Bench, *, live: LiveView | None = None, keep_dir: bool = Fa
     timeline: list[dict[str, Any]] = []
     errors: list[str] = []
     kernel: KernelProcess | None = None
+    kernel_pid: int | None = None
     try:
         for sim in sims.values():
             sim.start()
         config = wire_deployment(bench, sims, run_dir)
         kernel = KernelProcess(config_file=str(config), base_dir=str(run_dir))
         kernel.start()
+        kernel_pid = kernel.pid
         _wait_ready(kernel, bench)
         t0 = time.time()
         for sim in sims.values():
@@ -164,6 +167,7 @@ def run_bench(bench: Bench, *, live: LiveView | None = None, keep_dir: bool = Fa
         wall_s=time.monotonic() - started,
         run_dir=str(run_dir) if keep_dir else "",
         errors=errors,
+        kernel_pid=kernel_pid,
     )
     if not keep_dir:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -32,6 +32,18 @@ def _children() -> set[int]:
     return found
 
 
+def _clove_cgroups() -> set[str]:
+    """Every kernel's cgroup directory (clove-<pid>) in each hierarchy this process sits in."""
+    found = set()
+    for line in open("/proc/self/cgroup").read().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(","):
+            base = Path("/sys/fs/cgroup") / controller / path.lstrip("/")
+            if controller and not controller.startswith("name=") and base.is_dir():
+                found.update(d.name for d in base.iterdir() if d.name.startswith("clove-"))
+    return found
+
+
 def _explain(report) -> str:  # noqa: ANN001
     failed = [f"{o.name}: expected {o.expected}, measured {o.measured} ({o.detail})" for o in report.outcomes if not o.passed]
     return "\n".join(failed + report.errors)
@@ -46,6 +58,7 @@ def test_rover_bench_passes_and_leaves_nothing_behind(hil_bench):
     assert interlock.measured < 50  # zero speed on the bus, ms after the e-stop edge
     assert _pts() <= pts, "ptys left open"
     assert _children() <= children, "processes left running"
+    assert report.kernel_pid and f"clove-{report.kernel_pid}" not in _clove_cgroups(), "cgroups left behind"
     assert report.summary["journal_verified"] and report.summary["oom_kills"] >= 1
 
 
