@@ -44,3 +44,23 @@ def test_without_a_terminal_the_live_view_prints_a_status_line():
         view(1.5, views)  # within 5 s of the last line: nothing more
     lines = out.getvalue().splitlines()
     assert lines == ["[  1.0s] nav:running, leaker:backoff(r2); interlocks engaged: ['estop']"]
+
+
+def test_on_a_terminal_the_live_view_draws_its_tables(monkeypatch):
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("COLUMNS", "160")  # rich sizes its tables to the terminal
+    out = Tty()
+    views = {
+        "agents": [{"name": "nav", "state": "running", "restarts": 0, "exit_reason": None, "stats": {"nr_throttled": 3, "memory_current": 50 << 20}}],
+        "devices": [{"name": "motor_bus", "driver": "can", "state": "ready", "restarts": 0, "counters": {"calls": 7, "items_in": 9, "bytes_in": 0, "delivered": 9, "dropped": 0, "denied": 1}}],
+        "interlocks": [{"name": "estop", "engaged": True, "state": {"cause": "estop: pressed"}}],
+        "timeline": [{"t": 20.0, "fault": "estop", "kind": "gpio_press"}],
+    }
+    with LiveView("rover", 30, out=out) as view:
+        view(20.5, views)
+    text = out.getvalue()
+    for needle in ("rover", "nav", "running", "motor_bus", "ready", "estop (gpio_press)", "interlock estop ENGAGED", "50M"):
+        assert needle in text, needle
