@@ -18,6 +18,9 @@ Fixtures:
 ``sim_gps``
     a factory: ``sim_gps(rate_hz=5)`` runs an NMEA GPS on a pseudo-terminal; ``.wiring()``
     gives the ``port``.
+``clove_journal``
+    ``clove_journal(kernel, **filters)``: the kernel's journal records (``category``,
+    ``agent_name``, ``since_id``), read from its file, to assert on what happened.
 
 Example::
 
@@ -76,6 +79,16 @@ def hil_bench() -> Callable[..., Any]:
         return run_bench(load_bench(path), **kwargs)
 
     return run
+
+
+@pytest.fixture
+def clove_journal() -> Callable[..., list[dict[str, Any]]]:
+    from clove.kernel.journal_verify import read_journal
+
+    def records(kernel: Any, **filters: Any) -> list[dict[str, Any]]:
+        return list(read_journal(Path(kernel.state_dir) / "journal.jsonl", **filters))
+
+    return records
 
 
 def _sim_factory(kind: str, defaults: dict[str, Any]) -> Callable[..., Iterator[Callable[..., Any]]]:
