@@ -4,7 +4,7 @@ Fixtures:
 
 ``clove_kernel``
     a factory: ``clove_kernel(config_text_or_path)`` starts a kernel on private temporary paths
-    (never ``/tmp/clove.sock``) and stops it, with its agents and driver hosts, after the test.
+    (never the default control socket) and stops it, with its agents and driver hosts, after the test.
 ``hil_bench``
     a factory: ``hil_bench("hil/benches/rover.toml")`` runs a bench file and returns its
     :class:`hil.harness.BenchReport` (``report.passed``, ``report.outcomes``, ``report.timeline``).

@@ -64,7 +64,7 @@ class WriteArgs:
 
 @dataclass(frozen=True, slots=True)
 class HangArgs:
-    seconds: float = 3600.0
+    seconds: float | None = None  # None: until the host is killed
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +136,8 @@ class LoopbackDriver(Driver):
 
     @operation(args=HangArgs)
     def hang(self, args: HangArgs) -> None:
-        """Block the host's main loop (no heartbeats) for ``seconds``."""
-        time.sleep(args.seconds)
+        """Block the host's main loop (no heartbeats) for ``seconds``, or until it is killed."""
+        threading.Event().wait(args.seconds)
 
     @operation(args=LeakArgs)
     def leak(self, args: LeakArgs) -> dict[str, Any]:

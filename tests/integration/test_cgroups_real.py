@@ -101,7 +101,7 @@ class Harness:
 
     def spawn(self, agent: AgentCgroup, body: str) -> subprocess.Popen[str]:
         """Start ``python -c`` that waits for a line on stdin, attach it, then let it run ``body``."""
-        script = "import os, sys, time\nsys.stdin.readline()\n" + body
+        script = "import os, signal, sys, time\nsys.stdin.readline()\n" + body
         proc = subprocess.Popen(
             [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -247,11 +247,11 @@ def test_kill_all_kills_a_process_tree(v1: Harness) -> None:
         "for _ in range(3):\n"
         "    pid = os.fork()\n"
         "    if pid == 0:\n"
-        "        time.sleep(60)\n"
+        "        signal.pause()\n"
         "        os._exit(0)\n"
         "    kids.append(pid)\n"
         "print(*kids, flush=True)\n"
-        "time.sleep(60)\n",
+        "signal.pause()\n",
     )
     assert parent.stdout is not None
     kids = [int(p) for p in parent.stdout.readline().split()]
@@ -266,7 +266,7 @@ def test_kill_all_kills_a_process_tree(v1: Harness) -> None:
 
 def test_remove_busy_then_close_leaves_nothing(v1: Harness) -> None:
     agent = v1.create("rm", Limits(memory_bytes=128 << 20))
-    sleeper = v1.spawn(agent, "time.sleep(60)\n")
+    sleeper = v1.spawn(agent, "signal.pause()\n")
     assert agent.remove() is False
     assert all(d.is_dir() for d in agent.dirs)
     agent.kill_all()
@@ -293,7 +293,7 @@ def test_real_cgroup_v2() -> None:
         hog = harness.spawn(agent, "x = [b'x' * (1 << 20) for _ in range(1024)]\n")
         assert hog.wait(timeout=15) == -9
         assert poll_for(lambda: agent.oom_kills() >= 1, timeout=2)
-        sleeper = harness.spawn(agent, "time.sleep(60)\n")
+        sleeper = harness.spawn(agent, "signal.pause()\n")
         assert agent.freeze()
         assert poll_for(agent.is_frozen)
         assert agent.kill_all() == 1

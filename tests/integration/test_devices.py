@@ -145,7 +145,7 @@ def test_hung_host_is_killed_by_the_heartbeat_watchdog(devkernel):
     before = _ready(devkernel, "loop")
     with devkernel.client() as op:
         with pytest.raises(DeviceTimeout):  # the caller is answered at call_timeout...
-            op.device("loop").call("hang", reply_timeout=20, seconds=60)
+            op.device("loop").call("hang", reply_timeout=20)
         after = _ready(devkernel, "loop", after=before["incarnation"])  # ...and the silent host replaced
         hung = [e for e in op.get_audit_log(category="DEVICE", limit=200)["entries"] if e["event_type"] == "device.hung"]
     assert hung and "heartbeat" in hung[0]["details"]["reason"]

@@ -98,13 +98,13 @@ def test_commands_run_inside_the_agents_sandbox(kernel):
 
 def test_timeout_kills_the_whole_tree(kernel):
     _, report = run_ops(
-        kernel, "sleepy", [["exec", {"command": "sleep 37 & sleep 37; echo never", "timeout": 1}]]
+        kernel, "sleepy", [["exec", {"command": "tail -s 37 -f /dev/null & tail -s 37 -f /dev/null; echo never", "timeout": 1}]]
     )
     result = report[0]["value"]
     assert result["timed_out"] is True and result["success"] is False
     assert result["exit_code"] == -9 and result["signal"] == 9 and result["stdout"] == ""
     assert 0.9 < result["duration"] < 5
-    poll_for(lambda: not processes_running(["sleep", "37"]), 5, message="the sleeping children to die")
+    poll_for(lambda: not processes_running(["tail", "-s", "37", "-f", "/dev/null"]), 5, message="the blocked children to die")
     assert agent_row(kernel, "sleepy")["state"] == "running"
 
 
@@ -114,9 +114,9 @@ def test_operator_commands_run_on_the_host_with_capped_output_and_timeouts(kerne
         assert r["stdout"] == f"{os.geteuid()}\n{tmp_path}\n" and r["success"]
         big = op.exec(["head", "-c", str(3 << 20), "/dev/zero"])
         assert big["truncated"] is True and len(big["stdout"]) == 1 << 20 and big["exit_code"] == 0
-        r = op.exec("sleep 39 & sleep 39", timeout=0.5)
+        r = op.exec("tail -s 39 -f /dev/null & tail -s 39 -f /dev/null", timeout=0.5)
         assert r["timed_out"] and r["exit_code"] == -9
-    poll_for(lambda: not processes_running(["sleep", "39"]), 5, message="the operator's sleepers to die")
+    poll_for(lambda: not processes_running(["tail", "-s", "39", "-f", "/dev/null"]), 5, message="the operator's blocked commands to die")
 
 
 def test_a_command_dies_at_the_agents_memory_limit(kernel):
@@ -189,4 +189,4 @@ def test_an_agents_exit_ends_its_commands_with_an_error(kernel):
     assert payload["success"] is False and payload["code"] == "conflict" and "exited" in payload["error"]
     log = kernel.call("agent.logs", name="orphan", offset=0, max_bytes=1 << 20)["data"].decode()
     assert "SLEEPER true" in log
-    poll_for(lambda: not processes_running(["sleep", "38"]), 5, message="the command to die with its agent")
+    poll_for(lambda: not processes_running(["tail", "-s", "38", "-f", "/dev/null"]), 5, message="the command to die with its agent")

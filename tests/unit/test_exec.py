@@ -38,7 +38,7 @@ from clove.kernel.syscalls.exec import Exec, ExecRequest
         ("cat *.txt", ["/bin/sh", "-c", "cat *.txt"], ["/bin/sh", "cat"]),
         ("A=1 env", ["/bin/sh", "-c", "A=1 env"], ["/bin/sh"]),
         ("echo 'unbalanced", ["/bin/sh", "-c", "echo 'unbalanced"], ["/bin/sh", "echo"]),
-        ("  sleep 1; true", ["/bin/sh", "-c", "  sleep 1; true"], ["/bin/sh", "sleep"]),
+        ("  true 1; true", ["/bin/sh", "-c", "  true 1; true"], ["/bin/sh", "true"]),
     ],
 )
 def test_plan_command(command: str | list[str], argv: list[str], programs: list[str]) -> None:
@@ -202,7 +202,7 @@ def test_a_command_runs_and_answers_with_its_output(kernel: FakeKernel) -> None:
 
 
 def test_a_signal_is_a_negative_exit_code(kernel: FakeKernel) -> None:
-    seen = outcome(kernel.execs.run(operator_ctx(kernel), ["sleep", "1"], None, 5))
+    seen = outcome(kernel.execs.run(operator_ctx(kernel), ["long-running-command"], None, 5))
     spec, out_w, err_w = kernel.launcher.started[0]
     os.close(out_w)
     os.close(err_w)
@@ -225,7 +225,7 @@ def test_the_reply_waits_for_the_pipes_but_not_forever(
 
 def test_timeout_kills_and_answers(kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(exec_service, "KILL_GRACE", 0.05)
-    seen = outcome(kernel.execs.run(operator_ctx(kernel), ["sleep", "100"], None, 0.05))
+    seen = outcome(kernel.execs.run(operator_ctx(kernel), ["long-running-command"], None, 0.05))
     job = kernel.launcher.started[0][0].job
     spin(kernel, lambda: kernel.launcher.killed)
     assert kernel.launcher.killed == [job]
@@ -282,9 +282,9 @@ def test_policy_is_checked_before_anything_runs(kernel: FakeKernel) -> None:
 def test_too_many_commands_per_caller(kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(exec_service, "MAX_JOBS_PER_CALLER", 2)
     for _ in range(2):
-        kernel.execs.run(operator_ctx(kernel), ["sleep", "1"], None, 5)
+        kernel.execs.run(operator_ctx(kernel), ["long-running-command"], None, 5)
     with pytest.raises(QuotaExceeded):
-        kernel.execs.run(operator_ctx(kernel), ["sleep", "1"], None, 5)
+        kernel.execs.run(operator_ctx(kernel), ["long-running-command"], None, 5)
 
 
 def test_an_agents_command_names_its_incarnation(kernel: FakeKernel) -> None:
@@ -313,7 +313,7 @@ def test_a_paused_agent_cannot_start_commands(kernel: FakeKernel) -> None:
 
 def test_an_agents_exit_ends_its_commands(kernel: FakeKernel) -> None:
     agent = running_agent(kernel)
-    seen = outcome(kernel.execs.run(agent_ctx(kernel, agent), ["sleep", "9"], None, 5))
+    seen = outcome(kernel.execs.run(agent_ctx(kernel, agent), ["long-running-command"], None, 5))
     job = kernel.launcher.started[0][0].job
     kernel.execs.on_lifecycle("agent.exited", agent, {})
     assert kernel.launcher.killed == [job]
@@ -322,7 +322,7 @@ def test_an_agents_exit_ends_its_commands(kernel: FakeKernel) -> None:
 
 def test_a_command_killed_because_its_agent_died_is_an_error(kernel: FakeKernel) -> None:
     agent = running_agent(kernel)
-    seen = outcome(kernel.execs.run(agent_ctx(kernel, agent), ["sleep", "9"], None, 5))
+    seen = outcome(kernel.execs.run(agent_ctx(kernel, agent), ["long-running-command"], None, 5))
     spec, out_w, err_w = kernel.launcher.started[0]
     os.close(out_w)
     os.close(err_w)
@@ -333,14 +333,14 @@ def test_a_command_killed_because_its_agent_died_is_an_error(kernel: FakeKernel)
 
 
 def test_a_dead_zygote_fails_its_commands(kernel: FakeKernel) -> None:
-    seen = outcome(kernel.execs.run(operator_ctx(kernel), ["sleep", "9"], None, 5))
+    seen = outcome(kernel.execs.run(operator_ctx(kernel), ["long-running-command"], None, 5))
     kernel.launcher.pid = 5151  # restarted
     kernel.execs.housekeeping()
     assert seen and seen[0][1] is not None and "zygote" in seen[0][1].message
 
 
 def test_shutdown_kills_and_answers_everything(kernel: FakeKernel) -> None:
-    seen = outcome(kernel.execs.run(operator_ctx(kernel), ["sleep", "9"], None, 5))
+    seen = outcome(kernel.execs.run(operator_ctx(kernel), ["long-running-command"], None, 5))
     kernel.execs.shutdown()
     assert kernel.launcher.killed and isinstance(seen[0][1], Conflict) and not kernel.execs.jobs
 
