@@ -1,8 +1,10 @@
 """TOML tables and wire bodies into typed, frozen dataclasses: the one parser behind a driver's
-``Config``, its ``Grant`` and its operations' argument classes.
+``Config``, its ``Grant`` and its operations' argument classes, an LLM provider's ``Options``
+(:mod:`clove.llm.options`) and the risk engine's limits.
 
-Supported field types: ``str``, ``int``, ``float``, ``bool``, ``bytes`` (wire only), ``X | None``,
-``tuple[T, ...]`` (from an array), ``dict[str, T]`` (from a table) and ``typing.Any``. Unknown
+Supported field types: ``str``, ``int``, ``float`` (finite), ``bool``, ``bytes`` (wire only),
+``X | None``, ``tuple[T, ...]`` and ``list[T]`` (from an array; both become tuples),
+``dict[str, T]`` and ``dict`` (from a table) and ``typing.Any``. Unknown
 keys, missing required keys and wrong types raise :class:`FieldError` naming the key; a
 dataclass's ``__post_init__`` checks ranges and raises :func:`invalid` the same way.
 """
@@ -10,6 +12,7 @@ dataclass's ``__post_init__`` checks ranges and raises :func:`invalid` the same 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, TypeVar, Union
@@ -52,10 +55,10 @@ def describe_type(hint: Any) -> str:
     if origin in (Union, types.UnionType):
         arms = [a for a in typing.get_args(hint) if a is not type(None)]
         return " or ".join(describe_type(a) for a in arms)
-    if origin is tuple:
-        return f"array of {describe_type(typing.get_args(hint)[0])}"
-    if origin is dict:
-        return f"table of {describe_type(typing.get_args(hint)[1])}"
+    if origin in (tuple, list):
+        return f"array of {describe_type(typing.get_args(hint)[0])}" if typing.get_args(hint) else "array"
+    if origin is dict or hint is dict:
+        return f"table of {describe_type(typing.get_args(hint)[1])}" if typing.get_args(hint) else "table"
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     return {str: "string", int: "int", float: "number", bool: "bool", bytes: "bytes"}.get(hint, getattr(hint, "__name__", str(hint)))
@@ -70,9 +73,10 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
         arms = typing.get_args(hint)
         if value is None and type(None) in arms:
             return None
-        for arm in arms:
-            if arm is type(None):
-                continue
+        real = [arm for arm in arms if arm is not type(None)]
+        if len(real) == 1:  # X | None: X's own message is the precise one
+            return _convert(key, value, real[0])
+        for arm in real:
             try:
                 return _convert(key, value, arm)
             except FieldError:
@@ -82,13 +86,13 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
         if value in typing.get_args(hint) and type(value) in {type(a) for a in typing.get_args(hint)}:
             return value
         raise FieldError(key, f"expected {describe_type(hint)}, got {value!r}")
-    if origin is tuple:
-        (item, *_rest) = typing.get_args(hint)
+    if origin in (tuple, list):
+        (item, *_rest) = typing.get_args(hint) or (Any,)
         if not isinstance(value, (list, tuple)):
             raise FieldError(key, f"expected {describe_type(hint)}, got {_kind(value)}")
         return tuple(_convert(f"{key}[{i}]", v, item) for i, v in enumerate(value))
-    if origin is dict:
-        _k, item = typing.get_args(hint)
+    if origin is dict or hint is dict:
+        _k, item = typing.get_args(hint) or (str, Any)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise FieldError(key, f"expected {describe_type(hint)}, got {_kind(value)}")
         return {k: _convert(f"{key}.{k}", v, item) for k, v in value.items()}
@@ -100,6 +104,8 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise FieldError(key, f"expected a finite number, got {value!r}")
             return float(value)
     elif hint is bytes:
         if isinstance(value, (bytes, bytearray)):

@@ -116,7 +116,7 @@ def _llm_provider(source: str, name: str, data: Any, registry: Any) -> LlmProvid
     try:
         options = parse_options(registry.get(kind).Options, {k: v for k, v in data.items() if k not in _LLM_PROVIDER_KEYS})
     except OptionError as err:
-        raise ConfigError(f"{source}: [{where}].{err.key}: {err}", details={"table": where, "key": err.key}) from None
+        raise ConfigError(f"{source}: [{where}].{err.key}: {err.message}", details={"table": where, "key": err.key}) from None
     provider = LlmProviderConfig(
         name=name,
         kind=kind,

@@ -109,7 +109,7 @@ MINIMAL = '[llm]\nplugins = ["scripted"]\n[llm.providers.p]\nkind = "scripted"\n
         ('[llm]\nplugins = ["scripted"]\n[llm.providers.p]\nmodel = "m"\n', "[llm.providers.p].kind: required"),
         ('[llm]\nplugins = ["scripted"]\n[llm.providers.p]\nkind = "scripted"\n', "[llm.providers.p].model: required"),
         (MINIMAL + "concurrency = 0\n", "[llm.providers.p].concurrency: must be positive, got 0"),
-        (MINIMAL + "latency = 'slow'\n", "[llm.providers.p].latency: expected number, got str 'slow'"),
+        (MINIMAL + "latency = 'slow'\n", "[llm.providers.p].latency: expected number, got string 'slow'"),
         (MINIMAL + "base_url = 'http://x'\n", "[llm.providers.p].base_url: unknown key (known: completion_tokens, image_tokens"),
         (MINIMAL + "models = [1]\n", "[llm.providers.p].models: expected an array of model names"),
         (MINIMAL + "[llm.providers.'bad name']\nkind = 'scripted'\nmodel = 's'\n", "[llm.providers.bad name]: provider names are 1-63"),
