@@ -8,13 +8,13 @@ entry points in Clove's ``pyproject.toml``, registered exactly as a third party'
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Iterable
 from typing import Final, final
 
 import pluggy
 
 from clove.errors import ConfigError
+from clove.plugins import KindRegistry, installed, load_allowlisted
 from clove.llm import hookspecs
 from clove.llm.provider import Provider
 
@@ -25,31 +25,12 @@ hookimpl = pluggy.HookimplMarker("clove")
 
 
 @final
-class ProviderRegistry:
+class ProviderRegistry(KindRegistry[Provider]):
     """Provider kinds to classes, filled by ``clove_register_llm_providers`` implementations."""
 
-    def __init__(self) -> None:
-        self._kinds: dict[str, type[Provider]] = {}
-
-    def add(self, kind: str, cls: type[Provider]) -> None:
-        """:raises ValueError: an empty or duplicate kind, or a class that is not a Provider."""
-        if not isinstance(kind, str) or not kind:
-            raise ValueError(f"an LLM provider kind must be a non-empty string, got {kind!r}")
-        if not (isinstance(cls, type) and issubclass(cls, Provider)):
-            raise ValueError(f"LLM provider kind {kind!r}: {cls!r} is not a clove.llm.Provider subclass")
-        if kind in self._kinds and self._kinds[kind] is not cls:
-            raise ValueError(f"LLM provider kind {kind!r} is registered twice ({self._kinds[kind].__qualname__}, {cls.__qualname__})")
-        self._kinds[kind] = cls
-
-    def get(self, kind: str) -> type[Provider]:
-        """:raises KeyError: no plugin registered ``kind``."""
-        return self._kinds[kind]
-
-    def kinds(self) -> list[str]:
-        return sorted(self._kinds)
-
-    def __contains__(self, kind: object) -> bool:
-        return kind in self._kinds
+    base = Provider
+    base_name = "clove.llm.Provider"
+    what = "LLM provider"
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -61,7 +42,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 def installed_plugins() -> list[str]:
     """Names of the entry points in :data:`ENTRY_POINT_GROUP` (nothing is imported)."""
-    return sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
+    return installed(ENTRY_POINT_GROUP)
 
 
 def load_registry(allow: Iterable[str], *, pm: pluggy.PluginManager | None = None) -> ProviderRegistry:
@@ -72,23 +53,7 @@ def load_registry(allow: Iterable[str], *, pm: pluggy.PluginManager | None = Non
         badly.
     """
     pm = pm if pm is not None else get_plugin_manager()
-    for name in allow:
-        if pm.has_plugin(name):
-            continue
-        try:
-            count = pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
-        except Exception as err:  # noqa: BLE001 - a broken plugin is a config problem, named
-            raise ConfigError(f"LLM provider plugin {name!r} failed to load: {type(err).__name__}: {err}") from err
-        if count == 0 and not pm.has_plugin(name):
-            installed = ", ".join(installed_plugins()) or "none"
-            raise ConfigError(
-                f"LLM provider plugin {name!r} is not installed (entry point group {ENTRY_POINT_GROUP}; installed: {installed})",
-                details={"plugin": name},
-            )
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as err:
-        raise ConfigError(f"LLM provider plugin {pm.get_name(err.plugin) or err.plugin!r}: {err}") from None
+    load_allowlisted(pm, ENTRY_POINT_GROUP, allow, "LLM provider")
     registry = ProviderRegistry()
     try:
         pm.hook.clove_register_llm_providers(registry=registry)
