@@ -171,6 +171,17 @@ def test_device_that_cannot_open_is_unavailable_and_retried(make_kernel):
         op.device("broken").write(tag="x")
 
 
+def test_a_host_runs_in_its_own_cgroup_without_new_privileges(devkernel):
+    host = _state(devkernel, "loop")["host_pid"]
+    status = open(f"/proc/{host}/status").read()
+    assert "NoNewPrivs:\t1" in status
+    cgroups = open(f"/proc/{host}/cgroup").read()
+    memory = next(line for line in cgroups.splitlines() if ":memory:" in line)
+    assert "/dev-loop-" in memory  # its own cgroup, under the kernel's
+    limit = int(open(f"/sys/fs/cgroup/memory{memory.split(':', 2)[2]}/memory.limit_in_bytes").read())
+    assert limit == 96 << 20  # the device table's limits = { memory = "96M" }
+
+
 def test_hosts_are_gone_after_the_kernel_stops(make_kernel):
     k = make_kernel(DEVICES)
     pids = [_ready(k, name)["host_pid"] for name in ("loop", "other")]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from clove.errors import Conflict
+from clove.errors import Conflict, PermissionDenied
 from clove.testing.kernel import poll_for
 from tests.conftest import agent_script, requires_root
 
@@ -73,6 +73,8 @@ def test_stream_trigger_sends_safe_frame_blocks_and_pauses_until_released(make_k
         # Even resumed, the navigator cannot drive while the interlock holds.
         op.resume(name="navigator")
         poll_for(lambda: b"REFUSED perm.denied interlock 'estop' is engaged" in op.logs(name="navigator")["data"], message="the refusal")
+        with pytest.raises(PermissionDenied, match="interlock 'estop' is engaged"):
+            op.device("loop").write(tag="drive")  # operators too: only a release undoes it
         journal = [e["event_type"] for e in op.get_audit_log(category="SECURITY", limit=200)["entries"]]
         assert "interlock.engaged" in journal and "interlock.completed" in journal
         released = op.call("interlock.release", name="estop")["released"]

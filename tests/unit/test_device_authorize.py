@@ -257,7 +257,7 @@ def test_the_operator_bypasses_grants_and_rates(broker: DeviceBroker, runtime: D
         broker.authorize(None, runtime, "write", {})
 
 
-def test_an_engaged_interlock_restricts_agents_not_operators(
+def test_an_engaged_interlock_restricts_agents_and_operators(
     broker: DeviceBroker, runtime: DeviceRuntime
 ) -> None:
     agent = make_agent(loop=LoopbackGrant(ops=("write", "crash"), tags=("*",)))
@@ -268,8 +268,10 @@ def test_an_engaged_interlock_restricts_agents_not_operators(
     assert "interlock 'estop' is engaged" in info.value.message
     assert runtime.counters["denied"] == 1
     broker.authorize(agent, runtime, "crash", {})  # allowed by the interlock
-    broker.authorize(None, runtime, "write", {"tag": "t"})
+    with pytest.raises(PermissionDenied, match="interlock 'estop' is engaged"):
+        broker.authorize(None, runtime, "write", {"tag": "t"})  # an operator too: release it first
     runtime.restrictions.clear()
+    broker.authorize(None, runtime, "write", {"tag": "t"})
     broker.authorize(agent, runtime, "write", {"tag": "t"})
 
 

@@ -195,8 +195,7 @@ class DeviceBroker:
             raise InvalidArguments(f"device {runtime.name} has no operation {op!r} (it has: {', '.join(cls.operations())})", details={"op": op})
         grant = self.grant_of(agent, runtime.name)
         parsed = cls.parse_args(spec, args)
-        if grant is None or agent is None:
-            return parsed
+        # An engaged interlock holds for operators too: the safe state is undone only by releasing it.
         for interlock, allowed in runtime.restrictions.items():
             if op not in allowed:
                 runtime.counters["denied"] += 1
@@ -204,6 +203,8 @@ class DeviceBroker:
                     f"interlock {interlock!r} is engaged: {op!r} on {runtime.name!r} is blocked until an operator releases it",
                     details={"device": runtime.name, "op": op, "interlock": interlock},
                 )
+        if grant is None or agent is None:
+            return parsed
         if op not in grant.ops:
             runtime.counters["denied"] += 1
             raise PermissionDenied(f"operation {op!r} on device {runtime.name!r} is not granted", details={"device": runtime.name, "op": op, "granted": list(grant.ops)})
