@@ -128,12 +128,14 @@ class ExchangeDriver(Driver):
             book = positions.setdefault(fill["agent"], {})
             book[fill["symbol"]] = book.get(fill["symbol"], 0.0) + signed
         opened = [
-            {**o.to_dict(), "remaining": o.leaves, "acked": o.order_id is not None, "venue_order_id": o.order_id}
+            {
+                "client_id": o.client_id, "agent": o.agent, "symbol": o.symbol, "side": o.side, "qty": o.qty,
+                "price": o.price, "type": o.type, "tif": o.tif, "remaining": o.leaves,
+                "acked": o.order_id is not None, "venue_order_id": o.order_id,
+            }  # fmt: skip
             for o in self._book.orders.values()
             if o.open
         ]
-        for entry in opened:
-            entry.pop("status", None), entry.pop("order_id", None), entry.pop("cum_qty", None), entry.pop("leaves_qty", None), entry.pop("avg_px", None)
         states = {agent or "": state for agent, state in self._book.states.items()}
         self._risk.restore(
             {
