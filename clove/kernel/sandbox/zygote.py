@@ -120,7 +120,9 @@ class Zygote:
                         except BlockingIOError:
                             break
                     self._reap()
-                else:
+                elif key.data.status_r >= 0:
+                    # The SIGCHLD branch earlier in this same batch may have finished this tree
+                    # and closed its pipe (its fd may even be reused by now): skip it then.
                     self._read_status(key.data)
 
     def _handle_kernel(self) -> bool:
@@ -262,6 +264,8 @@ class Zygote:
 
     def _read_status(self, tracked: _Tracked) -> bool:
         """Read what the tree wrote; False when nothing more is there now (or ever)."""
+        if tracked.status_r < 0:
+            return False
         try:
             chunk = os.read(tracked.status_r, 65536)
         except BlockingIOError:
@@ -323,6 +327,12 @@ class Zygote:
                 return
             pid = info.si_pid
             tracked = self.by_pid.get(pid)
+            if tracked is None and pid not in self.spare_pids:
+                # Its C wrote this pid and exited after the drain above: read the pipes again,
+                # or the tree's end would be reaped unrecognised and never reported.
+                for pending in list(self.by_pipe.values()):
+                    self._drain(pending)
+                tracked = self.by_pid.get(pid)
             if tracked is not None and tracked.kind == "exec" and pid == tracked.g_pid:
                 kill_group(pid)  # what the command left in its group dies with it; the zombie pins the id
             try:
