@@ -35,7 +35,7 @@ BACKENDS: Final = ("auto", "cgroup2", "cgroup1", "rlimit", "none")
 RESTART_POLICIES: Final = ("never", "on-failure", "always")
 LEVELS: Final = ("unrestricted", "standard", "sandboxed", "readonly", "minimal")
 #: The top-level tables a config may hold.
-TABLES: Final = ("kernel", "sandbox", "supervisor", "logs", "retention", "postmortem", "recording", "agents", "llm", "devices", "interlocks")
+TABLES: Final = ("kernel", "sandbox", "supervisor", "logs", "retention", "postmortem", "recording", "limits", "journal", "agents", "llm", "devices", "interlocks")
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -117,6 +117,68 @@ class RecordingSection:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AgentLimits:
+    """What one agent may make the kernel hold or spend on its behalf (``[limits]`` defaults,
+    ``[limits.agents.NAME]`` overrides). Reaching a byte or count bound is a ``quota.exceeded``
+    error to the caller; nothing already accepted is dropped.
+
+    Sandbox defaults (``memory_bytes``, ``cpu_quota_us``, ``pids``, ``workdir_bytes``,
+    ``tmp_bytes``, ``tmp_inodes``) apply to a spawn that names none; the ``max_*`` ceilings cap
+    what a spawn or config may ask for."""
+
+    event_queue_bytes: int = 4 << 20
+    mailbox_bytes: int = 4 << 20
+    async_result_bytes: int = 8 << 20
+    subscriptions: int = 256
+    device_queue_bytes: int = 1 << 20
+    recording_bytes: int = 16 << 20
+    open_handles: int = 64
+    #: Syscalls per second, a backstop behind the fair share (a burst of ``syscall_burst``).
+    syscall_rate: float = 5000.0
+    syscall_burst: int = 1000
+    #: Share of the kernel's time against other callers; ``None``: follow the agent's CPU share.
+    weight: float | None = None
+    memory_bytes: int = 256 << 20
+    cpu_quota_us: int = 50_000
+    pids: int = 64
+    workdir_bytes: int = 256 << 20
+    tmp_bytes: int = 64 << 20
+    tmp_inodes: int = 4096
+    max_memory_bytes: int = 4 << 30
+    max_cpu_quota_us: int = 200_000
+    max_pids: int = 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsSection:
+    defaults: AgentLimits = field(default_factory=AgentLimits)
+    agents: dict[str, AgentLimits] = field(default_factory=dict)
+
+    def for_agent(self, name: str | None) -> AgentLimits:
+        """The limits of the agent called ``name`` (the defaults for operators and unknowns)."""
+        if name is None:
+            return self.defaults
+        return self.agents.get(name, self.defaults)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalSection:
+    """The audit journal on disk (docs/audit.md): files rotate at ``max_file_bytes``; the newest
+    ``keep_files`` rotated files are kept, and none older than ``keep_days`` (0: no age limit).
+    After ``denial_burst`` denials from one agent within ``denial_window`` seconds, further
+    denials of the same syscall and code are counted into one record per window. When the
+    filesystem holding the state dir has less than ``disk_reserve_bytes`` free, agents' new work
+    is refused with ``resource.exhausted`` instead of records being dropped."""
+
+    max_file_bytes: int = 64 << 20
+    keep_files: int = 8
+    keep_days: float = 0.0
+    denial_burst: int = 20
+    denial_window: float = 10.0
+    disk_reserve_bytes: int = 32 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AgentConfig:
     """An agent the kernel starts at boot (``[agents.NAME]``); also the shape of a spawn."""
 
@@ -149,6 +211,8 @@ class KernelConfig:
     retention: RetentionSection = field(default_factory=RetentionSection)
     postmortem: PostmortemSection = field(default_factory=PostmortemSection)
     recording: RecordingSection = field(default_factory=RecordingSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    journal: JournalSection = field(default_factory=JournalSection)
     agents: tuple[AgentConfig, ...] = ()
     llm: LlmSection | None = None
     devices: tuple[DeviceSpec, ...] = ()
@@ -163,7 +227,18 @@ _SCALE: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def parse_memory(value: object) -> int:
-    """``"64M"``, ``"1.5G"``, ``"512MiB"`` or an int of bytes → bytes (binary units).
+    """``"64M"``, ``"1.5G"``, ``"512MiB"`` or an int of bytes → bytes (binary units), at least 4M.
+
+    :raises ValueError: with a message fit for a user.
+    """
+    number = parse_size(value)
+    if number < 4 << 20:
+        raise ValueError(f"memory limit must be at least 4M, got {value!r}")
+    return number
+
+
+def parse_size(value: object) -> int:
+    """``"64K"``, ``"1.5G"``, ``"512MiB"`` or an int of bytes → a positive number of bytes.
 
     :raises ValueError: with a message fit for a user.
     """
@@ -178,8 +253,8 @@ def parse_memory(value: object) -> int:
         number = int(size)
     else:
         raise ValueError(f"expected a size like '64M' or bytes, got {value!r}")
-    if number < 4 << 20:
-        raise ValueError(f"memory limit must be at least 4M, got {value!r}")
+    if number < 1:
+        raise ValueError(f"expected a positive size, got {value!r}")
     return number
 
 
@@ -401,6 +476,70 @@ def _recording(source: str, raw: dict[str, Any]) -> RecordingSection:
     return section
 
 
+_LIMIT_SIZES: Final = ("event_queue_bytes", "mailbox_bytes", "async_result_bytes", "device_queue_bytes",
+                       "recording_bytes", "memory_bytes", "workdir_bytes", "tmp_bytes", "max_memory_bytes")  # fmt: skip
+_LIMIT_COUNTS: Final = ("subscriptions", "open_handles", "syscall_burst", "pids", "tmp_inodes", "max_pids")
+_LIMIT_CPU: Final = ("cpu_quota_us", "max_cpu_quota_us")
+
+
+def _agent_limits(t: _Table, base: AgentLimits) -> AgentLimits:
+    """One ``[limits]`` or ``[limits.agents.NAME]`` table over ``base``: sizes take ``"64M"``
+    or bytes, CPU takes ``"50%"`` or µs per 100 ms."""
+    values: dict[str, Any] = {}
+    for key in _LIMIT_SIZES:
+        parse = parse_memory if key in ("memory_bytes", "max_memory_bytes") else parse_size
+        values[key] = t.parsed(key, parse, getattr(base, key))
+    for key in _LIMIT_COUNTS:
+        values[key] = t.positive(key, int, getattr(base, key))
+    for key in _LIMIT_CPU:
+        values[key] = t.parsed(key, parse_cpu, getattr(base, key))
+    values["syscall_rate"] = t.positive("syscall_rate", float, base.syscall_rate)
+    values["weight"] = t.positive("weight", float, base.weight)
+    limits = AgentLimits(**values)
+    for value, ceiling in (("memory_bytes", "max_memory_bytes"), ("cpu_quota_us", "max_cpu_quota_us"), ("pids", "max_pids")):
+        if getattr(limits, value) > getattr(limits, ceiling):
+            raise t.fail(value, f"{getattr(limits, value)} is above {ceiling} ({getattr(limits, ceiling)})")
+    return limits
+
+
+def _limits(source: str, raw: dict[str, Any]) -> LimitsSection:
+    t = _section(source, raw, "limits")
+    per_agent = t.get("agents", dict, {})
+    defaults = _agent_limits(t, AgentLimits())
+    t.done()
+    agents: dict[str, AgentLimits] = {}
+    for name, data in per_agent.items():
+        where = f"limits.agents.{name}"
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: [{where}]: expected a table, got {type(data).__name__}")
+        try:
+            validate_name(name)
+        except ValueError as err:
+            raise ConfigError(f"{source}: [{where}]: {err}") from None
+        at = _Table(source, where, data)
+        agents[name] = _agent_limits(at, defaults)
+        at.done()
+    return LimitsSection(defaults=defaults, agents=agents)
+
+
+def _journal(source: str, raw: dict[str, Any]) -> JournalSection:
+    t = _section(source, raw, "journal")
+    section = JournalSection(
+        max_file_bytes=t.parsed("max_file_bytes", parse_size, 64 << 20),
+        keep_files=t.positive("keep_files", int, 8),
+        keep_days=t.get("keep_days", float, 0.0),
+        denial_burst=t.positive("denial_burst", int, 20),
+        denial_window=t.positive("denial_window", float, 10.0),
+        disk_reserve_bytes=t.parsed("disk_reserve_bytes", parse_size, 32 << 20),
+    )
+    if section.max_file_bytes < 64 << 10:
+        raise t.fail("max_file_bytes", f"must be at least 65536, got {section.max_file_bytes}")
+    if section.keep_days < 0:
+        raise t.fail("keep_days", f"must be >= 0, got {section.keep_days}")
+    t.done()
+    return section
+
+
 def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
     """Read and validate a kernel config; ``None`` gives the defaults.
 
@@ -459,6 +598,8 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
     r.done()
     postmortem = _postmortem(source, raw)
     recording = _recording(source, raw)
+    limits = _limits(source, raw)
+    journal = _journal(source, raw)
     from clove.kernel.devices.settings import parse_devices  # loads only the drivers the config names
 
     devices, _registry = parse_devices(source, raw)
@@ -474,5 +615,5 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
 
     llm = parse_llm(source, raw)
     return KernelConfig(
-        kernel=kernel, sandbox=sandbox, supervisor=supervisor, logs=logs, retention=retention, postmortem=postmortem, recording=recording, agents=agents, llm=llm, devices=devices, interlocks=interlocks, source=source
+        kernel=kernel, sandbox=sandbox, supervisor=supervisor, logs=logs, retention=retention, postmortem=postmortem, recording=recording, limits=limits, journal=journal, agents=agents, llm=llm, devices=devices, interlocks=interlocks, source=source
     )

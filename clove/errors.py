@@ -19,7 +19,8 @@
     ├── MailboxFull          "ipc.mailbox_full"
     ├── OperationTimeout     "timeout"
     ├── UpstreamError        "upstream.failed"
-    ├── QuotaExceeded        "quota.exceeded"
+    ├── QuotaExceeded        "quota.exceeded"      the caller reached one of its own limits
+    ├── ResourceExhausted    "resource.exhausted"  the kernel itself is short (disk): try later
     ├── KernelUnavailable    "kernel.unavailable"  (raised by clients, never sent by the kernel)
     ├── DeviceError          "device.error"        the device family, raised by drivers and hosts
     │   ├── DeviceUnavailable "device.unavailable" not present, not configured, host down or restarting
@@ -59,6 +60,7 @@ __all__ = [
     "PermissionDenied",
     "ProtocolError",
     "QuotaExceeded",
+    "ResourceExhausted",
     "RiskDenied",
     "SandboxError",
     "SpawnFailed",
@@ -205,6 +207,13 @@ class QuotaExceeded(CloveError):
     code = "quota.exceeded"
 
 
+class ResourceExhausted(CloveError):
+    """The kernel itself is short of a shared resource (the disk under its state dir nears its
+    reserve): new work is refused rather than accepted and then lost. Retry later."""
+
+    code = "resource.exhausted"
+
+
 class KernelUnavailable(CloveError):
     """No kernel answered: the socket is missing, refused, or the reply timed out."""
 
@@ -277,6 +286,7 @@ _BY_CODE: dict[str, type[CloveError]] = {
         OperationTimeout,
         UpstreamError,
         QuotaExceeded,
+        ResourceExhausted,
         RiskDenied,
         DeviceError,
         DeviceUnavailable,

@@ -286,7 +286,7 @@ def test_unknown_table(tmp_path: Path, table: str) -> None:
     err = config_error(path)
     assert (
         err.message
-        == f"{path}: [{table}]: unknown table (known: agents, devices, interlocks, kernel, llm, logs, postmortem, recording, retention, sandbox, supervisor)"
+        == f"{path}: [{table}]: unknown table (known: agents, devices, interlocks, journal, kernel, limits, llm, logs, postmortem, recording, retention, sandbox, supervisor)"
     )
 
 
@@ -496,3 +496,33 @@ def test_validate_name_good(name: str) -> None:
 def test_validate_name_bad(name: object) -> None:
     with pytest.raises(ValueError, match="agent names are 1-63 of"):
         validate_name(name)
+
+
+def test_limits_defaults_overrides_and_ceilings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[limits]\nevent_queue_bytes = "1M"\nsubscriptions = 10\nmemory_bytes = "128M"\n'
+        '[limits.agents.big]\nmemory_bytes = "1G"\nweight = 2.0\n'
+        '[journal]\nmax_file_bytes = "1M"\nkeep_files = 3\n',
+    )
+    config = load_config(path)
+    default = config.limits.for_agent("anyone")
+    assert default.event_queue_bytes == 1 << 20 and default.subscriptions == 10
+    big = config.limits.for_agent("big")
+    assert big.memory_bytes == 1 << 30 and big.weight == 2.0
+    assert big.event_queue_bytes == 1 << 20  # an override starts from the kernel-wide table
+    assert config.journal.max_file_bytes == 1 << 20 and config.journal.keep_files == 3
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[limits]\nmemory_bytes = "8G"\n', "[limits].memory_bytes: 8589934592 is above max_memory_bytes"),
+        ("[limits]\nsubscriptions = 0\n", "[limits].subscriptions: must be positive"),
+        ('[limits.agents.x]\nmailbox_bytes = "lots"\n', "[limits.agents.x].mailbox_bytes: expected a size"),
+        ("[limits.agents.x]\nbogus = 1\n", "[limits.agents.x].bogus: unknown key"),
+        ('[journal]\nmax_file_bytes = "1K"\n', "[journal].max_file_bytes: must be at least 65536"),
+    ],
+)
+def test_limits_errors_name_the_table_and_key(tmp_path: Path, toml: str, message: str) -> None:
+    assert message in config_error(write(tmp_path, toml)).message

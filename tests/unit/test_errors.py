@@ -31,6 +31,7 @@ FROZEN_CODES: dict[str, str] = {
     "OperationTimeout": "timeout",
     "UpstreamError": "upstream.failed",
     "QuotaExceeded": "quota.exceeded",
+    "ResourceExhausted": "resource.exhausted",
     "RiskDenied": "risk.denied",
     "DeviceError": "device.error",
     "DeviceUnavailable": "device.unavailable",
