@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "KIND_REPLY",
     "KIND_REQUEST",
+    "MAX_DEPTH",
     "PROTOCOL",
     "BadRequest",
     "Reply",
@@ -42,6 +43,7 @@ __all__ = [
     "encode_request",
     "error_reply",
     "ok_reply",
+    "too_deep",
 ]
 
 PROTOCOL: Final = b"CLOVE1"
@@ -50,6 +52,12 @@ KIND_REPLY: Final = b"REP"
 #: Largest request payload the kernel accepts by default; larger ones get ``proto.too_large``.
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1 << 20
 _MAX_CALL_NAME: Final = 64
+#: Deepest nesting of lists and maps a request body may have. msgpack decodes about 1,024
+#: levels but encodes only 511, and a reply wraps what a caller sent (a message, an event, a
+#: stored value) a few levels deeper: a body the kernel accepts must always fit back in a reply.
+MAX_DEPTH: Final = 100
+#: Every byte that cannot start a msgpack map or array (fixmap, fixarray, array16/32, map16/32).
+_NOT_CONTAINER_HEADERS: Final = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +168,31 @@ def decode_request(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYT
     unknown = set(message) - {"id", "call", "body"}
     if unknown:
         raise BadRequest(ProtocolError(f"unknown envelope keys: {sorted(unknown, key=str)}"), request_id)
+    # Each level costs at least one container header byte: a payload with few such bytes cannot
+    # be too deep, and counting them runs at C speed where the walk would not.
+    if len(payload.translate(None, _NOT_CONTAINER_HEADERS)) > MAX_DEPTH and too_deep(body, MAX_DEPTH):
+        raise BadRequest(
+            ProtocolError(f"'body' nests deeper than {MAX_DEPTH} levels", details={"max_depth": MAX_DEPTH}), request_id
+        )
     return Request(cast("int | str", request_id), call, body)  # _valid_id checked it
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """True when lists and maps in ``value`` nest more than ``limit`` levels (``value`` itself
+    is level 1). Iterative: a hostile value cannot exhaust the interpreter's stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def ok_reply(request_id: int | str | None, result: Any) -> list[bytes]:

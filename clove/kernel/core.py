@@ -294,4 +294,5 @@ class Kernel:
             "require_isolation": self.config.sandbox.require_isolation,
             "started_at": self.started_at,
             "resources": self.resources(),
+            "kernel_time": self.dispatcher.figures(),
         }

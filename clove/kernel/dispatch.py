@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from clove import wire
+from clove.drivers.grants import TokenBucket
 from clove.errors import CloveError, InternalError, PermissionDenied, UnknownSyscall
 from clove.kernel.channels import Caller
+from clove.kernel.fairshare import Flow, weight_for
 from clove.kernel.journal import Category
 from clove.kernel.redact import redact
 from clove.kernel.syscalls import SYSCALLS, Deferred, Syscall, SyscallContext
@@ -34,8 +37,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Messages taken from one socket per loop turn, so a flooding client cannot starve the others.
+#: At most this many messages from one socket per loop turn, however cheap (the fair share in
+#: :mod:`clove.kernel.fairshare` usually stops a busy socket sooner).
 BATCH = 32
+#: A throttled agent is announced (``AGENT_THROTTLED``) at most once per this many seconds.
+THROTTLE_EVENT_INTERVAL_S = 1.0
 #: Shorter waits than this are not worth a timer: the loop polls in whole milliseconds.
 TIMER_RESOLUTION_S = 0.001
 
@@ -45,10 +51,26 @@ class Dispatcher:
         self.kernel = kernel
         self.registry = registry if registry is not None else SYSCALLS
         self.max_bytes = kernel.config.kernel.max_message_bytes
+        #: One fair-share account per socket (an agent's, or the operators' control socket).
+        self.flows: weakref.WeakKeyDictionary[zmq.Socket[bytes], Flow] = weakref.WeakKeyDictionary()
 
     def on_readable(self, sock: zmq.Socket[bytes]) -> None:
+        """Serve ``sock`` for this turn's share of kernel time (see :mod:`clove.kernel.fairshare`)."""
+        flow = self.flows.get(sock)
+        if flow is None:
+            flow = self.flows[sock] = self._new_flow(sock)
+        if not flow.start_turn():
+            return  # still repaying an expensive call: other callers go first this turn
         control = sock is self.kernel.channels.control
+        clock = time.perf_counter_ns
         for _ in range(BATCH):
+            if flow.credit_ns <= 0:
+                return  # the loop comes back next turn: the socket is still readable
+            wait = flow.rate_wait()
+            if wait:
+                self._throttle(sock, flow, wait)
+                return
+            started = clock()
             try:
                 if control:  # frames keep their properties: the peer's credentials
                     raw = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -57,8 +79,47 @@ class Dispatcher:
                 else:
                     frames, session = sock.recv_multipart(zmq.NOBLOCK), None
             except zmq.Again:
+                flow.idle()
                 return
             self.handle(sock, frames, session)
+            flow.charge(clock() - started)
+
+    def _new_flow(self, sock: zmq.Socket[bytes]) -> Flow:
+        caller = self.kernel.channels.by_socket.get(sock)
+        agent = self.kernel.supervisor.table.get(caller.agent_id) if caller is not None and caller.agent_id is not None else None
+        if agent is None:
+            return Flow(weight=1.0, label={"caller": "operator"})
+        limits = self.kernel.config.limits.for_agent(agent.name)
+        quota = agent.spec.cpu_quota_us if agent.spec.cpu_quota_us is not None else limits.cpu_quota_us
+        return Flow(
+            weight=weight_for(quota, limits.weight),
+            bucket=TokenBucket(limits.syscall_rate, limits.syscall_burst),
+            label={"caller": "agent", "agent_id": agent.id, "name": agent.name},
+        )
+
+    def _throttle(self, sock: zmq.Socket[bytes], flow: Flow, wait: float) -> None:
+        """Stop reading an agent over its syscall rate until tokens are back: slowed, not failed."""
+        loop = self.kernel.loop
+        now = loop.clock()
+        if now - flow.throttled_until > THROTTLE_EVENT_INTERVAL_S:
+            flow.throttled += 1
+            self.kernel.events.emit(
+                "AGENT_THROTTLED",
+                {"agent_id": flow.label.get("agent_id"), "name": flow.label.get("name"), "reason": "syscall_rate", "wait_s": round(wait, 4)},
+                source_agent_id=None,
+            )
+        flow.throttled_until = now + wait
+        loop.remove_reader(sock)
+
+        def resume() -> None:
+            if not sock.closed:
+                loop.add_reader(sock, lambda: self.on_readable(sock))
+
+        loop.call_later(wait, resume)
+
+    def figures(self) -> list[dict[str, Any]]:
+        """Kernel time used per caller since boot, for ``kernel.info`` and metrics."""
+        return [flow.figures() for sock, flow in list(self.flows.items()) if not sock.closed]
 
     def _session(self, raw: list[zmq.Frame]) -> OperatorSession:
         sessions = self.kernel.sessions
@@ -102,6 +163,9 @@ class Dispatcher:
             perms.require(syscall.right, request.call)
             args = syscall.parse(request.body)
             result = syscall.execute(SyscallContext(self.kernel, caller, agent, perms, session), args)
+            # Encoded here, inside the error handling: a result that cannot be encoded becomes an
+            # error reply rather than no reply at all.
+            frames = None if isinstance(result, Deferred) else wire.ok_reply(request.id, result)
         except CloveError as err:
             self._send(sock, routing, wire.error_reply(request.id, err))
             self._record(caller, request, syscall, started, err)
@@ -116,10 +180,11 @@ class Dispatcher:
             if pending is not None:
                 self.kernel.recorder.record(pending, None, bug)
             return
-        if isinstance(result, Deferred):
+        if frames is None:
+            assert isinstance(result, Deferred)  # noqa: S101 - frames is None only for a Deferred
             result.bind(lambda value, error: self._finish_deferred(sock, routing, caller, request, syscall, started, value, error, pending))
             return
-        self._send(sock, routing, wire.ok_reply(request.id, result))
+        self._send(sock, routing, frames)
         self._record(caller, request, syscall, started, None)
         if pending is not None:
             self.kernel.recorder.record(pending, result, None)
@@ -138,7 +203,13 @@ class Dispatcher:
     ) -> None:
         if sock.closed:
             return
-        frames = wire.error_reply(request.id, error) if error is not None else wire.ok_reply(request.id, value)
+        try:
+            frames = wire.error_reply(request.id, error) if error is not None else wire.ok_reply(request.id, value)
+        except Exception:  # msgpack: too deep, too large an int, an unknown type
+            log.exception("the result of %s could not be encoded", request.call)
+            error = InternalError(f"{request.call} failed inside the kernel; see the kernel log")
+            frames = wire.error_reply(request.id, error)
+            value = None
         self._send(sock, routing, frames)
         self._record(caller, request, syscall, started, error)
         if pending is not None:
