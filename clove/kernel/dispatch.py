@@ -165,7 +165,7 @@ class Dispatcher:
             result = syscall.execute(SyscallContext(self.kernel, caller, agent, perms, session), args)
             # Encoded here, inside the error handling: a result that cannot be encoded becomes an
             # error reply rather than no reply at all.
-            frames = None if isinstance(result, Deferred) else wire.ok_reply(request.id, result)
+            reply = None if isinstance(result, Deferred) else wire.ok_reply(request.id, result)
         except CloveError as err:
             self._send(sock, routing, wire.error_reply(request.id, err))
             self._record(caller, request, syscall, started, err)
@@ -180,11 +180,11 @@ class Dispatcher:
             if pending is not None:
                 self.kernel.recorder.record(pending, None, bug)
             return
-        if frames is None:
-            assert isinstance(result, Deferred)  # noqa: S101 - frames is None only for a Deferred
+        if reply is None:
+            assert isinstance(result, Deferred)  # noqa: S101 - reply is None only for a Deferred
             result.bind(lambda value, error: self._finish_deferred(sock, routing, caller, request, syscall, started, value, error, pending))
             return
-        self._send(sock, routing, frames)
+        self._send(sock, routing, reply)
         self._record(caller, request, syscall, started, None)
         if pending is not None:
             self.kernel.recorder.record(pending, result, None)
