@@ -264,7 +264,9 @@ class CloveClient(
 
     def poll_async(self, max_results: int = 10) -> dict[str, Any]:
         """Results of ``async_=True`` calls: ``{success, results, count}``; each result is
-        ``{request_id, opcode_name, payload}`` with ``payload`` the JSON of the sync reply."""
+        ``{request_id, opcode_name, payload}`` with ``payload`` the JSON of the sync reply.
+        Poll often: past your ``async_result_bytes`` new async calls are refused
+        (``quota.exceeded``) and late results become small ``quota.exceeded`` payloads."""
         return self._compat("async.poll", max_results=max_results)
 
     def kernel_info(self) -> dict[str, Any]:

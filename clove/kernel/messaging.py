@@ -17,8 +17,11 @@ restart (``backoff``), and is dropped once the agent settles (``exited``/``faile
 removed; an operator's mailbox goes with its session.
 
 Bounds: a message is at most :data:`MAX_MESSAGE_BYTES` msgpack-encoded (``quota.exceeded``); a
-mailbox holds at most :data:`MAILBOX_MESSAGES` messages and :data:`MAILBOX_BYTES` bytes, beyond
-which a send fails with ``ipc.mailbox_full`` and delivers nothing. Every delivery emits
+mailbox holds at most :data:`MAILBOX_MESSAGES` messages and its *recipient's*
+``[limits].mailbox_bytes`` bytes (the ``mailbox_bytes_of`` hook; :data:`MAILBOX_BYTES` without
+one), beyond which a send fails with ``ipc.mailbox_full`` (details name the ``limit``) and
+delivers nothing. Messages wait msgpack-encoded, so the bytes counted are the bytes held (a
+decoded message can take many times its encoded size). Every delivery emits
 ``MESSAGE_RECEIVED`` to the recipient alone.
 """
 
@@ -73,15 +76,18 @@ class Principals(Protocol):
 class Message:
     from_id: int
     from_name: str | None
-    message: dict[str, Any]
-    size: int
+    payload: bytes  # the message, msgpack-encoded: decoded only when received
     at: float
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
 
     def to_wire(self, now: float) -> dict[str, Any]:
         return {
             "from_id": self.from_id,
             "from_name": self.from_name,
-            "message": self.message,
+            "message": msgpack.unpackb(self.payload, raw=False),
             "age_ms": max(0, round((now - self.at) * 1000, 3)),
         }
 
@@ -128,7 +134,10 @@ class MessagingService:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         mailbox_messages: int = MAILBOX_MESSAGES,
         mailbox_bytes: int = MAILBOX_BYTES,
+        mailbox_bytes_of: Callable[[int], int] | None = None,
     ) -> None:
+        """:param mailbox_bytes_of: a recipient's byte bound (its ``[limits].mailbox_bytes``);
+        without it every mailbox has ``mailbox_bytes``."""
         self.principals = principals
         self.emit = emit
         self.loop = loop
@@ -136,6 +145,7 @@ class MessagingService:
         self.max_message_bytes = max_message_bytes
         self.mailbox_messages = mailbox_messages
         self.mailbox_bytes = mailbox_bytes
+        self.mailbox_bytes_of = mailbox_bytes_of
         self._names: dict[str, int] = {}
         self._name_of: dict[int, str] = {}
         self._boxes: dict[int, Mailbox] = {}
@@ -145,8 +155,21 @@ class MessagingService:
 
 
     def held(self) -> dict[str, int]:
-        """What the service holds now (registered names, mailboxes), for leak checks."""
-        return {"names": len(self._names), "mailboxes": len(self._boxes)}
+        """What the service holds now (registered names, mailboxes, queued messages and their
+        bytes), for leak checks and ``kernel.info``."""
+        boxes = self._boxes.values()
+        return {
+            "names": len(self._names),
+            "mailboxes": len(self._boxes),
+            "queued_messages": sum(len(b.queue) for b in boxes),
+            "mailbox_bytes": sum(b.bytes for b in boxes),
+        }
+
+    def held_by(self, principal_id: int) -> dict[str, int]:
+        """What waits in one principal's mailbox: ``{queued_messages, mailbox_bytes}``."""
+        box = self._boxes.get(principal_id)
+        return {"queued_messages": len(box.queue) if box else 0, "mailbox_bytes": box.bytes if box else 0}
+
     def register(self, principal_id: int, name: str) -> str:
         """Give ``principal_id`` the name ``name`` (replacing its previous one).
 
@@ -203,15 +226,23 @@ class MessagingService:
 
     # ---- delivery ----------------------------------------------------------------------------
 
-    def encoded_size(self, message: Any) -> int:
-        """:raises QuotaExceeded: above the message size bound."""
-        size = len(msgpack.packb(message, use_bin_type=True))
+    def encode(self, message: Any) -> bytes:
+        """The message msgpack-encoded, as it waits in mailboxes.
+
+        :raises QuotaExceeded: above the message size bound.
+        """
+        payload: bytes = msgpack.packb(message, use_bin_type=True)
+        size = len(payload)
         if size > self.max_message_bytes:
             raise QuotaExceeded(
                 f"message is {size} bytes encoded; the limit is {self.max_message_bytes}",
                 details={"size": size, "max_bytes": self.max_message_bytes},
             )
-        return size
+        return payload
+
+    def encoded_size(self, message: Any) -> int:
+        """:raises QuotaExceeded: above the message size bound."""
+        return len(self.encode(message))
 
     def send(self, sender: int, recipient: int, message: dict[str, Any]) -> None:
         """Queue ``message`` for ``recipient`` (already resolved to a live principal).
@@ -219,8 +250,8 @@ class MessagingService:
         :raises QuotaExceeded: the message is too large.
         :raises MailboxFull: the recipient's mailbox is at its bound; nothing was queued.
         """
-        size = self.encoded_size(message)
-        self._deliver(Message(sender, self.display_name(sender), message, size, self.clock()), recipient)
+        payload = self.encode(message)
+        self._deliver(Message(sender, self.display_name(sender), payload, self.clock()), recipient)
         self._boxes.setdefault(sender, Mailbox())  # so a sending operator gets broadcasts (and replies)
 
     def broadcast(
@@ -231,8 +262,7 @@ class MessagingService:
 
         :raises QuotaExceeded: the message is too large (nothing is delivered).
         """
-        size = self.encoded_size(message)
-        msg = Message(sender, self.display_name(sender), message, size, self.clock())
+        msg = Message(sender, self.display_name(sender), self.encode(message), self.clock())  # one copy for all
         recipients = dict.fromkeys(self.principals.live_agents())
         recipients.update(dict.fromkeys(p for p in self._boxes if self.principals.is_live(p)))
         if include_self:
@@ -251,11 +281,15 @@ class MessagingService:
 
     def _deliver(self, msg: Message, recipient: int) -> None:
         box = self._boxes.setdefault(recipient, Mailbox())
-        if len(box.queue) >= self.mailbox_messages or box.bytes + msg.size > self.mailbox_bytes:
+        max_bytes = self.mailbox_bytes_of(recipient) if self.mailbox_bytes_of is not None else self.mailbox_bytes
+        full_count = len(box.queue) >= self.mailbox_messages
+        if full_count or box.bytes + msg.size > max_bytes:
             raise MailboxFull(
-                f"the mailbox of {recipient} is full ({len(box.queue)} messages, {box.bytes} bytes)",
-                details={"to": recipient, "messages": len(box.queue), "bytes": box.bytes,
-                         "max_messages": self.mailbox_messages, "max_bytes": self.mailbox_bytes},
+                f"the mailbox of {recipient} is full ({len(box.queue)} messages, {box.bytes} bytes; "
+                f"this message is {msg.size} bytes, the bound {max_bytes})",
+                details={"to": recipient, "limit": "mailbox_messages" if full_count else "mailbox_bytes",
+                         "messages": len(box.queue), "bytes": box.bytes, "size": msg.size,
+                         "max_messages": self.mailbox_messages, "max_bytes": max_bytes},
             )  # fmt: skip
         box.queue.append(msg)
         box.bytes += msg.size
@@ -357,7 +391,13 @@ class KernelPrincipals:
 def attach(kernel: Kernel) -> None:
     """Build the messaging service, set ``kernel.messaging`` and hook it to agent lifecycles
     and operator sessions."""
-    service = MessagingService(KernelPrincipals(kernel), emit=kernel.events.emit, loop=kernel.loop)
+    principals = KernelPrincipals(kernel)
+    limits = kernel.config.limits
+
+    def mailbox_bytes_of(principal_id: int) -> int:
+        return limits.for_agent(principals.agent_name(principal_id)).mailbox_bytes  # an operator: the defaults
+
+    service = MessagingService(principals, emit=kernel.events.emit, loop=kernel.loop, mailbox_bytes_of=mailbox_bytes_of)
     kernel.messaging = service
     kernel.supervisor.listeners.append(service.on_lifecycle)
     kernel.sessions.on_close.append(service.on_session_closed)

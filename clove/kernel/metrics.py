@@ -167,6 +167,8 @@ class MetricsService:
     :param emit: ``EventBus.emit``-shaped; receives RESOURCE_WARNING.
     :param journal_warning: records a warning (the kernel journals it under RESOURCE).
     :param default_cgroups: the directories an operator's ``metrics.cgroup`` reads without a path.
+    :param held_by: what the kernel holds on an agent's behalf (queued results, events,
+        messages and their bytes), reported under ``held``.
     """
 
     def __init__(
@@ -181,8 +183,10 @@ class MetricsService:
         realpath: Callable[[str], str] = os.path.realpath,
         default_cgroups: Callable[[], list[Path]] = list,
         clock: Callable[[], float] = time.monotonic,
+        held_by: Callable[[int], dict[str, int]] | None = None,
     ) -> None:
         self.supervisor = supervisor
+        self.held_by = held_by
         self.emit = emit
         self.journal_warning = journal_warning
         self.procfs = procfs or ProcFS()
@@ -269,7 +273,8 @@ class MetricsService:
         return out
 
     def agent(self, agent: Agent) -> dict[str, Any]:
-        """``{success, agent_id, name, status, uptime_ms, restarts, parent_id, process, cgroup}``."""
+        """``{success, agent_id, name, status, uptime_ms, restarts, parent_id, process, cgroup,
+        held}``."""
         now = self.clock()
         return {
             "success": True,
@@ -281,6 +286,7 @@ class MetricsService:
             "parent_id": agent.parent_id if agent.parent_id is not None else 0,
             "process": self._process(agent, now),
             "cgroup": self._cgroup(agent, self.cgroup_of(agent), now),
+            "held": self.held_by(agent.id) if self.held_by is not None else {},
         }
 
     def visible_agents(self, caller_id: int | None) -> list[Agent]:
@@ -395,11 +401,24 @@ def attach(kernel: Kernel) -> None:
         parents = kernel.backend.describe().get("parents")
         return [Path(str(p)) for p in dict.fromkeys(parents.values())] if isinstance(parents, dict) else []
 
+    def held_by(agent_id: int) -> dict[str, int]:
+        """The kernel's per-agent holdings, each in count and bytes."""
+        held = {**kernel.async_results.held_by(agent_id), **kernel.events.held_by(agent_id)}
+        messaging = getattr(kernel, "messaging", None)  # attached before metrics, but be safe
+        if messaging is not None:
+            held.update(messaging.held_by(agent_id))
+        for later in ("devices", "recorder"):  # attached after metrics
+            service = getattr(kernel, later, None)
+            if service is not None:
+                held.update(service.held_by(agent_id))
+        return held
+
     service = MetricsService(
         kernel.supervisor,
         emit=kernel.events.emit,
         journal_warning=journal_warning,
         default_cgroups=default_cgroups,
+        held_by=held_by,
     )
     kernel.metrics = service
     kernel.loop.housekeeping.append(service.housekeeping)

@@ -8,7 +8,9 @@ Both are behind one ``recorder.active`` check, so a kernel that does not record 
 
 Entries go to ``<state_dir>/recordings/<id>/<agent>.jsonl`` (0600 in a 0700 directory: a
 recording holds prompts, message bodies and HTTP headers in full), size-capped and rotated, and
-to an in-memory ring of ``max_entries`` that the SDK exports. What is recorded: every syscall of
+to an in-memory ring of ``max_entries`` that the SDK exports; in that ring each agent's entries
+are also bounded by its ``[limits].recording_bytes`` (its oldest go first, counted as
+``dropped``; the file keeps them). What is recorded: every syscall of
 the chosen agents except ``llm.think``, ``http`` and ``exec`` unless asked for, and the recording
 controls themselves (``record.*``, ``replay.*``). Operator sessions are not recorded: they are
 not agents and cannot be replayed; the journal has their calls.
@@ -112,10 +114,16 @@ class Recorder:
     :param root: ``<state_dir>/recordings``.
     :param defaults: the ``[recording]`` table (``max_bytes`` and ``rotate`` always come from it).
     :param owned: true for agents that a replay runs: never recorded.
+    :param bytes_of: an agent's (by name) bound on its entries' bytes in the ring (its
+        ``[limits].recording_bytes``); without it, the ring is bounded by count alone.
     """
 
-    def __init__(self, root: Path, defaults: RecordingSection, *, owned: Callable[[Agent], bool] | None = None) -> None:
+    def __init__(
+        self, root: Path, defaults: RecordingSection, *, owned: Callable[[Agent], bool] | None = None,
+        bytes_of: Callable[[str], int] | None = None,
+    ) -> None:
         self.root = root
+        self.bytes_of = bytes_of
         self.defaults = defaults
         self.owned: Callable[[Agent], bool] = owned if owned is not None else (lambda agent: False)
         self.active = False
@@ -130,7 +138,10 @@ class Recorder:
         self._meta = ""
         self._headers: dict[str, list[tuple[int, int, str]]] = {}  # name → (seq, agent id, line)
         self._headed: set[int] = set()
-        self._ring: deque[tuple[int, int, bool, str]] = deque(maxlen=1)  # (seq, agent id, is syscall, line)
+        # [seq, agent id, is syscall, line]; line None: dropped at its agent's byte bound
+        self._ring: deque[list[Any]] = deque(maxlen=1)
+        self._mine: dict[int, deque[list[Any]]] = {}  # agent id → its live entries in the ring, oldest first
+        self._bytes: dict[int, int] = {}  # agent id → bytes of those entries' lines
         self._held = 0
         self._files: dict[str, RotatingJsonl] = {}
         self._order: dict[int, list[int]] = {}  # agent id → [incarnation, next i]
@@ -155,6 +166,7 @@ class Recorder:
         self.recorded = self._seq = self._held = 0
         self._headers, self._headed, self._files, self._order, self._wanted = {}, set(), {}, {}, {}
         self._ring = deque(maxlen=options.max_entries)
+        self._mine, self._bytes = {}, {}
         self._meta = dumps({"seq": 0, "kind": "recording", "version": FORMAT_VERSION, "id": rid, "started_at": self.started_at, "options": options.to_dict()})
         self.active = True
         for agent in live:
@@ -195,7 +207,7 @@ class Recorder:
         if self.id is None:
             return "[]"
         headers = sorted(h for rows in self._headers.values() for h in rows)
-        lines = heapq.merge(((seq, line) for seq, _, line in headers), ((seq, line) for seq, _, _, line in self._ring))
+        lines = heapq.merge(((seq, line) for seq, _, line in headers), ((seq, line) for seq, _, _, line in self._ring if line is not None))
         return "[" + ",".join([self._meta, *(line for _, line in lines)]) + "]"
 
     def export_agent(self, name: str) -> list[dict[str, Any]] | None:
@@ -206,7 +218,7 @@ class Recorder:
         if self.id is None or not headers:
             return None
         ids = {agent_id for _, agent_id, _ in headers}
-        lines = [self._meta, *(line for _, _, line in headers), *(line for _, agent_id, _, line in self._ring if agent_id in ids)]
+        lines = [self._meta, *(line for _, _, line in headers), *(line for _, agent_id, _, line in self._ring if agent_id in ids and line is not None)]
         return [json.loads(line) for line in lines]
 
     def flush(self) -> None:
@@ -298,18 +310,48 @@ class Recorder:
 
     def _append(self, agent_id: int, name: str, syscall: bool, line: str) -> None:
         ring = self._ring
-        if len(ring) == ring.maxlen and ring[0][2]:
-            self._held -= 1
-        ring.append((self._seq, agent_id, syscall, line))
+        if len(ring) == ring.maxlen and ring[0][3] is not None:
+            self._forget(ring[0])  # the ring is full: its oldest goes (it is its agent's oldest too)
+        entry = [self._seq, agent_id, syscall, line]
+        ring.append(entry)
+        mine = self._mine.get(agent_id)
+        if mine is None:
+            mine = self._mine[agent_id] = deque()
+        mine.append(entry)
+        self._bytes[agent_id] = self._bytes.get(agent_id, 0) + len(line)
         if syscall:
             self._held += 1
+        if self.bytes_of is not None:
+            bound = self.bytes_of(name)
+            while mine and self._bytes[agent_id] > bound:  # over its bytes: its own oldest go
+                self._forget(mine[0])
         self._file(name).write(line)
+
+    def _forget(self, entry: list[Any]) -> None:
+        """Drop a live entry (its agent's oldest) from memory; the file keeps it."""
+        agent_id = entry[1]
+        self._mine[agent_id].popleft()
+        self._bytes[agent_id] -= len(entry[3])
+        if entry[2]:
+            self._held -= 1
+        entry[3] = None
+
+    def held(self) -> dict[str, int]:
+        """Bytes of recorded lines held in memory for export."""
+        return {"recording_bytes": sum(self._bytes.values())}
+
+    def held_by(self, agent_id: int) -> dict[str, int]:
+        return {"recording_bytes": self._bytes.get(agent_id, 0)}
 
 
 def attach(kernel: Kernel) -> None:
     """Build ``kernel.recorder``; start recording at boot when ``[recording].enabled``."""
     section = kernel.config.recording
-    recorder = Recorder(kernel.state_dir / "recordings", section, owned=lambda agent: kernel.replay.owns(agent))
+    limits = kernel.config.limits
+    recorder = Recorder(
+        kernel.state_dir / "recordings", section, owned=lambda agent: kernel.replay.owns(agent),
+        bytes_of=lambda name: limits.for_agent(name).recording_bytes,
+    )
     kernel.recorder = recorder
     kernel.supervisor.listeners.append(recorder.lifecycle)
     kernel.loop.housekeeping.append(recorder.flush)

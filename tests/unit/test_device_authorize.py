@@ -162,7 +162,7 @@ def test_the_broker_holds_one_runtime_per_device_and_starts_nothing(
     assert broker.devices["loop"].state == "stopped"
     assert broker.endpoint == f"ipc://{tmp_path / 'devices' / 'hosts.sock'}"
     assert not (tmp_path / "devices").exists()
-    assert broker.held() == {"device_subscriptions": 0, "device_calls_in_flight": 0}
+    assert broker.held() == {"device_subscriptions": 0, "device_calls_in_flight": 0, "device_queue_bytes": 0}
 
 
 def test_unknown_device_is_not_found(broker: DeviceBroker) -> None:

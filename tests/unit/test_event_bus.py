@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from clove.errors import InvalidArguments, PermissionDenied
+from clove.errors import InvalidArguments, PermissionDenied, QuotaExceeded
 from clove.kernel.asyncjobs import AsyncResults
 from clove.kernel.auditconfig import AuditConfig
 from clove.kernel.events import EventBus
@@ -101,14 +101,18 @@ def test_sessions_get_ids_and_are_reaped_when_their_process_dies() -> None:
     assert parse_peer_address(None) == (None, None, None) and parse_peer_address("garbage") == (None, None, None)
 
 
-def test_async_results_are_per_caller_bounded_and_json() -> None:
+def test_async_results_are_per_caller_json_and_never_dropped() -> None:
     results = AsyncResults(max_per_caller=2)
-    for i in range(3):
+    for i in range(3):  # a result for an accepted request is kept even past the count
         results.push(7, f"r{i}", "SYS_EXEC", {"success": True, "n": i})
+    with pytest.raises(QuotaExceeded) as full:
+        results.admit(7)  # ...but no new request is accepted until the caller polls
+    assert full.value.details == {"limit": "async_results", "held": 3, "bound": 2}
     got = results.poll(7, 10)
-    assert [r["request_id"] for r in got] == ["r1", "r2"] and results.dropped == 1
-    assert json.loads(got[0]["payload"]) == {"success": True, "n": 1}
+    assert [r["request_id"] for r in got] == ["r0", "r1", "r2"]
+    assert json.loads(got[1]["payload"]) == {"success": True, "n": 1}
     assert results.poll(8, 10) == []
+    results.admit(7)
 
 
 def test_audit_config_never_drops_denials() -> None:

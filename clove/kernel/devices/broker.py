@@ -151,7 +151,7 @@ class DeviceBroker:
                 log.warning("device %s: undecodable message from its host", runtime.name)
                 continue
             if isinstance(message, dict):
-                runtime.on_message(message)
+                runtime.on_message(message, len(payload))
 
     def housekeeping(self) -> None:
         now = time.monotonic()
@@ -255,7 +255,11 @@ class DeviceBroker:
         caller = _caller(agent, grant, principal_id) if spec is not None and spec.wants_caller else None
         runtime.call(op, args, deferred, caller)
 
-    def subscribe(self, agent: Agent | None, principal_id: int, name: str, filters: list[Any] | None, queue: int | None) -> Subscription:
+    def subscribe(
+        self, agent: Agent | None, principal_id: int, name: str, filters: list[Any] | None, queue: int | None,
+        *, max_bytes: int | None = None,
+    ) -> Subscription:
+        """``max_bytes``: the caller's ``[limits].device_queue_bytes`` (None: the count alone)."""
         runtime = self.runtime(name)
         cls = runtime.spec.driver_class
         if cls.stream is None or cls.stream_op is None:
@@ -267,13 +271,16 @@ class DeviceBroker:
         if queue is not None and not 1 <= queue <= 1_000_000:
             raise InvalidArguments("queue must be 1..1000000", details={"argument": "queue"})
         wants = cls.compile_filter(filters) if filters else None
-        return runtime.subscribe(principal_id, grant, wants, queue, owner=agent.name if agent is not None else None)
+        return runtime.subscribe(principal_id, grant, wants, queue, owner=agent.name if agent is not None else None, max_bytes=max_bytes)
 
-    def recv(self, agent: Agent | None, principal_id: int, name: str, want: ReadWant, timeout: float | None, deferred: Deferred) -> None:
+    def recv(
+        self, agent: Agent | None, principal_id: int, name: str, want: ReadWant, timeout: float | None, deferred: Deferred,
+        *, max_bytes: int | None = None,
+    ) -> None:
         runtime = self.runtime(name)
         sub = runtime.subs.get(principal_id)
         if sub is None:
-            sub = self.subscribe(agent, principal_id, name, None, None)
+            sub = self.subscribe(agent, principal_id, name, None, None, max_bytes=max_bytes)
         if sub.kind == "bytes" and want.until == b"":
             raise InvalidArguments("until must not be empty", details={"argument": "until"})
         sub.read(self.loop, want, timeout, deferred)
@@ -302,7 +309,13 @@ class DeviceBroker:
         return {
             "device_subscriptions": sum(len(r.subs) for r in self.devices.values()),
             "device_calls_in_flight": sum(r.held() for r in self.devices.values()),
+            "device_queue_bytes": sum(s.held_bytes() for r in self.devices.values() for s in r.subs.values()),
         }
+
+    def held_by(self, principal_id: int) -> dict[str, int]:
+        """What one principal's device queues hold, in bytes, over every device."""
+        subs = [s for r in self.devices.values() if (s := r.subs.get(principal_id)) is not None]
+        return {"device_queue_bytes": sum(s.held_bytes() for s in subs)}
 
 
 def _caller(agent: Agent | None, grant: DeviceGrant | None, principal_id: int | None) -> dict[str, Any]:

@@ -93,11 +93,12 @@ class DeviceRuntime:
         self.broker.watch_exit(self, host)
         self.broker.record("device.host_started", self, pid=host.pid, incarnation=self.incarnation, isolation=host.isolation())
 
-    def on_message(self, message: dict[str, Any]) -> None:
+    def on_message(self, message: dict[str, Any], size: int = 0) -> None:
+        """One message from the host; ``size``: its encoded bytes (items count their share)."""
         kind = message.get("t")
         self._last_beat = time.monotonic()
         if kind == "data":
-            self._deliver(message)
+            self._deliver(message, size)
         elif kind == "reply":
             self._reply(message)
         elif kind == "hb":
@@ -240,14 +241,15 @@ class DeviceRuntime:
 
     # ---- the stream -------------------------------------------------------------------------------
 
-    def _deliver(self, message: dict[str, Any]) -> None:
+    def _deliver(self, message: dict[str, Any], size: int = 0) -> None:
         items = message.get("items")
         if items is not None:
             self.counters["items_in"] += len(items)
             for watch in self.watchers:
                 watch(items)
+            item_bytes = size // len(items) if items else 0
             for sub in self.subs.values():
-                sub.offer_items(items)
+                sub.offer_items(items, item_bytes)
             return
         data = message.get("bytes")
         if isinstance(data, bytes):
@@ -255,14 +257,21 @@ class DeviceRuntime:
             for sub in self.subs.values():
                 sub.offer_bytes(data)
 
-    def subscribe(self, principal_id: int, grant: DeviceGrant | None, wants: Callable[[Any], bool] | None, queue: int | None, owner: str | None = None) -> Subscription:
+    def subscribe(
+        self, principal_id: int, grant: DeviceGrant | None, wants: Callable[[Any], bool] | None, queue: int | None,
+        owner: str | None = None, max_bytes: int | None = None,
+    ) -> Subscription:
+        """``max_bytes``: the subscriber's ``device_queue_bytes`` (a byte stream's queue is at
+        most that many bytes, an items queue at most that many encoded bytes of items)."""
         kind = self.spec.driver_class.stream or "items"
         limit = queue or (self.spec.queue_bytes if kind == "bytes" else self.spec.queue)
+        if kind == "bytes" and max_bytes is not None:
+            limit = min(limit, max_bytes)
         old = self.subs.get(principal_id)
-        sub = Subscription(principal_id, kind=kind, limit=limit, grant=grant, wants=wants, owner=owner)
+        sub = Subscription(principal_id, kind=kind, limit=limit, grant=grant, wants=wants, owner=owner, max_bytes=max_bytes)
         if old is not None:  # new filters: keep what is queued and the drop count
             old.cancel()
-            sub.items, sub.buf, sub.dropped, sub.delivered = old.items, old.buf, old.dropped, old.delivered
+            sub.adopt(old)
         self.subs[principal_id] = sub
         return sub
 

@@ -2,7 +2,10 @@
 filled through the principal's grant and its own filters, and at most one parked read.
 
 When the queue is full the oldest data goes, so a slow subscriber costs bounded memory and
-still sees the newest frames; ``dropped`` says how much it lost. An item addressed to one agent
+still sees the newest frames; ``dropped`` says how much it lost. "Full" is the queue's ``limit``
+(items, or bytes for a byte stream) or, for items, ``max_bytes`` of their encoded size (each
+item counts its share of the host message it came in: the subscriber's
+``[limits].device_queue_bytes``). An item addressed to one agent
 (a ``"to"`` key: an execution report for its own order) reaches that agent (and operators) only.
 """
 
@@ -30,7 +33,8 @@ class ReadWant:
 
 
 class Subscription:
-    __slots__ = ("principal_id", "owner", "admits", "wants", "kind", "limit", "items", "buf", "dropped", "delivered", "_parked")
+    __slots__ = ("principal_id", "owner", "admits", "wants", "kind", "limit", "max_bytes", "items", "sizes", "bytes", "buf",
+                 "dropped", "delivered", "_parked")  # fmt: skip
 
     def __init__(
         self,
@@ -41,14 +45,18 @@ class Subscription:
         grant: DeviceGrant | None,
         wants: Callable[[Any], bool] | None,
         owner: str | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         self.principal_id = principal_id
         self.owner = owner  # the agent's name; None: an operator, who sees every item
         self.kind = kind  # "items" or "bytes"
         self.limit = limit
+        self.max_bytes = max_bytes  # items: bound on their encoded bytes (None: count only)
         self.admits = grant.admits if grant is not None else None
         self.wants = wants
         self.items: deque[Any] = deque()
+        self.sizes: deque[int] = deque()  # each queued item's encoded bytes, beside ``items``
+        self.bytes = 0
         self.buf = bytearray()
         self.dropped = 0
         self.delivered = 0
@@ -56,20 +64,46 @@ class Subscription:
 
     # ---- filling ------------------------------------------------------------------------------
 
-    def offer_items(self, items: list[Any]) -> None:
-        admits, wants, queue, owner = self.admits, self.wants, self.items, self.owner
+    def offer_items(self, items: list[Any], item_bytes: int = 0) -> None:
+        """Queue what passes the grant and filters; ``item_bytes``: each item's encoded size."""
+        admits, wants, queue, sizes, owner = self.admits, self.wants, self.items, self.sizes, self.owner
+        added = 0
         for item in items:
             if owner is not None and item.get("to", owner) != owner:
                 continue
             if (admits is None or admits(item)) and (wants is None or wants(item)):
                 queue.append(item)
+                sizes.append(item_bytes)
+                added += 1
+        self.bytes += added * item_bytes
+        self._trim()
+        if self._parked is not None and queue:
+            self._answer()
+
+    def _trim(self) -> None:
+        """Drop the oldest items (counted) until the queue is within its count and bytes."""
+        queue, sizes = self.items, self.sizes
         excess = len(queue) - self.limit
         if excess > 0:
             self.dropped += excess
             for _ in range(excess):
                 queue.popleft()
-        if self._parked is not None and queue:
-            self._answer()
+                self.bytes -= sizes.popleft()
+        if self.max_bytes is not None:
+            while queue and self.bytes > self.max_bytes:
+                queue.popleft()
+                self.bytes -= sizes.popleft()
+                self.dropped += 1
+
+    def adopt(self, old: Subscription) -> None:
+        """Take over ``old``'s queue and counts (a re-subscribe with new filters or bounds)."""
+        self.items, self.sizes, self.bytes, self.buf = old.items, old.sizes, old.bytes, old.buf
+        self.dropped, self.delivered = old.dropped, old.delivered
+        self._trim()
+        if self.kind == "bytes" and len(self.buf) > self.limit:
+            excess = len(self.buf) - self.limit
+            del self.buf[:excess]
+            self.dropped += excess
 
     def offer_bytes(self, data: bytes) -> None:
         self.buf += data
@@ -94,6 +128,8 @@ class Subscription:
         if self.kind == "items":
             n = min(want.max_items, len(self.items))
             out = [self.items.popleft() for _ in range(n)]
+            sizes = self.sizes
+            self.bytes -= sum(sizes.popleft() for _ in range(n))
             self.delivered += n
             return {"success": True, "items": out, "count": n, "dropped": self.dropped}
         size = min(want.max_bytes, len(self.buf))
@@ -137,3 +173,7 @@ class Subscription:
 
     def queued(self) -> int:
         return len(self.items) if self.kind == "items" else len(self.buf)
+
+    def held_bytes(self) -> int:
+        """Bytes held for the subscriber: its items' encoded size, or its byte buffer."""
+        return self.bytes if self.kind == "items" else len(self.buf)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Union
 
+from clove.config import AgentLimits
 from clove.errors import CloveError, InvalidArguments
 from clove.kernel.channels import Caller
 
@@ -80,6 +81,16 @@ class SyscallContext:
     @property
     def is_operator(self) -> bool:
         return self.caller.is_operator
+
+    @property
+    def limits(self) -> AgentLimits:
+        """The caller's ``[limits]`` (``[limits.agents.NAME]`` over the defaults; an operator's
+        are the defaults): what it may make the kernel hold on its behalf."""
+        config = getattr(self.kernel, "config", None)
+        if config is None:  # a kernel built without a config (unit tests' fakes): the defaults
+            return AgentLimits()
+        limits: AgentLimits = config.limits.for_agent(self.agent.name if self.agent is not None else None)
+        return limits
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,13 +100,16 @@ class SubscribeRequest:
 class DeviceSubscribe(_DeviceSyscall):
     """``device.subscribe {device, filters?, queue?}`` → ``{success, queue, dropped}``: start
     (or re-filter) the caller's queue for the device's stream. Needs the driver's stream op
-    (``recv``, ``read``, ``watch``) in the grant."""
+    (``recv``, ``read``, ``watch``) in the grant. The queue is also bounded by the caller's
+    ``[limits].device_queue_bytes`` (oldest dropped and counted)."""
 
     name = "device.subscribe"
     Request = SubscribeRequest
 
     def execute(self, ctx: SyscallContext, req: SubscribeRequest) -> dict[str, Any]:
-        sub = _broker(ctx).subscribe(ctx.agent, ctx.principal_id, req.device, req.filters, req.queue)
+        sub = _broker(ctx).subscribe(
+            ctx.agent, ctx.principal_id, req.device, req.filters, req.queue, max_bytes=ctx.limits.device_queue_bytes
+        )
         return {"success": True, "queue": sub.limit, "dropped": sub.dropped}
 
 
@@ -149,7 +152,7 @@ class DeviceRecv(_DeviceSyscall):
             raise InvalidArguments("timeout must be 0..300 seconds", details={"argument": "timeout"})
         deferred = Deferred()
         want = ReadWant(max_items=req.max_items, max_bytes=req.max_bytes, until=req.until)
-        _broker(ctx).recv(ctx.agent, ctx.principal_id, req.device, want, req.timeout, deferred)
+        _broker(ctx).recv(ctx.agent, ctx.principal_id, req.device, want, req.timeout, deferred, max_bytes=ctx.limits.device_queue_bytes)
         return deferred
 
 

@@ -24,14 +24,24 @@ def _types(req: TypesRequest) -> list[str]:
 
 @final
 class Subscribe(Syscall):
-    """``events.subscribe {event_types}`` → ``{success, subscribed}`` (all current subscriptions)."""
+    """``events.subscribe {event_types}`` → ``{success, subscribed, added, count}``:
+    ``subscribed`` the types of this call (sorted, all now subscribed), ``added`` those it newly
+    added, ``count`` how many the caller holds. The reply never lists the caller's whole set.
+
+    :raises QuotaExceeded: the call would take the caller over its ``[limits].subscriptions``
+        (nothing is added).
+    """
 
     name = "events.subscribe"
     right = "events"
     Request = TypesRequest
 
     def execute(self, ctx: SyscallContext, req: TypesRequest) -> dict[str, Any]:
-        return {"success": True, "subscribed": ctx.kernel.events.subscribe(ctx.principal_id, _types(req))}
+        limits = ctx.limits
+        done = ctx.kernel.events.subscribe(
+            ctx.principal_id, _types(req), max_subscriptions=limits.subscriptions, max_bytes=limits.event_queue_bytes
+        )
+        return {"success": True, "subscribed": done.subscribed, "added": done.added, "count": done.count}
 
 
 @final
@@ -54,8 +64,10 @@ class PollRequest:
 
 @final
 class Poll(Syscall):
-    """``events.poll {max_events, timeout}`` → ``{success, events, count, dropped}``. With a
-    timeout (seconds) the reply waits for the first event instead of returning empty."""
+    """``events.poll {max_events, timeout}`` → ``{success, events, count, dropped,
+    dropped_bytes}``: ``dropped``/``dropped_bytes`` count the events (and their encoded bytes)
+    this caller's queue has dropped so far at its bounds. With a timeout (seconds) the reply
+    waits for the first event instead of returning empty."""
 
     name = "events.poll"
     right = "events"
@@ -67,7 +79,8 @@ class Poll(Syscall):
         principal = ctx.principal_id
 
         def reply(events: list[dict[str, Any]]) -> dict[str, Any]:
-            return {"success": True, "events": events, "count": len(events), "dropped": bus.dropped(principal)}
+            return {"success": True, "events": events, "count": len(events), "dropped": bus.dropped(principal),
+                    "dropped_bytes": bus.dropped_bytes(principal)}  # fmt: skip
 
         if not req.timeout:
             return reply(bus.poll(principal, limit))
@@ -85,7 +98,10 @@ class EmitRequest:
 
 @final
 class Emit(Syscall):
-    """``events.emit {event_type, data}`` → ``{success, event}``. Kernel event names are refused."""
+    """``events.emit {event_type, data}`` → ``{success, event}``. Kernel event names are refused.
+
+    :raises QuotaExceeded: the event is above 1 MiB encoded (``limit: "event_data_bytes"``).
+    """
 
     name = "events.emit"
     right = "events"

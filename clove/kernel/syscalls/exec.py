@@ -37,7 +37,8 @@ class Exec(Syscall):
     :raises PermissionDenied: the program or working directory is not granted.
     :raises NotFound: no such program or working directory (also reported asynchronously).
     :raises Conflict: the calling agent is not running, or exited while the command ran.
-    :raises QuotaExceeded: too many commands running for this caller.
+    :raises QuotaExceeded: too many commands running for this caller; with ``async_``, the
+        caller's unpolled async results are at its ``async_result_bytes`` bound.
     """
 
     name = "exec"
@@ -47,9 +48,9 @@ class Exec(Syscall):
     def execute(self, ctx: SyscallContext, req: ExecRequest) -> Any:
         if isinstance(req.request_id, str) and not 0 < len(req.request_id) <= 128:
             raise InvalidArguments("request_id must be 1-128 characters", details={"argument": "request_id"})
-        deferred = ctx.kernel.execs.run(ctx, req.command, req.cwd, float(req.timeout))
         return accept_or_wait(
-            ctx, async_=req.async_, request_id=req.request_id, opcode_name=OPCODE, deferred=deferred
+            ctx, async_=req.async_, request_id=req.request_id, opcode_name=OPCODE,
+            start=lambda: ctx.kernel.execs.run(ctx, req.command, req.cwd, float(req.timeout)),
         )
 
 

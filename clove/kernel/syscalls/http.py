@@ -136,7 +136,8 @@ class Http(Syscall):
     Errors: ``perm.denied`` (domain or method not granted), ``proto.invalid_args`` (bad URL,
     method, header, timeout), ``timeout``, ``upstream.failed`` (DNS, refused, reset, TLS),
     ``quota.exceeded`` (response above 10 MiB, request body above the message size, 16
-    requests in flight).
+    requests in flight; with ``async_``, unpolled async results at the caller's
+    ``async_result_bytes``).
     """
 
     name = "http"
@@ -150,8 +151,10 @@ class Http(Syscall):
         ctx.perms.check_http(url, req.method)
         request = build_request(req, max_body=service.max_request_bytes)
         extra: dict[str, Any] = {"async": True, "request_id": req.request_id} if req.async_ else {}
-        deferred = service.submit(ctx.principal_id, ctx.caller.agent_id, request, **extra)
-        return accept_or_wait(ctx, async_=req.async_, request_id=req.request_id, opcode_name="SYS_HTTP", deferred=deferred)
+        return accept_or_wait(
+            ctx, async_=req.async_, request_id=req.request_id, opcode_name="SYS_HTTP",
+            start=lambda: service.submit(ctx.principal_id, ctx.caller.agent_id, request, **extra),
+        )
 
 
 SYSCALLS: tuple[type[Syscall], ...] = (Http,)

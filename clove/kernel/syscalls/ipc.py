@@ -55,7 +55,8 @@ class Send(Syscall):
     """``ipc.send {message, to? | to_name?}`` → ``{success, delivered_to}``.
 
     :raises NotFound: no live agent or operator session by that id or name.
-    :raises MailboxFull: the recipient's mailbox is full (nothing delivered).
+    :raises MailboxFull: the recipient's mailbox is at 1000 messages or at the recipient's
+        ``[limits].mailbox_bytes`` (``details.limit`` says which; nothing delivered).
     :raises QuotaExceeded: the message is above 256 KiB encoded.
     """
 

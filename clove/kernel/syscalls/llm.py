@@ -124,8 +124,10 @@ class Think(Syscall):
             raise InvalidArguments(f"llm.think: timeout must be in (0, {settings.max_timeout:g}] seconds", details={"argument": "timeout"})
         caller = llm_service.caller_of(ctx.agent, ctx.principal_id, ctx.perms)
         extra: dict[str, Any] = {"async": True, "request_id": req.request_id} if req.async_ else {}
-        deferred = service.submit(caller, request, slot, timeout=timeout, extra=extra)
-        return accept_or_wait(ctx, async_=req.async_, request_id=req.request_id, opcode_name="SYS_THINK", deferred=deferred)
+        return accept_or_wait(
+            ctx, async_=req.async_, request_id=req.request_id, opcode_name="SYS_THINK",
+            start=lambda: service.submit(caller, request, slot, timeout=timeout, extra=extra),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,9 @@ class AgentRequest:
 class AgentMetrics(Syscall):
     """``metrics.agent {agent_id?}`` → ``{success, agent_id, name, status, uptime_ms, restarts,
     parent_id, process: {pid, cpu: {percent, seconds}, memory: {rss, vms}, threads, fds},
-    cgroup: {...}}``; without ``agent_id``, the calling agent.
+    cgroup: {...}, held: {...}}``; without ``agent_id``, the calling agent. ``held`` is what the
+    kernel holds on the agent's behalf (``async_result_bytes``, ``event_queue_bytes``,
+    ``mailbox_bytes``, ``device_queue_bytes``, ``subscriptions``, and counts).
 
     :raises NotFound: no such agent (or an operator gave no ``agent_id``).
     :raises PermissionDenied: an agent asked about one that is neither itself nor its child.

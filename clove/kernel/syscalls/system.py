@@ -109,7 +109,8 @@ class PollAsyncRequest:
 @final
 class PollAsync(Syscall):
     """``async.poll {max_results}`` → ``{success, results, count}``; each result is
-    ``{request_id, opcode_name, payload}`` with ``payload`` the JSON of the synchronous reply."""
+    ``{request_id, opcode_name, payload}`` with ``payload`` the JSON of the synchronous reply
+    (bounded per caller: see :mod:`clove.kernel.asyncjobs`)."""
 
     name = "async.poll"
     right = "session"
