@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -158,9 +159,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
             raise CliError(f"audit: no journal at {path}")
         if args.verify:
             result = verify_journal(path)
-            data = {"ok": result.ok, "records": result.records, "first_bad_id": result.first_bad_id, "first_bad_line": result.first_bad_line, "reason": result.reason}
-            _emit(args, data, lambda: f"journal OK: {result.records} records, chain intact" if result.ok else f"journal BROKEN at record {result.first_bad_id} (line {result.first_bad_line}): {result.reason}")
-            return EXIT_OK if result.ok else EXIT_ERROR
+            data = dataclasses.asdict(result) | {"complete": result.complete, "lost_records": result.lost_records}
+            _emit(args, data, lambda: render.verify_report(result))
+            return EXIT_OK if result.complete else EXIT_ERROR  # records lost in a recorded gap fail too
         entries = list(read_journal(path, agent_name=args.agent, since_id=args.since, category=args.category))
         entries = entries[-args.limit :] if args.limit else entries
     else:
@@ -306,8 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--category", help="SECURITY, AGENT_LIFECYCLE, SYSCALL, ...")
     a.add_argument("--since", type=int, default=0, help="records after this id")
     a.add_argument("--limit", type=int, default=100)
-    a.add_argument("--verify", action="store_true", help="check the hash chain; name the first bad record")
-    a.add_argument("--file", help="read this journal file directly (no kernel needed)")
+    a.add_argument("--verify", action="store_true", help="check the hash chain across rotated files; name breaks and recorded gaps (exit 1 if any)")
+    a.add_argument("--file", help="read this journal directly, no kernel needed (journal.jsonl brings its rotated files; a directory means its journal.jsonl)")
     a.set_defaults(func=cmd_audit)
     return parser
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clove.kernel.journal_verify import VerifyResult
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -91,6 +94,29 @@ def audit_table(entries: list[dict[str, Any]]) -> str:
         for e in entries
     ]
     return table(["ID", "TIME", "CATEGORY", "EVENT", "AGENT", "DECISION", "CODE", "µS"], rows)
+
+
+def verify_report(result: VerifyResult) -> str:
+    """``clove audit --verify``: the verdict line, then truncation, recorded gaps and breaks."""
+    span = f"ids {result.first_id}..{result.last_id}" if result.first_id is not None else "no records"
+    where = f"{len(result.files)} files, {span}" if len(result.files) > 1 else span
+    if not result.ok:
+        first = result.problems[0] if result.problems else None
+        at = f"{first.file} line {first.line}" if first is not None and len(result.files) > 1 else f"line {result.first_bad_line}"
+        lines = [f"journal BROKEN at record {result.first_bad_id} ({at}): {result.reason.split(': ', 1)[-1]}"]
+        lines += [f"  also: {p.file} line {p.line}: {p.reason}" for p in result.problems[1:]]
+        if result.problems_omitted:
+            lines.append(f"  ... and {result.problems_omitted} more problems")
+    elif result.gaps:
+        lines = [f"journal INCOMPLETE: {result.records} records ({where}), chain intact, but {result.lost_records} records were lost"]
+    else:
+        lines = [f"journal OK: {result.records} records ({where}), chain intact"]
+    if result.truncated_before is not None:
+        how = "deleted by retention (journal.retention record)" if result.truncation_recorded else "that are gone"
+        lines.append(f"  records 1..{result.truncated_before - 1} were in rotated files {how}")
+    lines += [f"  GAP: records {g.first_id}..{g.last_id} ({g.count}) lost: {g.reason} (journal.gap record {g.recorded_id} in {g.file})" for g in result.gaps]
+    lines += [f"  warning: {warning}" for warning in result.warnings]
+    return "\n".join(lines)
 
 
 def human_tokens(n: int | None) -> str:

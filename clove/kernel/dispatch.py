@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import zmq
 
 from clove import wire
 from clove.drivers.grants import TokenBucket
-from clove.errors import CloveError, InternalError, PermissionDenied, UnknownSyscall
+from clove.errors import CloveError, InternalError, PermissionDenied, ResourceExhausted, UnknownSyscall
 from clove.kernel.channels import Caller
 from clove.kernel.fairshare import Flow, weight_for
 from clove.kernel.journal import Category
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 #: At most this many messages from one socket per loop turn, however cheap (the fair share in
 #: :mod:`clove.kernel.fairshare` usually stops a busy socket sooner).
 BATCH = 32
+#: What an agent may still do while the journal's disk is below its reserve: drain what the
+#: kernel holds for it and learn why. Everything else is new work, refused until space returns.
+DRAIN_CALLS: Final = frozenset({"hello", "noop", "kernel.info", "events.poll", "ipc.recv", "async.poll", "events.unsubscribe"})
 #: A throttled agent is announced (``AGENT_THROTTLED``) at most once per this many seconds.
 THROTTLE_EVENT_INTERVAL_S = 1.0
 #: Shorter waits than this are not worth a timer: the loop polls in whole milliseconds.
@@ -159,6 +162,11 @@ class Dispatcher:
         try:
             if syscall is None:
                 raise UnknownSyscall(f"unknown syscall {request.call!r}", details={"call": request.call})
+            if agent is not None and request.call not in DRAIN_CALLS and self.kernel.journal.space_low:
+                raise ResourceExhausted(
+                    "the kernel's journal disk is below its reserve: new work is refused until space returns",
+                    details={"resource": "journal_disk"},
+                )
             perms = agent.permissions if agent is not None else self.kernel.operator_permissions
             perms.require(syscall.right, request.call)
             args = syscall.parse(request.body)
@@ -256,7 +264,8 @@ class Dispatcher:
         event: str | None = None,
         replayed: bool = False,
     ) -> None:
-        denied = isinstance(error, PermissionDenied) or (error is not None and error.code.startswith("proto."))
+        # Refusals for want of disk count as denials: the journal aggregates a flood of them.
+        denied = isinstance(error, (PermissionDenied, ResourceExhausted)) or (error is not None and error.code.startswith("proto."))
         if category is None:
             category = Category.SECURITY if denied else (syscall.category if syscall else Category.SYSCALL)
         agent = self.kernel.supervisor.table.get(caller.agent_id) if caller.agent_id is not None else None

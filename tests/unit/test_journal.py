@@ -17,11 +17,13 @@ from typing import Any
 
 import pytest
 
+from clove.cli.main import main
+from clove.config import JournalSection
 from clove.errors import InternalError
 from clove.kernel import journal as journal_mod
 from clove.kernel import journal_verify
 from clove.kernel.journal import Category, Journal, read_journal, summarize_args, verify_journal
-from clove.kernel.journal_verify import GENESIS_HASH, RECORD_KEYS, canonical_json
+from clove.kernel.journal_verify import GENESIS_HASH, RECORD_KEYS, canonical_json, journal_files
 
 _CATEGORIES = [Category(c) for c in ("SECURITY", "AGENT_LIFECYCLE", "IPC", "STATE_STORE", "RESOURCE", "SYSCALL", "NETWORK")]  # fixed: ids in tests depend on it
 
@@ -559,7 +561,7 @@ def test_summarize_args_terminates_on_cycles() -> None:
     assert summarize_args(loop) == [[[["<list of 1 item>"]]]]
 
 
-def test_records_dropped_past_the_retry_cap_show_as_a_chain_break(
+def test_records_given_up_after_the_retry_cap_are_named_by_a_gap_record(
     jpath: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_write = journal_mod._write_fully
@@ -570,37 +572,56 @@ def test_records_dropped_past_the_retry_cap_show_as_a_chain_break(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(fd, data)
 
-    monkeypatch.setattr(journal_mod, "_write_fully", flaky_write)
-    monkeypatch.setattr(journal_mod, "_MAX_PENDING_BYTES", 1)  # keep nothing for retry
     with Journal(jpath) as j:
-        fill(j, 3)
-        assert poll_for(lambda: j.write_errors >= 1)
+        fill(j, 4)
+        assert j.flush()
+        monkeypatch.setattr(journal_mod, "_write_fully", flaky_write)
+        monkeypatch.setattr(journal_mod, "_MAX_PENDING_BYTES", 1)  # keep nothing for retry
+        fill(j, 3)  # ids 5..7: the writer gives up on them
+        assert poll_for(lambda: j._gap_request is not None)
         disk_full[0] = False
-        j.append(Category.RESOURCE, "after.recovery")
-        assert poll_for(lambda: jpath.stat().st_size > 0)
-        assert len(j.query()) == 4  # the ring still has every record
+        after = j.append(Category.RESOURCE, "after.recovery")  # the loop writes the gap record first
+        assert after is not None and after["id"] == 9
+        (gap,) = j.query(event_type="journal.gap")
+        assert gap["id"] == 8
+        assert gap["details"] == {"first_id": 5, "last_id": 7, "count": 3, "reason": "write failed: [Errno 28] No space left on device"}
+        assert gap["prev_hash"] == j.query()[3]["hash"]  # chained from record 4, the last on disk
+        assert j.flush()
+        assert len(j.query()) == 9  # the ring still has every record
+    assert [r["id"] for r in read_journal(jpath)] == [1, 2, 3, 4, 8, 9]
     result = verify_journal(jpath)
-    assert (result.ok, result.first_bad_id, result.first_bad_line) == (False, 1, 1)
-    assert "deleted" in result.reason
+    assert result.ok, result.reason
+    assert not result.complete
+    assert [(g.first_id, g.last_id, g.count, g.recorded_id) for g in result.gaps] == [(5, 7, 3, 8)]
+    assert result.lost_records == 3
+    assert "No space left" in result.gaps[0].reason
 
 
 def test_batch_mode_hands_off_in_one_piece(jpath: Path) -> None:
     j = Journal(jpath, batch=True)
     j.open()
     try:
-        puts: list[tuple[int, bytes]] = []
+        puts: list[Any] = []
         real_queue = j._queue
 
         class Spy:
-            def put(self, item: tuple[int, bytes]) -> None:
+            def put(self, item: Any) -> None:
                 puts.append(item)
                 real_queue.put(item)
+
+            def get(self, timeout: float | None = None) -> Any:
+                return real_queue.get(timeout=timeout)
+
+            def get_nowait(self) -> Any:
+                return real_queue.get_nowait()
 
         j._queue = Spy()  # type: ignore[assignment]
         fill(j, 10)
         assert j.batch_pending and puts == []  # nothing woke the writer yet
         j.hand_off()
-        assert len(puts) == 1 and puts[0][0] == 10 and puts[0][1].count(b"\n") == 10
+        assert len(puts) == 1
+        (lines,) = puts[0]
+        assert (lines.first_id, lines.last_id) == (1, 10) and lines.data.count(b"\n") == 10
         assert not j.batch_pending
         fill(j, 3)
         j._queue = real_queue
@@ -609,3 +630,462 @@ def test_batch_mode_hands_off_in_one_piece(jpath: Path) -> None:
     finally:
         j.close()
     assert verify_journal(jpath).ok
+
+
+# --- rotation, retention and verify across files -------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def small(**overrides: Any) -> JournalSection:
+    """Settings with 4 KiB files (about 8 records of ``fill``) and nothing else in the way."""
+    values: dict[str, Any] = {"max_file_bytes": 4096, "keep_files": 1000, "keep_days": 0.0,
+                              "denial_burst": 1000, "denial_window": 10.0, "disk_reserve_bytes": 0}  # fmt: skip
+    return JournalSection(**(values | overrides))
+
+
+def records_in(path: Path) -> list[dict[str, Any]]:
+    """The records of one file (``read_journal`` on an active file reads its rotated ones too)."""
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def rotated_journal(jpath: Path, count: int = 100, **overrides: Any) -> list[Path]:
+    with Journal(jpath, settings=small(**overrides)) as j:
+        fill(j, count)
+    return journal_files(jpath)
+
+
+def test_rotation_names_files_by_their_ids_and_chains_across_them(jpath: Path) -> None:
+    with Journal(jpath, settings=small()) as j:
+        appended = fill(j, 100)
+        assert j.flush()
+        assert len(j.query(limit=1000)) == 100 + len(j.rotated_files)  # the ring spans the files
+    files = journal_files(jpath)
+    assert len(files) >= 10 and files[-1] == jpath
+    assert all(f.stat().st_size <= 4096 for f in files)
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+
+    previous: list[dict[str, Any]] = []
+    every: list[dict[str, Any]] = []
+    for file in files:
+        records = records_in(file)
+        if file != jpath:
+            assert file.name == journal_verify.rotated_name(jpath, records[0]["id"], records[-1]["id"])
+            assert file.name == f"journal.{records[0]['id']:012d}-{records[-1]['id']:012d}.jsonl"
+        if previous:
+            header = records[0]
+            assert (header["event_type"], header["category"], header["decision"]) == ("journal.rotated", "SECURITY", "n/a")
+            assert header["details"] == {"previous_file": every_name, "previous_first_id": previous[0]["id"],
+                                         "previous_last_id": previous[-1]["id"], "previous_last_hash": previous[-1]["hash"]}  # fmt: skip
+            assert header["prev_hash"] == previous[-1]["hash"]
+        previous, every_name = records, file.name
+        every += records
+    assert [r["id"] for r in every] == list(range(1, len(every) + 1))
+    by_id = {r["id"]: r for r in every}
+    assert all(by_id[r["id"]] == r for r in appended)
+
+    result = verify_journal(jpath)
+    assert result.ok and result.complete, result.reason
+    assert (result.records, result.first_id, result.last_id) == (len(every), 1, len(every))
+    assert result.files == tuple(f.name for f in files)
+    assert result.truncated_before is None and not result.gaps
+    assert [r["id"] for r in read_journal(jpath)] == list(range(1, len(every) + 1))
+    assert [r["id"] for r in read_journal(jpath.parent, since_id=len(every) - 3)] == list(range(len(every) - 2, len(every) + 1))
+    assert [r["id"] for r in read_journal(files[1])] == [r["id"] for r in records_in(files[1])]  # one rotated file alone
+
+
+def test_retention_keeps_the_newest_files_and_verify_acknowledges_the_truncation(
+    jpath: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Journal(jpath, settings=small(keep_files=2)) as j:
+        fill(j, 150)
+        assert j.flush()
+        assert len(j.rotated_files) == 2
+    files = journal_files(jpath)
+    assert len(files) == 3
+    assert sum(f.stat().st_size for f in files) <= 3 * 4096
+    retention = [r for r in read_journal(jpath) if r["event_type"] == "journal.retention"]
+    deleted = [entry for r in retention for entry in r["details"]["deleted"]]
+    assert retention and all(r["details"]["keep_files"] == 2 for r in retention)
+    assert not any((jpath.parent / entry["file"]).exists() for entry in deleted)
+
+    head = records_in(files[0])[0]
+    assert head["event_type"] == "journal.rotated" and head["id"] > 1
+    result = verify_journal(jpath)
+    assert result.ok and result.complete, result.reason
+    assert (result.truncated_before, result.truncation_recorded) == (head["id"], True)
+    assert result.first_id == head["id"] and not result.warnings
+    assert head["id"] - 1 == max(entry["last_id"] for entry in deleted)
+
+    assert main(["audit", "--verify", "--file", str(jpath)]) == 0
+    out = capsys.readouterr().out
+    assert "journal OK" in out and "chain intact" in out
+    assert f"records 1..{head['id'] - 1} were in rotated files deleted by retention" in out
+
+
+def test_keep_days_deletes_rotated_files_by_age_oldest_first(jpath: Path) -> None:
+    wall, mono = FakeClock(1_000_000.0), FakeClock(0.0)
+    with Journal(jpath, settings=small(keep_days=1.0), clock=wall, monotonic=mono) as j:
+        fill(j, 40)
+        old = j.rotated_files
+        wall.now += 43_200  # half a day later
+        fill(j, 40)
+        young = j.rotated_files[len(old):]
+        assert old and young
+        wall.now += 50_000  # the first files are now more than a day old
+        j.tick(mono())
+        assert j.rotated_files[: len(young)] == young  # (the retention record may have filled the file)
+        (record,) = j.query(event_type="journal.retention")
+        assert [entry["file"] for entry in record["details"]["deleted"]] == old
+        assert record["details"]["keep_days"] == 1.0
+    assert not any((jpath.parent / name).exists() for name in old)
+    assert all((jpath.parent / name).exists() for name in young)
+    result = verify_journal(jpath)
+    assert result.ok and result.truncation_recorded, result.reason
+
+    # Files found at open are aged by their mtime: retention applies as the journal opens.
+    for name in young[:2]:
+        os.utime(jpath.parent / name, (time.time() - 3 * 86400,) * 2)
+    with Journal(jpath, settings=small(keep_days=1.0)) as j:
+        assert young[0] not in j.rotated_files and young[1] not in j.rotated_files
+        assert young[2] in j.rotated_files
+    assert verify_journal(jpath).truncation_recorded
+
+
+def test_verify_reports_a_missing_middle_file(jpath: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = rotated_journal(jpath)
+    missing = records_in(files[2])
+    files[2].unlink()
+    result = verify_journal(jpath)
+    assert not result.ok
+    (problem,) = result.problems  # one break; the files after it still verify
+    assert f"file {files[2].name} (ids {missing[0]['id']}..{missing[-1]['id']}) is missing" in problem.reason
+    assert (result.first_bad_id, result.first_bad_file, result.first_bad_line) == (missing[0]["id"], files[3].name, 1)
+    assert result.records == missing[0]["id"] - 1
+
+    assert main(["audit", "--verify", "--file", str(jpath)]) == 1
+    assert f"journal BROKEN at record {missing[0]['id']} ({files[3].name} line 1)" in capsys.readouterr().out
+
+
+def test_verify_reports_id_jumps_in_several_files(jpath: Path) -> None:
+    files = rotated_journal(jpath)
+    cut = {}
+    for index in (1, 4):
+        lines = lines_of(files[index])
+        cut[index] = json.loads(lines[3])["id"]
+        del lines[3]
+        write_lines(files[index], lines)
+    result = verify_journal(jpath)
+    assert not result.ok
+    assert [(p.file, p.line, p.id) for p in result.problems] == [(files[1].name, 4, cut[1]), (files[4].name, 4, cut[4])]
+    assert all("deleted" in p.reason for p in result.problems)
+    assert result.reason.startswith(f"{files[1].name} line 4: id {cut[1] + 1} where {cut[1]} was expected")
+
+
+def test_verify_reports_a_chain_break_at_a_file_boundary(jpath: Path) -> None:
+    files = rotated_journal(jpath)
+    lines = lines_of(files[1])
+    record = json.loads(lines[-1])
+    record["decision"] = "allowed" if record["decision"] == "denied" else "denied"
+    record["hash"] = journal_verify.record_hash(record)  # a careful forger
+    lines[-1] = (canonical_json(record) + "\n").encode()
+    write_lines(files[1], lines)
+    result = verify_journal(jpath)
+    assert not result.ok
+    (problem,) = result.problems
+    assert (problem.file, problem.line, problem.id) == (files[2].name, 1, record["id"] + 1)
+    assert f"chain break at the boundary between {files[1].name} and {files[2].name}" in problem.reason
+
+
+def test_oldest_files_deleted_by_hand_are_acknowledged_but_flagged(jpath: Path) -> None:
+    files = rotated_journal(jpath)
+    files[0].unlink()
+    files[1].unlink()
+    result = verify_journal(jpath)
+    assert result.ok, result.reason  # the journal.rotated record at the head vouches for its link
+    assert result.truncated_before == records_in(files[2])[0]["id"]
+    assert not result.truncation_recorded
+    assert result.warnings and "no journal.retention record" in result.warnings[0]
+
+    lines = lines_of(files[2])
+    write_lines(files[2], lines[1:])  # without its journal.rotated record nothing vouches for the start
+    result = verify_journal(jpath)
+    assert not result.ok
+    assert "the journal starts at id" in result.reason
+
+
+def test_reopen_after_rotation_continues_the_chain_and_fills_the_ring_across_files(jpath: Path) -> None:
+    with Journal(jpath, settings=small()) as j:
+        fill(j, 60)
+        last = j.last_id
+    with Journal(jpath, settings=small(), ring_size=50) as j:
+        assert j.last_id == last
+        assert [r["id"] for r in j.query(limit=100)] == list(range(last - 49, last + 1))
+        record = j.append(Category.IPC, "ipc.send")
+        assert record is not None and record["id"] == last + 1
+    result = verify_journal(jpath)
+    assert result.ok and result.records == last + 1, result.reason
+
+
+def test_a_crash_between_rename_and_the_next_record_is_continued(jpath: Path) -> None:
+    with Journal(jpath, settings=small()) as j:
+        fill(j, 30)
+        last, last_hash = j.last_id, j.query()[-1]["hash"]
+    first = records_in(jpath)[0]["id"]
+    renamed = jpath.with_name(journal_verify.rotated_name(jpath, first, last))
+    jpath.rename(renamed)  # the writer renamed the full file and died before opening the next
+    with Journal(jpath, settings=small()) as j:
+        assert j.last_id == last + 1
+        (header,) = j.query(event_type="journal.rotated", since_id=last)
+        assert header["details"]["previous_file"] == renamed.name
+        assert header["prev_hash"] == last_hash
+    result = verify_journal(jpath)
+    assert result.ok and result.records == last + 1, result.reason
+
+
+# --- denial aggregation ------------------------------------------------------------------------------
+
+
+def deny(j: Journal, agent_id: int = 7, syscall: str = "no.such.call", code: str = "proto.unknown_syscall") -> dict[str, Any] | None:
+    return j.append(Category.SECURITY, syscall, agent_id=agent_id, agent_name=f"agent-{agent_id}", syscall=syscall,
+                    args={"n": 1}, decision="denied", code=code)  # fmt: skip
+
+
+def denial_totals(records: list[dict[str, Any]], agent_id: int) -> tuple[int, int]:
+    """(denials written one by one, denials counted in aggregates) of one agent."""
+    mine = [r for r in records if r["agent_id"] == agent_id and r["decision"] == "denied"]
+    aggregated = [r for r in mine if r["event_type"] == "denials.aggregated"]
+    return len(mine) - len(aggregated), sum(r["details"]["count"] for r in aggregated)
+
+
+def test_denials_past_the_burst_become_one_record_when_the_window_ends(jpath: Path) -> None:
+    wall, mono = FakeClock(5000.0), FakeClock(100.0)
+    with Journal(jpath, settings=small(denial_burst=3, denial_window=10.0), clock=wall, monotonic=mono) as j:
+        written = []
+        for i in range(50):
+            wall.now = 5000.0 + i
+            written.append(deny(j) is not None)
+        assert written == [True] * 3 + [False] * 47
+        assert j.append(Category.SYSCALL, "noop", agent_id=7) is not None  # allowed calls are never counted
+        assert deny(j, agent_id=8) is not None  # another agent has a burst of its own
+        mono.now = 109.9
+        j.tick(mono())
+        assert not j.query(event_type="denials.aggregated")
+        mono.now = 110.0
+        j.tick(mono())  # the window ended: written without waiting for another denial
+        (aggregate,) = j.query(event_type="denials.aggregated")
+        assert (aggregate["agent_id"], aggregate["agent_name"], aggregate["syscall"], aggregate["code"]) == (7, "agent-7", "no.such.call", "proto.unknown_syscall")
+        assert (aggregate["category"], aggregate["decision"]) == ("SECURITY", "denied")
+        assert aggregate["details"] == {"count": 47, "first_time": 5003.0, "last_time": 5049.0, "window_s": 10.0,
+                                        "burst": 3, "event_type": "no.such.call"}  # fmt: skip
+        assert denial_totals(j.query(limit=1000), 7) == (3, 47)
+    assert verify_journal(jpath).ok
+
+
+def test_a_steady_flood_costs_one_record_per_window_and_every_denial_is_counted(jpath: Path) -> None:
+    mono = FakeClock(0.0)
+    with Journal(jpath, settings=small(denial_burst=5, denial_window=1.0), monotonic=mono) as j:
+        for step in range(500):  # 100 denials a second for 5 s, the kernel ticking in between
+            mono.now = step / 100
+            deny(j)
+            j.tick(mono())
+        mono.now = 6.0
+        j.tick(mono())
+        records = j.query(limit=10_000)
+        assert denial_totals(records, 7) == (5, 495)  # only the first burst is written one by one
+        assert len([r for r in records if r["event_type"] == "denials.aggregated"]) == 5
+        mono.now = 10.0  # after a quiet window the burst allowance is back
+        assert [deny(j) is not None for _ in range(7)] == [True] * 5 + [False] * 2
+    assert denial_totals(list(read_journal(jpath)), 7) == (10, 497)  # close() wrote the open window
+
+
+def test_aggregates_are_per_syscall_and_code_and_bounded_in_number(jpath: Path) -> None:
+    mono = FakeClock(0.0)
+    with Journal(jpath, settings=small(denial_burst=2, denial_window=10.0), monotonic=mono) as j:
+        for _ in range(3):
+            deny(j, syscall="a")
+            deny(j, syscall="b")
+        deny(j, syscall="a", code="perm.denied")
+        for i in range(40):  # an agent inventing names: past 32 pairs they share one count per code
+            deny(j, syscall=f"x{i}")
+    records = list(read_journal(jpath))
+    aggregates = {(r["syscall"], r["code"]): r["details"] for r in records if r["event_type"] == "denials.aggregated"}
+    assert aggregates[("a", "proto.unknown_syscall")]["count"] == 2
+    assert aggregates[("b", "proto.unknown_syscall")]["count"] == 2
+    assert aggregates[("a", "perm.denied")]["count"] == 1
+    assert len(aggregates) == 33
+    assert aggregates[(None, "proto.unknown_syscall")]["other_syscalls"] is True
+    assert denial_totals(records, 7) == (2, 3 * 2 + 1 + 40 - 2)
+    assert verify_journal(jpath).ok
+
+
+# --- gaps ----------------------------------------------------------------------------------------------
+
+
+def test_records_still_unwritable_at_close_get_a_final_gap_record(
+    jpath: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_write = journal_mod._write_fully
+
+    def small_writes_only(fd: int, data: bytes) -> None:
+        if len(data) > 1500:  # the ten records do not fit; one small gap record does
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(fd, data)
+
+    with Journal(jpath, batch=True) as j:
+        fill(j, 3)
+        assert j.flush()
+        monkeypatch.setattr(journal_mod, "_write_fully", small_writes_only)
+        fill(j, 10)
+    assert [r["id"] for r in read_journal(jpath)] == [1, 2, 3, 14]
+    gap = list(read_journal(jpath))[-1]
+    assert gap["event_type"] == "journal.gap"
+    assert gap["details"] == {"first_id": 4, "last_id": 13, "count": 10, "reason": "not written when the journal closed"}
+    result = verify_journal(jpath)
+    assert result.ok and not result.complete and result.lost_records == 10, result.reason
+
+    assert main(["audit", "--verify", "--file", str(jpath)]) == 1  # records were lost
+    out = capsys.readouterr().out
+    assert "journal INCOMPLETE" in out and "GAP: records 4..13 (10) lost" in out
+    assert main(["audit", "--verify", "--json", "--file", str(jpath)]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert (data["ok"], data["complete"], data["lost_records"]) == (True, False, 10)
+    assert data["gaps"][0]["recorded_id"] == 14
+
+    with Journal(jpath) as j:  # the next kernel continues after the gap record
+        assert j.last_id == 14
+
+
+def test_a_journal_whose_first_records_were_lost_verifies_from_its_gap_record(
+    jpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = journal_mod._write_fully
+
+    def small_writes_only(fd: int, data: bytes) -> None:
+        if len(data) > 1500:
+            raise OSError(errno.EIO, "Input/output error")
+        real_write(fd, data)
+
+    monkeypatch.setattr(journal_mod, "_write_fully", small_writes_only)
+    with Journal(jpath, batch=True) as j:
+        fill(j, 10)
+    result = verify_journal(jpath)
+    assert result.ok, result.reason
+    assert [(g.first_id, g.last_id) for g in result.gaps] == [(1, 10)]
+
+
+# --- the disk reserve --------------------------------------------------------------------------------
+
+
+def test_space_low_follows_the_reserve_and_reports_each_change_once(
+    jpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    free = [100 << 20]
+    calls = []
+
+    class Stats:
+        f_frsize = 4096
+
+        @property
+        def f_bavail(self) -> int:
+            return free[0] // 4096
+
+    def statvfs(path: Any) -> Stats:
+        calls.append(path)
+        return Stats()
+
+    monkeypatch.setattr(journal_mod.os, "statvfs", statvfs)
+    mono = FakeClock(0.0)
+    changes: list[tuple[bool, int | None]] = []
+    j = Journal(jpath, settings=small(disk_reserve_bytes=10 << 20), monotonic=mono)
+    j.on_space_change = lambda low, details: changes.append((low, details["free_bytes"]))
+    j.open()
+    try:
+        assert not j.space_low and j.space_free_bytes == 100 << 20
+        free[0] = 5 << 20
+        checks = len(calls)
+        for _ in range(1000):
+            assert not j.space_low  # cached: statvfs runs at most every 0.5 s
+        assert len(calls) == checks
+        mono.now = 0.6
+        assert j.space_low
+        assert changes == [(True, 5 << 20)]
+        mono.now = 1.2
+        j.tick(mono())
+        assert j.space_low and changes == [(True, 5 << 20)]  # once per change
+        free[0] = 50 << 20
+        mono.now = 2.0
+        j.tick(mono())  # the kernel's timer notices without anyone asking
+        assert changes == [(True, 5 << 20), (False, 50 << 20)]
+        assert not j.space_low
+        (low,) = j.query(event_type="journal.space_low")
+        (ok,) = j.query(event_type="journal.space_ok")
+        assert low["category"] == "RESOURCE" and low["details"]["reserve_bytes"] == 10 << 20
+        assert ok["id"] > low["id"]
+    finally:
+        j.close()
+
+
+def test_space_low_is_true_at_once_while_writes_fail(jpath: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = journal_mod._write_fully
+    failing = [True]
+
+    def flaky_write(fd: int, data: bytes) -> None:
+        if failing[0]:
+            raise OSError(errno.EIO, "Input/output error")
+        real_write(fd, data)
+
+    mono = FakeClock(0.0)
+    with Journal(jpath, settings=small(), monotonic=mono) as j:
+        assert not j.space_low
+        monkeypatch.setattr(journal_mod, "_write_fully", flaky_write)
+        j.append(Category.SYSCALL, "noop")
+        assert poll_for(lambda: j.write_errors >= 1)
+        assert j.space_low  # no 0.5 s wait: a failed write refreshes it
+        failing[0] = False
+        assert j.flush(timeout=5.0)
+        assert not j.space_low
+    assert verify_journal(jpath).complete
+
+
+def test_every_id_is_on_disk_or_named_lost_under_failing_writes_and_rotation(
+    jpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+
+    rng = random.Random(7)
+    real_write = journal_mod._write_fully
+    failing = [False]
+
+    def flaky_write(fd: int, data: bytes) -> None:
+        if failing[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(fd, data)
+
+    monkeypatch.setattr(journal_mod, "_write_fully", flaky_write)
+    monkeypatch.setattr(journal_mod, "_MAX_PENDING_BYTES", 3000)
+    monkeypatch.setattr(journal_mod, "_RETRY_INTERVAL", 0.01)
+    with Journal(jpath, settings=small(keep_files=1000), batch=True) as j:
+        for round_no in range(30):
+            failing[0] = rng.random() < 0.4
+            fill(j, rng.randrange(1, 25))
+            j.hand_off()
+            if not failing[0]:
+                assert j.flush(timeout=5.0)
+            else:
+                poll_for(lambda: j._gap_request is not None, 0.1)
+        failing[0] = False
+        assert j.flush(timeout=5.0)
+        last = j.last_id
+    result = verify_journal(jpath)
+    assert result.ok, result.reason
+    assert result.gaps  # the scenario did lose records
+    on_disk = [r["id"] for r in read_journal(jpath)]
+    lost = [i for g in result.gaps for i in range(g.first_id, g.last_id + 1)]
+    assert sorted(on_disk + lost) == list(range(1, last + 1))
