@@ -14,11 +14,12 @@ A request's life::
                  │   └ deadline → failed (timeout); caller gone → cancelled     │
                  └────────── retry: 429 / 5xx / unreachable, after a delay ─────┘
 
-Dispatch order: per provider, the eligible flow with the smallest virtual counter
-(:mod:`clove.llm.scheduler`). Eligible means: the head request's ``not_before`` has passed, the
-caller's budget admits its maximum (:mod:`clove.llm.budget`: reserve, or wait for in-flight
-reservations to settle, or refuse), the caller's RPM/TPM buckets admit it; and for the provider
-as a whole: a free concurrency slot, its RPM/TPM buckets, no ``Retry-After`` cooldown, not down.
+Dispatch order: per provider, the eligible flow with the smallest start tag (start-time fair
+queuing by tokens, :mod:`clove.llm.scheduler`). Eligible means: the head request's
+``not_before`` has passed, the caller's budget admits its maximum (:mod:`clove.llm.budget`:
+reserve, or wait for in-flight reservations to settle, or refuse), the caller's RPM/TPM buckets
+admit it; and for the provider as a whole: a free concurrency slot, its RPM/TPM buckets, no
+``Retry-After`` cooldown, not down.
 """
 
 from __future__ import annotations
@@ -212,7 +213,8 @@ class Gateway:
 
     def _start(self, slot: ProviderSlot, job: Job, now: float) -> None:
         account = self.accounts[job.principal]
-        slot.queue.pop(job.principal)
+        job.estimate = job.prompt_estimate() + account.expected_completion(job.request.max_tokens)
+        job.ticket = slot.queue.dispatch(job.principal, job.estimate)
         account.queued -= 1
         job.reservation = account.budget.reserve(job.need, self.period())
         for bucket in (account.rpm, slot.rpm):
@@ -221,8 +223,6 @@ class Gateway:
         for bucket in (account.tpm, slot.tpm):
             if bucket is not None:
                 bucket.take(job.need, now)
-        job.estimate = job.prompt_estimate() + account.expected_completion(job.request.max_tokens)
-        slot.queue.charge(job.principal, job.estimate)
         job.state = JobState.RUNNING
         job.attempts += 1
         if job.dispatched is None:
@@ -249,7 +249,7 @@ class Gateway:
     # ---- completion -------------------------------------------------------------------------
 
     def finished(self, job: Job, outcome: Any, failed: bool) -> Verdict:
-        """Settle a job its provider came back from; the budget, buckets, fair-share counter
+        """Settle a job its provider came back from; the budget, buckets, fair-share tag
         and provider health are updated, and the verdict says what to tell the caller."""
         now = self.clock()
         self.running.pop(job.key, None)
@@ -320,7 +320,9 @@ class Gateway:
         for bucket in (account.tpm, slot.tpm):
             if bucket is not None:
                 bucket.give_back(job.need - billed, now)
-        slot.queue.charge(job.principal, billed - job.estimate)
+        if job.ticket is not None:  # the estimate charged at dispatch becomes what was billed
+            slot.queue.settle(job.ticket, billed)
+            job.ticket = None
         job.estimate = 0.0
         for crossing in account.budget.crossings(self.settings.warn_at):
             self.on_warning(account, crossing)

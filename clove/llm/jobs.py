@@ -9,6 +9,7 @@ from typing import Any, Final
 
 from clove.errors import CloveError
 from clove.llm.budget import Reservation
+from clove.llm.scheduler import Ticket
 from clove.llm.types import ChatRequest, ChatResponse
 
 __all__ = ["CHARS_PER_TOKEN", "GatewaySettings", "Job", "JobState", "Verdict"]
@@ -42,6 +43,7 @@ class Job:
     attempts: int = 0
     not_before: float = 0.0
     estimate: float = 0.0
+    ticket: Ticket[Any] | None = None  # its place in the fair queue while it is in flight
     reservation: Reservation | None = None
     dispatched: float | None = None  # the first dispatch: queue wait = dispatched - accepted
     attempt_started: float = 0.0

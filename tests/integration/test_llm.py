@@ -153,6 +153,39 @@ def test_modest_agents_wait_briefly_beside_a_greedy_one(make_kernel, server):
 
 
 @requires_root
+def test_one_at_a_time_agent_gets_the_next_free_slot_beside_a_greedy_one(make_kernel, server):
+    """docs/llm.md's promise, with one slot: the greedy agent keeps up to 60 requests queued, the
+    modest one thinks one request at a time (prompts no longer, the same max_tokens, equal
+    weights), and each of its requests goes to the next free slot: no request of the greedy one is
+    dispatched between its acceptance and its dispatch. Counted on the kernel's own timestamps in
+    the journal (the order of its decisions), not on wall time; a slow machine changes how long
+    things take, not that order."""
+    server.completion_tokens = "max"
+    server.latency, server.latency_per_token = 0.01, 0.0001
+    k = make_kernel(llm_config(server, concurrency=1))
+    with k.client(timeout=60) as op:
+        ids = start_agents(k, op, [
+            ("greedy", ["greedy", "60", "100", "async", "60"], None),
+            ("modest", ["modest", "8", "100", "sync"], None),
+        ])  # fmt: skip
+        reports = reports_of(k, op, ids)
+        for name, report in reports.items():
+            assert all(r["success"] for r in report["results"]), (name, report["results"][:3])
+        greedy = [r["details"] for r in llm_records(op, ids["greedy"])]
+        modest = [r["details"] for r in llm_records(op, ids["modest"])]
+        assert len(greedy) == 60 and len(modest) == 8
+        greedy_dispatches = sorted(d["dispatched_at"] for d in greedy)
+        overtaken = []
+        for d in modest:
+            ahead = [t for t in greedy_dispatches if d["accepted_at"] < t < d["dispatched_at"]]
+            overtaken.append(len(ahead))
+        backlogged = sum(1 for d in modest if any(g["accepted_at"] < d["accepted_at"] < g["dispatched_at"] for g in greedy))
+        print(f"greedy requests dispatched while a modest one waited: {overtaken}; {backlogged} of 8 arrived beside a greedy backlog")
+        assert overtaken == [0] * 8, overtaken
+        assert backlogged >= 4  # the promise was tested against a backlog, not an idle provider
+
+
+@requires_root
 def test_weights_change_the_shares_in_proportion(make_kernel, server):
     server.completion_tokens = "max"
     server.latency, server.latency_per_token = 0.01, 0.0001

@@ -61,18 +61,105 @@ def test_weights_scale_charges():
         q.set_weight(1, 0)
 
 
-def test_a_flow_returning_from_idle_is_lifted_to_the_backlogged_minimum():
+def test_a_flow_returning_from_idle_is_lifted_to_the_virtual_time():
     q: FairQueue[str] = FairQueue()
     q.push(1, "a")
     q.push(2, "b")
     q.charge(1, 1000)
     q.charge(2, 900)
-    q.push(3, "c")  # new: lifted to min(1000, 900), earns nothing for having been away
-    assert q.counter(3) == 900
+    q.push(3, "c")  # nothing in service: V is the smallest backlogged tag; no credit for being away
+    assert q.virtual_time() == 900 and q.counter(3) == 900
     q.pop(1), q.pop(2), q.pop(3)
     assert len(q) == 0
-    q.push(4, "d")  # nobody backlogged: lifted to the last one to leave
-    assert q.counter(4) == 900
+    q.push(4, "d")  # nothing in service or queued: everything served is finished, V is the largest tag
+    assert q.counter(4) == 1000
+
+
+def test_a_flow_arriving_behind_a_request_in_service_goes_next():
+    """The one-at-a-time case: V is the start tag of the request in service, not the backlogged
+    flow's tag, which already counts that request (at its estimate)."""
+    q: FairQueue[str] = FairQueue()
+    for item in ("g1", "g2", "g3"):
+        q.push(1, item)
+    ticket = q.dispatch(1, 500)  # estimated 500
+    assert ticket.item == "g1" and ticket.start == 0 and q.counter(1) == 500 and q.in_service() == 1
+    q.push(2, "m1")
+    assert q.virtual_time() == 0 and q.counter(2) == 0 and list(q.order()) == [2, 1]
+    q.settle(ticket, 100)  # billed 100: the over-estimate is taken back exactly
+    assert q.counter(1) == 100 and q.in_service() == 0 and list(q.order()) == [2, 1]
+    modest = q.dispatch(2, 500)
+    q.settle(modest, 100)
+    assert q.counter(2) == 100 == q.counter(1) and list(q.order()) == [1]
+    g2 = q.dispatch(1, 50)
+    q.push(2, "m2")  # arrives behind g2 (start 100): starts at max(its 100, V = 100), before g3 (150)
+    assert q.counter(2) == 100 and list(q.order()) == [2, 1]
+    q.settle(g2, 0)  # a failure refunds the estimate
+    assert q.counter(1) == 100 and list(q.order()) == [2, 1]  # a tie: flow 1 was served last, 2 goes first
+
+
+def test_ties_go_to_the_flow_served_least_recently():
+    q: FairQueue[str] = FairQueue()
+    for key in (1, 2, 3):
+        q.push(key, "x")
+        q.push(key, "y")
+    assert list(q.order()) == [1, 2, 3]  # never served: first backlogged first
+    for key in (1, 2, 3):
+        q.settle(q.dispatch(key, 10), 10)
+    assert list(q.order()) == [1, 2, 3]
+    q.settle(q.dispatch(1, 10), 10)
+    q.push(1, "z")
+    q.charge(2, 10)
+    q.charge(3, 10)
+    assert [q.counter(k) for k in (1, 2, 3)] == [20, 20, 20] and list(q.order()) == [2, 3, 1]
+
+
+def test_weights_scale_dispatch_and_settlement():
+    q: FairQueue[str] = FairQueue()
+    q.set_weight(1, 2.0)
+    q.push(1, "a")
+    q.push(1, "b")
+    t = q.dispatch(1, 300)
+    assert q.counter(1) == 150
+    q.settle(t, 100)
+    assert q.counter(1) == 50
+
+
+def test_virtual_time_counts_billed_tokens_not_estimates_in_flight():
+    """With several slots the backlogged flow's later requests start after the estimates of its
+    earlier ones; V takes only what it was billed, so a flow arriving meanwhile is not lifted by
+    over-estimates still in flight; and V never goes back when a flow left behind (rate limited)
+    is served at last."""
+    q: FairQueue[str] = FairQueue()
+    for i in range(5):
+        q.push(1, f"g{i}")
+    tickets = [q.dispatch(1, 300) for _ in range(3)]
+    assert [t.start for t in tickets] == [0, 300, 600] and q.virtual_time() == 0
+    q.push(2, "m")
+    assert q.counter(2) == 0 and next(q.order()) == 2
+    for t in tickets:
+        q.settle(t, 30)
+    assert q.counter(1) == 90
+    q.settle(q.dispatch(2, 30), 30)
+    q.settle(q.dispatch(1, 30), 30)  # V: 90
+    q.push(3, "late")
+    q.charge(3, -50)  # behind everyone, e.g. held by its own rate limit
+    t = q.dispatch(3, 10)
+    assert t.start == 70 and q.virtual_time() == 90  # lifted to flow 1's 120 when it came, then 50 back
+    q.push(4, "new")
+    assert q.counter(4) == 90
+    q.settle(t, 10)
+
+
+def test_a_dropped_flows_request_settles_without_touching_its_successor():
+    q: FairQueue[str] = FairQueue()
+    q.push(1, "a")
+    q.push(1, "b")
+    t = q.dispatch(1, 100)
+    assert q.drop(1) == ["b"] and q.in_service() == 1
+    q.push(1, "again")  # the caller came back: a new flow
+    before = q.counter(1)
+    q.settle(t, 40)
+    assert q.counter(1) == before and q.in_service() == 0
 
 
 def test_remove_drop_and_retry_at_the_front():
@@ -474,7 +561,7 @@ def test_an_unavailable_provider_refuses_at_submit():
 # ---- the queue's bookkeeping under any sequence of operations -------------------------------------
 
 _OPS = st.lists(
-    st.tuples(st.sampled_from(["push", "front", "pop", "remove", "drop", "charge"]), st.integers(0, 4), st.integers(0, 50)),
+    st.tuples(st.sampled_from(["push", "front", "pop", "remove", "drop", "charge", "dispatch", "settle"]), st.integers(0, 4), st.integers(0, 50)),
     max_size=200,
 )
 
@@ -484,9 +571,13 @@ _OPS = st.lists(
 def test_fair_queue_bookkeeping_holds_under_any_operations(ops):
     q: FairQueue[int] = FairQueue()
     model: dict[int, list[int]] = {}
+    tickets: list = []
     for op, key, value in ops:
         if op in ("push", "front"):
+            idle, vtime = not model.get(key), q.virtual_time()
             q.push(key, value, front=op == "front")
+            if idle:  # it became backlogged: it starts no earlier than V
+                assert q.counter(key) >= vtime
             model.setdefault(key, [])
             if op == "front":
                 model[key].insert(0, value)
@@ -503,6 +594,14 @@ def test_fair_queue_bookkeeping_holds_under_any_operations(ops):
             assert q.drop(key) == model.pop(key, [])
         elif op == "charge":
             q.charge(key, value)
+        elif op == "dispatch" and model.get(key):
+            vtime = q.virtual_time()
+            ticket = q.dispatch(key, value)
+            assert ticket.item == model[key].pop(0) and q.virtual_time() >= vtime  # V never goes back
+            tickets.append(ticket)
+        elif op == "settle" and tickets:
+            q.settle(tickets.pop(value % len(tickets)), value)
+        assert q.in_service() == len(tickets)
         assert len(q) == sum(len(items) for items in model.values())
         assert sorted(q.order()) == sorted(k for k, items in model.items() if items)
         assert sorted(q.items()) == sorted(v for items in model.values() for v in items)
