@@ -14,8 +14,10 @@ are answered from its recording, never authorized or performed.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import weakref
+from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
 import zmq
@@ -43,6 +45,18 @@ BATCH = 32
 #: What an agent may still do while the journal's disk is below its reserve: drain what the
 #: kernel holds for it and learn why. Everything else is new work, refused until space returns.
 DRAIN_CALLS: Final = frozenset({"hello", "noop", "kernel.info", "events.poll", "ipc.recv", "async.poll", "events.unsubscribe"})
+#: Calls that change nothing: their replies leave at once. Every other successful reply waits
+#: until its journal record has been written (group commit), so a reply the caller saw always
+#: has its record on disk, even if the kernel is killed the next instant.
+READ_ONLY_CALLS: Final = frozenset({
+    "noop", "echo", "hello", "kernel.info", "sys.time", "sys.random", "agent.list", "agent.logs",
+    "device.list", "device.info", "fs.read", "llm.budget", "llm.stats", "metrics.agent", "metrics.agents",
+    "metrics.cgroup", "metrics.system", "record.status", "replay.status", "interlock.list", "permissions.get",
+    "postmortem.get", "postmortem.list", "state.fetch", "state.keys", "audit.query",
+})  # fmt: skip
+#: A reply held longer than this leaves anyway: the journal is failing, and the journal.gap
+#: record it writes once it can names what was lost.
+HOLD_TIMEOUT_S = 2.0
 #: A throttled agent is announced (``AGENT_THROTTLED``) at most once per this many seconds.
 THROTTLE_EVENT_INTERVAL_S = 1.0
 #: Shorter waits than this are not worth a timer: the loop polls in whole milliseconds.
@@ -56,6 +70,11 @@ class Dispatcher:
         self.max_bytes = kernel.config.kernel.max_message_bytes
         #: One fair-share account per socket (an agent's, or the operators' control socket).
         self.flows: weakref.WeakKeyDictionary[zmq.Socket[bytes], Flow] = weakref.WeakKeyDictionary()
+        #: Replies waiting for their journal record to be written: (record id, held since, socket,
+        #: routing id, frames), in record order.
+        self.held: deque[tuple[int, float, zmq.Socket[bytes], bytes, list[bytes]]] = deque()
+        self._watching_journal = False
+        kernel.loop.housekeeping.append(self._commit_held)
 
     def on_readable(self, sock: zmq.Socket[bytes]) -> None:
         """Serve ``sock`` for this turn's share of kernel time (see :mod:`clove.kernel.fairshare`)."""
@@ -192,8 +211,8 @@ class Dispatcher:
             assert isinstance(result, Deferred)  # noqa: S101 - reply is None only for a Deferred
             result.bind(lambda value, error: self._finish_deferred(sock, routing, caller, request, syscall, started, value, error, pending))
             return
-        self._send(sock, routing, reply)
-        self._record(caller, request, syscall, started, None)
+        record = self._record(caller, request, syscall, started, None)
+        self._reply_after(record, request.call, sock, routing, reply)
         if pending is not None:
             self.kernel.recorder.record(pending, result, None)
 
@@ -218,8 +237,11 @@ class Dispatcher:
             error = InternalError(f"{request.call} failed inside the kernel; see the kernel log")
             frames = wire.error_reply(request.id, error)
             value = None
-        self._send(sock, routing, frames)
-        self._record(caller, request, syscall, started, error)
+        record = self._record(caller, request, syscall, started, error)
+        if error is None:
+            self._reply_after(record, request.call, sock, routing, frames)
+        else:
+            self._send(sock, routing, frames)
         if pending is not None:
             self.kernel.recorder.record(pending, value, error)
 
@@ -245,6 +267,49 @@ class Dispatcher:
         else:
             send()
 
+    def _reply_after(self, record: dict[str, Any] | None, call: str, sock: zmq.Socket[bytes], routing: bytes, frames: list[bytes]) -> None:
+        """Send a successful reply once its journal record is written; read-only calls and
+        calls not journaled (audit config) answer at once."""
+        journal = self.kernel.journal
+        if record is None or call in READ_ONLY_CALLS or journal.written_id >= record["id"]:
+            self._send(sock, routing, frames)
+            return
+        if not self._watching_journal:
+            self._watching_journal = True
+            self.kernel.loop.add_reader(journal.written_fd(), self._release_held)
+        self.held.append((record["id"], self.kernel.loop.clock(), sock, routing, frames))
+
+    def _commit_held(self) -> None:
+        """Once per loop turn: write the turn's records (one write for every reply held this
+        turn, on this thread when the writer thread is idle, else handed to it at once rather
+        than at the next hand-off tick), release what is written, expire stuck replies."""
+        if not self.held:
+            return
+        journal = self.kernel.journal
+        if journal.write_now():  # one write on this thread for every reply held this turn
+            self._release()
+            return
+        if journal.batch_pending:
+            journal.hand_off()
+        if self.kernel.loop.clock() - self.held[0][1] > HOLD_TIMEOUT_S:
+            log.warning("journal writes are failing: %d replies sent before their records were written", len(self.held))
+            self._release(everything=True)
+
+    def _release_held(self) -> None:
+        try:
+            os.eventfd_read(self.kernel.journal.written_fd())
+        except BlockingIOError:
+            pass
+        self._release()
+
+    def _release(self, *, everything: bool = False) -> None:
+        written = self.kernel.journal.written_id
+        held = self.held
+        while held and (everything or held[0][0] <= written):
+            _, _, sock, routing, frames = held.popleft()
+            if not sock.closed:
+                self._send(sock, routing, frames)
+
     def _send(self, sock: zmq.Socket[bytes], routing: bytes, frames: list[bytes]) -> None:
         try:
             sock.send_multipart([routing, *frames], zmq.NOBLOCK)
@@ -263,7 +328,9 @@ class Dispatcher:
         category: str | None = None,
         event: str | None = None,
         replayed: bool = False,
-    ) -> None:
+    ) -> dict[str, Any] | None:
+        """Journal one request (and emit SYSCALL_BLOCKED for a denial); the record, or ``None``
+        when the audit config leaves it out or it was counted into a denial aggregate."""
         # Refusals for want of disk count as denials: the journal aggregates a flood of them.
         denied = isinstance(error, (PermissionDenied, ResourceExhausted)) or (error is not None and error.code.startswith("proto."))
         if category is None:
@@ -277,8 +344,8 @@ class Dispatcher:
                 source_agent_id=caller.agent_id,
             )
         if not self.kernel.audit_config.wants(category, denied):
-            return
-        self.kernel.journal.append(
+            return None
+        return self.kernel.journal.append(
             category,
             event or (call or "unknown"),
             agent_id=caller.agent_id,

@@ -23,6 +23,7 @@ the disk is full.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -36,7 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, Final, cast, final
 
 from clove.config import JournalSection
 from clove.errors import InternalError
@@ -242,6 +243,12 @@ class Journal:
         self._write_errors = 0
         self._writer_done = False
         self._gap_request: tuple[int, str, str] | None = None  # (last id written, its hash, why)
+        self._written_fd = -1  # an eventfd the writer bumps after each write (see written_fd())
+        # Items handed to the writer (loop thread) and finished by it (under _write_lock): equal
+        # when the writer holds nothing, so the loop may write the next lines itself (write_now).
+        self._handed = 0
+        self._done = 0
+        self._write_lock = threading.Lock()
 
     @property
     def path(self) -> Path:
@@ -751,6 +758,20 @@ class Journal:
         self._ring = deque(self._ring, maxlen=size)
 
     @property
+    def written_id(self) -> int:
+        """The id of the newest record the writer has handed to the OS (``write`` returned: it
+        survives a crash of this process; ``fdatasync`` follows within about a second)."""
+        return self._written_id
+
+    def written_fd(self) -> int:
+        """An eventfd that becomes readable each time the writer has written records, so the
+        loop can release replies it held until their records were written (group commit).
+        Created on first use; closed by :meth:`close`."""
+        if self._written_fd < 0:
+            self._written_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        return self._written_fd
+
+    @property
     def batch_pending(self) -> bool:
         """Records appended but not yet handed to the writer thread."""
         return bool(self._batch or self._outbox)
@@ -762,7 +783,49 @@ class Journal:
             self._cut_batch()
             if self._outbox:
                 items, self._outbox = self._outbox, []
+                self._handed += len(items)
                 self._queue.put(items)
+
+    def write_now(self) -> bool:
+        """Write the records appended so far on the calling (loop) thread, if the writer thread
+        holds nothing older: one ``write`` to the page cache, no thread hand-off. This is the
+        group commit of the replies a loop turn held until their records were written.
+
+        :returns: ``True`` when every record appended so far is written (now or before);
+            ``False`` when that is up to the writer thread (it is busy, a rotation or deletion
+            is due, writes are failing): :meth:`hand_off`, and wait for :meth:`written_fd`.
+        """
+        if self._state != "open" or self._gap_request is not None or self._writer_failing:
+            return False
+        self._cut_batch()
+        if not self._outbox:
+            return self._written_id >= self._last_id
+        if not all(isinstance(item, _Lines) for item in self._outbox):
+            return False
+        if not self._write_lock.acquire(blocking=False):
+            return False  # the writer is writing or syncing: never wait for it on the loop
+        try:
+            if self._done != self._handed or self._discarding:
+                return False
+            lines = cast("list[_Lines]", self._outbox)
+            data = lines[0].data if len(lines) == 1 else b"".join(line.data for line in lines)
+            try:
+                _write_fully(self._fd, data)
+            except OSError as err:
+                self._write_failed(f"write failed ({err}); the writer thread retries")
+                return False
+            self._outbox = []
+            self._size += len(data)
+            wake_writer = not self._dirty  # it syncs within _FSYNC_INTERVAL once it knows
+            self._dirty = True
+            with self._cond:
+                self._written_id, self._written_hash = lines[-1].last_id, lines[-1].last_hash
+                self._cond.notify_all()
+        finally:
+            self._write_lock.release()
+        if wake_writer:
+            self._queue.put([])
+        return True
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every record appended so far has been written to the file.
@@ -819,6 +882,9 @@ class Journal:
             self._write_final_gap()
         os.close(self._fd)
         self._fd = -1
+        if self._written_fd >= 0:
+            os.close(self._written_fd)
+            self._written_fd = -1
 
     def _write_final_gap(self) -> None:
         """At close, with the writer stopped: one small ``journal.gap`` record for what it could
@@ -872,14 +938,17 @@ class Journal:
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             stopping = self._drain(pending, timeout)
             if pending and (stopping or time.monotonic() >= retry_at):
-                if not self._write_pending(pending):
+                with self._write_lock:
+                    written = self._write_pending(pending)
+                if not written:
                     retry_at = time.monotonic() + _RETRY_INTERVAL
             if self._dirty and (stopping or time.monotonic() - synced_at >= _FSYNC_INTERVAL):
-                try:
-                    os.fdatasync(self._fd)
-                except OSError as err:
-                    self._write_failed(f"fdatasync failed ({err})")
-                self._dirty, synced_at = False, time.monotonic()
+                with self._write_lock:  # write_now() may set _dirty meanwhile: not lost
+                    try:
+                        os.fdatasync(self._fd)
+                    except OSError as err:
+                        self._write_failed(f"fdatasync failed ({err})")
+                    self._dirty, synced_at = False, time.monotonic()
         lines = [item for item in pending if isinstance(item, _Lines)]
         if lines:  # close() names them in a journal.gap record if it can
             self._log.error("journal %s: records %d..%d could not be written before close",
@@ -916,14 +985,17 @@ class Journal:
                 if not self._rotate_file(head):
                     return False
                 pending.popleft()
+                self._done += 1
                 continue
             if isinstance(head, _Delete):
                 self._delete_files(head)
                 pending.popleft()
+                self._done += 1
                 continue
             if self._discarding and not head.starts_gap:
                 pending.popleft()  # chained to records already lost: the journal.gap record names it
                 self._pending_bytes -= len(head.data)
+                self._done += 1
                 continue
             self._discarding = False
             chunks: list[_Lines] = []
@@ -942,6 +1014,7 @@ class Journal:
                 return False
             for _ in chunks:
                 pending.popleft()
+            self._done += len(chunks)
             self._pending_bytes -= len(data)
             self._size += len(data)
             self._dirty = True
@@ -949,6 +1022,9 @@ class Journal:
             with self._cond:
                 self._written_id, self._written_hash = chunks[-1].last_id, chunks[-1].last_hash
                 self._cond.notify_all()
+            if self._written_fd >= 0:
+                with contextlib.suppress(OSError):  # closed at shutdown: nobody waits any more
+                    os.eventfd_write(self._written_fd, 1)
         return True
 
     def _give_up(self, pending: deque[_Item], reason: str) -> None:
@@ -957,6 +1033,7 @@ class Journal:
         Rotations stay queued; deletions go (their journal.retention record is among the lost)."""
         lines = [item for item in pending if isinstance(item, _Lines)]
         kept = [item for item in pending if isinstance(item, _Rotate)]
+        self._done += len(pending) - len(kept)
         pending.clear()
         pending.extend(kept)
         self._pending_bytes = 0

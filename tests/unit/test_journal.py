@@ -1089,3 +1089,44 @@ def test_every_id_is_on_disk_or_named_lost_under_failing_writes_and_rotation(
     on_disk = [r["id"] for r in read_journal(jpath)]
     lost = [i for g in result.gaps for i in range(g.first_id, g.last_id + 1)]
     assert sorted(on_disk + lost) == list(range(1, last + 1))
+
+
+# --- group commit: the loop writes the turn's records itself when the writer is idle -----------------
+
+
+def test_write_now_puts_the_batch_on_disk_on_the_calling_thread(jpath: Path) -> None:
+    j = Journal(jpath, batch=True)
+    j.open()
+    try:
+        first = j.append(Category.STATE_STORE, "state.store", syscall="state.store")
+        second = j.append(Category.STATE_STORE, "state.store", syscall="state.store")
+        assert first is not None and second is not None
+        assert j.written_id < second["id"]  # batched: nothing handed to the writer yet
+        assert j.write_now()
+        assert j.written_id == second["id"]
+        assert [json.loads(line)["id"] for line in lines_of(jpath)][-2:] == [first["id"], second["id"]]
+        assert j.write_now(), "nothing new: still all written"
+    finally:
+        j.close()
+    assert verify_journal(jpath).ok
+
+
+def test_write_now_leaves_older_work_to_the_writer_thread(jpath: Path) -> None:
+    j = Journal(jpath, batch=True)
+    j.open()
+    try:
+        with j._write_lock:  # the writer is busy writing
+            j.append(Category.SYSCALL, "one")
+            assert not j.write_now()
+            j.hand_off()  # now the writer holds it: newer lines must not overtake it
+            last = j.append(Category.SYSCALL, "two")
+            assert last is not None
+            assert not j.write_now()
+        j.hand_off()
+        assert j.flush()
+        assert j.written_id == last["id"]
+    finally:
+        j.close()
+    ids = [json.loads(line)["id"] for line in lines_of(jpath)]
+    assert ids == sorted(ids)
+    assert verify_journal(jpath).ok
