@@ -60,8 +60,9 @@ from typing import Final
 
 from clove_driver_exchange.fix import messages as m
 from clove_driver_exchange.fix.messages import Framer, Message, MsgType, Tag
-from clove_driver_exchange.fix.session import FixConnection, FixSession, State
+from clove_driver_exchange.fix.session import FixSession, State
 from clove_driver_exchange.fix.store import SeqStore
+from clove_driver_exchange.fix.transport import FixConnection
 
 from hil.exchange.book import BookError, Order, OrderBook, OrdType, Side, SubmitResult, TimeInForce
 

@@ -27,8 +27,9 @@ for path in (ROOT, ROOT / "plugins" / "exchange"):  # the plugin may not be inst
 
 from clove_driver_exchange.fix import messages as m  # noqa: E402
 from clove_driver_exchange.fix.messages import Message, MsgType, Tag  # noqa: E402
-from clove_driver_exchange.fix.session import FixConnection, FixSession, connect  # noqa: E402
+from clove_driver_exchange.fix.session import FixSession  # noqa: E402
 from clove_driver_exchange.fix.store import SeqStore  # noqa: E402
+from clove_driver_exchange.fix.transport import FixConnection, connect  # noqa: E402
 
 from hil.exchange import BookError, Order, OrderBook, SimVenue  # noqa: E402
 

@@ -36,8 +36,9 @@ from clove.errors import DeviceBroken, DeviceUnavailable, NotFound, PermissionDe
 from clove_driver_exchange.config import CancelArgs, ExchangeConfig, ExchangeGrant, StateArgs, SubmitArgs
 from clove_driver_exchange.fix import messages as fixmsg
 from clove_driver_exchange.fix.messages import Message, MsgType, Tag
-from clove_driver_exchange.fix.session import FixConnection, FixSession, connect
+from clove_driver_exchange.fix.session import FixSession
 from clove_driver_exchange.fix.store import SeqStore
+from clove_driver_exchange.fix.transport import FixConnection, connect
 from clove_driver_exchange.journal import JournaledOrder, OrderJournal, Replayed, apply
 from clove_driver_exchange.risk import Limits, Order, RiskEngine, TradingState
 

@@ -22,8 +22,9 @@ if str(PLUGIN) not in sys.path:  # until the plugin is installed (pip install -e
 
 from clove_driver_exchange.fix import messages as m  # noqa: E402
 from clove_driver_exchange.fix.messages import Framer, Message, MsgType, Tag  # noqa: E402
-from clove_driver_exchange.fix.session import FixConnection, FixSession, connect  # noqa: E402
+from clove_driver_exchange.fix.session import FixSession  # noqa: E402
 from clove_driver_exchange.fix.store import SeqStore  # noqa: E402
+from clove_driver_exchange.fix.transport import FixConnection, connect  # noqa: E402
 
 HB = 10.0
 

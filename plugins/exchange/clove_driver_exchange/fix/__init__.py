@@ -6,14 +6,17 @@
 * :mod:`~clove_driver_exchange.fix.store` — :class:`SeqStore`, the crash-safe journal of
   sequence numbers and sent messages;
 * :mod:`~clove_driver_exchange.fix.session` — :class:`FixSession`, the socket-free session state
-  machine, and :class:`FixConnection`/:func:`connect`, its threaded TCP transport.
+  machine (:mod:`~clove_driver_exchange.fix.resend` answers the counterparty's ResendRequests);
+* :mod:`~clove_driver_exchange.fix.transport` — :class:`FixConnection`/:func:`connect`, its
+  threaded TCP transport.
 
 It imports nothing of Clove, so the venue and tools can use it on their own.
 """
 
 from clove_driver_exchange.fix.messages import FixError, Message, MsgType, Outgoing, Tag
-from clove_driver_exchange.fix.session import FixConnection, FixSession, Role, State, connect
+from clove_driver_exchange.fix.session import FixSession, Role, State
 from clove_driver_exchange.fix.store import SeqStore
+from clove_driver_exchange.fix.transport import FixConnection, connect
 
 __all__ = [
     "FixConnection",
