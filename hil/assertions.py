@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clove.drivers.grants import IdRanges
+from clove.kernel.journal_verify import AGGREGATED_EVENT
 from hil.bench import AssertionSpec
 
 
@@ -219,8 +220,13 @@ def _agent_report(spec: AssertionSpec, r: RunRecord) -> Outcome:
 
 def _refusal_reasons(spec: AssertionSpec, r: RunRecord) -> Outcome:
     o = spec.options
-    messages = [str((rec.get("details") or {}).get("message", "")) for rec in r.journal if rec.get("agent_name") == o["agent"] and rec.get("decision") == "denied"]
+    denials = [rec for rec in r.journal if rec.get("agent_name") == o["agent"] and rec.get("decision") == "denied"]
+    messages = [str((rec.get("details") or {}).get("message", "")) for rec in denials if rec.get("event_type") != AGGREGATED_EVENT]
     seen = {reason: sum(1 for m in messages if m.startswith(f"{reason}:") or f"{reason!r}" in m or f" {reason} " in m) for reason in o["reasons"]}
+    for rec in denials:  # a denial flood is journaled as counts per reason (docs/audit.md)
+        details = rec.get("details") or {}
+        if rec.get("event_type") == AGGREGATED_EVENT and details.get("reason") in seen:
+            seen[details["reason"]] += int(details.get("count", 0))
     missing = [reason for reason, n in seen.items() if not n]
     return Outcome(spec.name, spec.kind, not missing, seen, f"{o['agent']} refused for each of {', '.join(o['reasons'])}", f"never: {missing}" if missing else "")
 

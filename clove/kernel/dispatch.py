@@ -359,6 +359,7 @@ class Dispatcher:
                 "caller": caller.kind,
                 "caller_id": caller.principal_id,
                 **({"message": error.message} if error else {}),
+                **({"reason": error.details["reason"]} if error is not None and isinstance(error.details.get("reason"), str) else {}),
                 **({"replayed": True} if replayed else {}),
             },
         )

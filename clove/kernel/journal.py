@@ -42,6 +42,7 @@ from typing import Any, Final, cast, final
 from clove.config import JournalSection
 from clove.errors import InternalError
 from clove.kernel.journal_verify import (
+    AGGREGATED_EVENT,
     DECISIONS,
     GAP_EVENT,
     GENESIS_HASH,
@@ -77,7 +78,6 @@ log = logging.getLogger(__name__)
 #: :meth:`Journal.query` never returns more records than this.
 MAX_QUERY_LIMIT: Final = 10_000
 #: The event of the record that sums up denials counted instead of written.
-AGGREGATED_EVENT: Final = "denials.aggregated"
 _FSYNC_INTERVAL = 1.0  # seconds between fdatasync calls while records keep arriving
 _RETRY_INTERVAL = 1.0  # seconds between write attempts after a failed write
 _MAX_PENDING_BYTES = 64 * 1024 * 1024  # unwritable records kept for retry before they become a journal.gap
@@ -162,7 +162,7 @@ class _DenialWindow:
     start: float  # monotonic
     count: int = 0  # denials in this window, written or counted
     aggregating: bool = False
-    buckets: dict[tuple[str | None, str], _DenialBucket] = field(default_factory=dict)
+    buckets: dict[tuple[str | None, str, str | None], _DenialBucket] = field(default_factory=dict)
 
 
 @final
@@ -459,7 +459,9 @@ class Journal:
         syscall = None if syscall is None else clip_text(syscall, _MAX_NAME)
         code = clip_text(code, _MAX_NAME)
         agent_id = None if agent_id is None else int(agent_id)
-        if decision == "denied" and self._count_denial(category.value, event_type, agent_id, agent_name, syscall, code):
+        reason = (details or {}).get("reason")
+        reason = clip_text(reason, _MAX_NAME) if isinstance(reason, str) else None
+        if decision == "denied" and self._count_denial(category.value, event_type, agent_id, agent_name, syscall, code, reason):
             return None
         return self._append(
             {
@@ -573,8 +575,10 @@ class Journal:
     # ---- denial aggregation (loop thread) ------------------------------------------------------
 
     def _count_denial(self, category: str, event_type: str, agent_id: int | None, agent_name: str | None,
-                      syscall: str | None, code: str) -> bool:  # fmt: skip
-        """Count a denial in its agent's window; ``True`` if it is aggregated, not written."""
+                      syscall: str | None, code: str, reason: str | None = None) -> bool:  # fmt: skip
+        """Count a denial in its agent's window; ``True`` if it is aggregated, not written.
+        Counts are kept per (syscall, code, reason): a denial's ``details.reason`` (a risk check's
+        name, say) is what an operator asks about, so an aggregate keeps it."""
         now = self._monotonic()
         window = self._denials.get(agent_id)
         if window is not None and now >= window.start + self._settings.denial_window:
@@ -586,11 +590,11 @@ class Journal:
             if window.count <= self._settings.denial_burst:
                 return False
             window.aggregating = True
-        key = (syscall, code)
+        key = (syscall, code, reason)
         bucket = window.buckets.get(key)
         other = False
         if bucket is None and len(window.buckets) >= _MAX_DENIAL_KEYS:
-            key, other = (None, code), True  # an agent inventing syscall names gets one count per code
+            key, other = (None, code, None), True  # an agent inventing syscall names gets one count per code
             bucket = window.buckets.get(key)
         wall = float(self._clock())
         if bucket is None:
@@ -614,12 +618,14 @@ class Journal:
         return nxt
 
     def _flush_denials(self, agent_id: int | None, window: _DenialWindow) -> None:
-        for (syscall, code), bucket in window.buckets.items():
+        for (syscall, code, reason), bucket in window.buckets.items():
             details: dict[str, Any] = {"count": bucket.count, "first_time": bucket.first_time, "last_time": bucket.last_time,
                                        "window_s": self._settings.denial_window, "burst": self._settings.denial_burst,
                                        "event_type": bucket.event_type}  # fmt: skip
             if bucket.other_syscalls:
                 details["other_syscalls"] = True
+            if reason is not None:
+                details["reason"] = reason
             self._append({"timestamp": float(self._clock()), "category": bucket.category, "event_type": AGGREGATED_EVENT,
                           "agent_id": agent_id, "agent_name": bucket.agent_name, "syscall": syscall, "args": None,
                           "decision": "denied", "code": code, "duration_us": None,

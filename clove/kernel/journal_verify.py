@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 
 #: ``prev_hash`` of the first record.
 GENESIS_HASH: Final = "0" * 64
+#: The event type of a record that counts denials instead of listing them (see journal.py).
+AGGREGATED_EVENT: Final = "denials.aggregated"
 #: The exact keys of every record.
 RECORD_KEYS: Final = frozenset(
     {"id", "timestamp", "category", "event_type", "agent_id", "agent_name", "syscall", "args",
