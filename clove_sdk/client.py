@@ -183,8 +183,10 @@ class CloveClient(
         devices: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Start an agent. ``limits`` takes ``memory`` (bytes or "64M"), ``cpu_quota`` (µs per
-        100 ms) or ``cpu`` ("20%"), and ``pids`` (or ``max_pids``). ``devices`` grants devices
-        as a config's ``[agents.NAME.devices.DEVICE]`` tables do (operators only).
+        100 ms) or ``cpu`` ("20%"), and ``pids`` (or ``max_pids``); what it leaves out comes from
+        the kernel's ``[limits]`` defaults, and a value above the kernel's ceiling is refused
+        (``proto.invalid_args``). ``devices`` grants devices as a config's
+        ``[agents.NAME.devices.DEVICE]`` tables do (operators only).
 
         :returns: ``{success, id, name, pid, status, restart_policy, isolation}`` or
             ``{success: False, error, code}``.

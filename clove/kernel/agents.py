@@ -26,6 +26,7 @@ from typing import Any
 from clove.config import AgentConfig
 from clove.errors import Conflict, InternalError, NotFound
 from clove.kernel.policy import Permissions, for_level
+from clove.kernel.sandboxlimits import isolation_report
 
 
 class AgentState(str, enum.Enum):
@@ -130,6 +131,11 @@ class Agent:
             return 0.0
         return (now if now is not None else time.monotonic()) - self.started_mono
 
+    def isolation_report(self) -> dict[str, Any]:
+        """What is really enforced, with where each sandbox limit came from and its ceiling
+        (:func:`clove.kernel.sandboxlimits.isolation_report`)."""
+        return isolation_report(self)
+
     def summary(self, *, detailed: bool = True) -> dict[str, Any]:
         """The row ``list_agents`` returns."""
         row: dict[str, Any] = {
@@ -155,7 +161,7 @@ class Agent:
             sandboxed=self.spec.sandboxed,
             network=self.spec.network,
             created_at=self.created_at,
-            isolation=self.isolation,
+            isolation=self.isolation_report(),
             devices={name: list(grant.ops) for name, grant in self.spec.devices.items()},
         )
         return row

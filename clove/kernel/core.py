@@ -3,6 +3,7 @@ runs the orderly shutdown (stop agents, remove cgroups, flush the journal, remov
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -29,10 +30,12 @@ from clove.kernel.sandbox import linux
 from clove.kernel.sandbox.cgroups import CgroupBackend, detect_backend, reap_stale
 from clove.kernel.sandbox.landlock import abi_version
 from clove.kernel.sandbox.launcher import ZygoteLauncher
+from clove.kernel.sandbox.warden import REAP_TIMEOUT, Warden
+from clove.kernel.sandboxlimits import resolve as resolve_limits
 from clove.kernel.agents import Agent
 from clove.kernel.lifecycle import lifecycle_events
 from clove.kernel.services import SERVICES
-from clove.kernel.supervisor import Supervisor
+from clove.kernel.supervisor import Supervisor, WatchedFd
 
 if TYPE_CHECKING:
     from clove.kernel.devices.broker import DeviceBroker
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOURNAL_HAND_OFF_S = 0.002
-_SERVICE_ATTRS = ("messaging", "execs", "http", "metrics", "state", "files", "llm", "devices", "postmortem")
+_SERVICE_ATTRS = ("messaging", "execs", "http", "metrics", "state", "files", "llm", "devices", "postmortem", "recorder")
 
 
 def _raise_fd_limit() -> None:
@@ -70,13 +73,18 @@ class Kernel:
         self.state_dir = Path(state_dir).resolve()
         self.loop = Loop(tick=0.1)
         self.channels = Channels(max_message_bytes=config.kernel.max_message_bytes)
-        self.journal = Journal(self.state_dir / "journal.jsonl", ring_size=config.kernel.audit_ring, batch=True)
+        self.journal = Journal(self.state_dir / "journal.jsonl", ring_size=config.kernel.audit_ring, batch=True, settings=config.journal)
         self._hand_off_timer: Timer | None = None
         self.launcher = ZygoteLauncher()
+        #: The life line (see clove.kernel.sandbox.lifeline): only this process holds the write end.
+        self._lifeline: tuple[int, int] | None = None
+        self.warden: Warden | None = None
+        self._warden_fd: WatchedFd | None = None
         self.backend: CgroupBackend | None = None
         self.supervisor: Supervisor  # set in start()
         self.dispatcher = Dispatcher(self)
         self.events = EventBus(loop=self.loop)
+        self.journal.on_space_change = self._journal_space_change
         self.async_results = AsyncResults()
         self.audit_config = AuditConfig(max_entries=config.kernel.audit_ring)
         self.operator_permissions = for_level(config.kernel.operator_level)
@@ -110,7 +118,10 @@ class Kernel:
         """
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o711)  # traversable, not listable: agents reach their own dirs only
-        linux.set_child_subreaper()
+        # Not a child subreaper: a dead zygote's orphans go to init (see clove.kernel.supervisor).
+        # The name tells a booting kernel that this pid's cgroups are live (is_live_kernel).
+        with contextlib.suppress(OSError):
+            linux.set_process_name("clove-kernel")
         _raise_fd_limit()
         self.channels.bind_control(self.socket_path)  # first: refuses to start beside a live kernel
         try:
@@ -119,8 +130,15 @@ class Kernel:
             if self.backend is not None:
                 for path in reap_stale(self.backend):
                     log.warning("removed cgroup %s left by a dead kernel", path)
+            self._lifeline = os.pipe()  # close-on-exec: no child ever inherits the write end
+            self.launcher.lifeline = self._lifeline[0]
+            if self.backend is not None:
+                parents = [base / self.backend.kernel_tag for base in self.backend.base_dirs]
+                self.warden = Warden(self._lifeline[0], parents)
+                self._start_warden()
             self.launcher.start()
         except BaseException:
+            self._cut_lifeline()
             self.channels.close()
             raise
         self.supervisor = Supervisor(
@@ -143,6 +161,7 @@ class Kernel:
         assert control is not None  # noqa: S101 - bind_control just set it
         self.loop.add_reader(control, lambda: self.dispatcher.on_readable(control))
         self._watch_zygote()
+        self.supervisor.zygote_started.append(self._watch_zygote)
         self.loop.housekeeping.append(self._housekeeping)
         self._install_signals()
         self.journal.append(Category.SYSCALL, "kernel.started", decision="n/a", details=self.info())
@@ -156,7 +175,7 @@ class Kernel:
                 log.error("agent %s failed to start: %s", spec.name, error.message)
 
         try:
-            self.supervisor.spawn(spec, on_started=report)
+            self.supervisor.spawn(resolve_limits(spec, self.config.limits), on_started=report)
         except CloveError as err:
             log.error("agent %s: %s", spec.name, err.message)
 
@@ -208,8 +227,43 @@ class Kernel:
                     listener(event)
                 continue
             self.supervisor.handle_zygote_event(event)  # on "lost" this restarts the zygote
-            if event.get("ev") == "lost" and self.launcher.sock is not None:
-                self._watch_zygote()
+
+    def _start_warden(self) -> None:
+        if self.warden is None or self._stopping:
+            return
+        try:
+            self.warden.start()
+        except OSError as err:
+            log.error("cannot start the warden (%s); retrying in 1 s", err)
+            self.loop.call_later(1.0, self._start_warden)
+            return
+        self._warden_fd = WatchedFd(self.warden.pidfd)
+        self.loop.add_reader(self._warden_fd, self._on_warden_exit)
+
+    def _on_warden_exit(self) -> None:
+        """The warden died while this kernel lives: agents are unaffected; start another."""
+        if self._warden_fd is not None:
+            self.loop.remove_reader(self._warden_fd)
+            self._warden_fd = None
+        if self.warden is None:
+            return
+        lived = time.monotonic() - self.warden.started_at
+        pid, code = self.warden.pid, self.warden.reap()
+        log.error("the warden %s died (status %s); starting another", pid, code)
+        self.loop.call_later(0.0 if lived > 1.0 else 1.0, self._start_warden)
+
+    def _cut_lifeline(self) -> None:
+        """The last act of a stopping kernel: every G still up takes its tree down, and the
+        warden empties and removes whatever is left of this kernel's cgroups, then exits."""
+        if self._warden_fd is not None:
+            self.loop.remove_reader(self._warden_fd)
+            self._warden_fd = None
+        if self._lifeline is not None:
+            for fd in self._lifeline:
+                os.close(fd)
+            self._lifeline = None
+        if self.warden is not None:
+            self.warden.wait(REAP_TIMEOUT + 2.0)
 
     def _session_closed(self, session: OperatorSession) -> None:
         self.events.drop(session.id)
@@ -223,9 +277,14 @@ class Kernel:
             self.events.drop(agent.id)
             self.async_results.drop(agent.id)
 
+    def _journal_space_change(self, low: bool, details: dict[str, Any]) -> None:
+        """The journal's disk crossed its reserve (either way): tell subscribers once."""
+        self.events.emit("KERNEL_RESOURCE_LOW", {"resource": "journal_disk", **details}, source_agent_id=None)
+
     def _housekeeping(self) -> None:
         self.supervisor.housekeeping()
         self.sessions.reap()
+        self.journal.tick()  # denial windows, the disk reserve, keep_days; returns at once unless due
         if self.journal.batch_pending and self._hand_off_timer is None:
             # Records reach the writer thread within 2 ms, in one wake-up per batch.
             self._hand_off_timer = self.loop.call_later(JOURNAL_HAND_OFF_S, self._hand_off)
@@ -261,6 +320,8 @@ class Kernel:
                 hook()
             except Exception:
                 log.exception("shutdown hook %r failed", hook)
+        self._stopping = True
+        self._cut_lifeline()
         if self.backend is not None:
             self.backend.close()
         self.launcher.stop()
@@ -289,6 +350,7 @@ class Kernel:
             "journal": str(self.journal.path),
             "sandbox_backend": self._backend_name(),
             "zygote_pid": self.launcher.pid,
+            "warden_pid": self.warden.pid if self.warden is not None else None,
             "backend": self.backend.describe() if self.backend is not None else {"name": "rlimit"},
             "landlock_abi": abi_version(),
             "require_isolation": self.config.sandbox.require_isolation,

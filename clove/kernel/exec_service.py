@@ -402,8 +402,8 @@ class ExecService:
         for job in list(self.jobs.values()):
             if self.launcher.sock is None or self.launcher.pid != job.zygote_pid:
                 if job.pid is not None:
-                    # Orphaned by the zygote, the command's leader is now the kernel's child
-                    # (the kernel is a subreaper and reaps nothing else): its pid is still its own.
+                    # Orphaned by the zygote, the command's leader went to init; its group
+                    # (killed whole) outlives it while any member does.
                     with contextlib.suppress(OSError):
                         os.killpg(job.pid, signal.SIGKILL)
                 self._finish(job, SandboxError("the zygote died while the command ran"))

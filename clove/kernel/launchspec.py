@@ -11,6 +11,7 @@ import clove_sdk
 from clove.config import SandboxSection
 from clove.kernel.agents import Agent
 from clove.kernel.sandbox.spec import Exposure, SpawnSpec
+from clove.kernel.sandboxlimits import spawn_storage
 
 
 def interpreter_paths() -> list[str]:
@@ -91,4 +92,5 @@ def build_spawn_spec(
         landlock=spec.sandboxed and sandbox.landlock,
         seccomp=spec.sandboxed and sandbox.seccomp,
         no_new_privs=spec.sandboxed,
+        **spawn_storage(spec, work),  # /tmp's size and inodes, the work dir's image
     )

@@ -28,6 +28,7 @@ from clove.config import AgentConfig
 from clove.errors import CloveError, Conflict, InvalidArguments, from_wire
 from clove.kernel.agents import TERMINAL, Agent
 from clove.kernel.recordformat import AgentRecording, canonical, decode, encode
+from clove.kernel.sandboxlimits import resolve as resolve_limits
 from clove.wire import Request
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ class ReplayService:
         if speed not in SPEEDS:
             raise InvalidArguments(f"replay.start: speed must be one of {', '.join(SPEEDS)}", details={"argument": "speed"})
         supervisor = self.kernel.supervisor
-        specs = [(part, replay_spec(part, env=env, args=args)) for part in parts]
+        specs = [(part, resolve_limits(replay_spec(part, env=env, args=args), self.kernel.config.limits)) for part in parts]
         for _, spec in specs:
             supervisor.check_spawnable(spec)
         self.tracks, self.divergence, self.error = {}, None, None

@@ -4,11 +4,33 @@ Starting is asynchronous: the kernel asks the zygote for a process tree and lear
 ``started``/``exited`` events what happened; callers that wait (a spawn reply, a kill reply) are
 called back when the agent settles. Killing is SIGTERM, a timer for the grace period, then
 SIGKILL of the whole tree (cgroup kill, or the pid namespace's init).
+
+**A zygote that dies takes no agent with it.** Agents are not the zygote's children to lose (G,
+their root, is its child only until it dies). With ``started`` the zygote hands the kernel two
+fds per agent: a pidfd of G and the read end of G's status pipe. While the zygote lives the
+kernel never touches them. When it dies (``lost``) the supervisor, without blocking the loop:
+
+* keeps every started agent running and *watches it itself*: the pidfd turns readable when G has
+  exited, and the status pipe holds A's exact wait status, written by G before it exits, so the
+  exit reason is classified as before (exit code, signal, OOM kill from the cgroup's counter).
+  Kills go through the cgroup, the agent's pid and G's pidfd (no pid-reuse race);
+* kills a tree the zygote left half-started (its cgroup, and its process group, from ``forked``)
+  and starts that incarnation again, so the spawn's caller still gets its answer;
+* starts a new zygote without waiting for it (:meth:`ZygoteLauncher.restart`) and tells it about
+  each running agent (``adopt``: spawn spec, G's pid and pidfd), so ``exec`` still works inside
+  them; a zygote that keeps dying young is restarted with a growing delay.
+
+The kernel is deliberately *not* a child subreaper: orphans of a dead zygote (G, spares, commands)
+go to init, which reaps them, instead of becoming zombies the kernel would have to reap without
+stealing the statuses of its own ``subprocess`` children (driver hosts). Agents die with the
+kernel itself through the life line (:mod:`clove.kernel.sandbox.lifeline`), not through the zygote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
 import os
 import shutil
@@ -37,18 +59,53 @@ from clove.kernel.logs import LogCapture
 from clove.kernel.loop import Loop, Timer
 from clove.kernel.policy import for_level
 from clove.kernel.sandbox.cgroups import AgentCgroup, CgroupBackend
-from clove.kernel.sandbox.launcher import ZygoteLauncher
+from clove.kernel.sandbox.launcher import ZygoteLauncher, close_fds
 from clove.kernel.sandbox.limits import LimitReport, Limits
 from clove.kernel.sandbox.rlimits import rlimits_for
+from clove.kernel.sandbox.spec import SpawnSpec
 from clove.kernel.spares import Spares
 
 log = logging.getLogger(__name__)
+
+#: A zygote that dies younger than this is restarted after a delay that doubles each time.
+ZYGOTE_STABLE_AFTER = 5.0
 
 S = AgentState
 Callback = Callable[[Agent, "CloveError | None"], None]
 #: Called with ``(agent, runtime, exit info)`` when an incarnation has ended, before its cgroup
 #: is released (see :attr:`Supervisor.exit_hooks`).
 ExitHook = Callable[[Agent, "Runtime", ExitInfo], None]
+
+
+class WatchedFd:
+    """An fd for the loop (which keys readers by object): one of an agent's handles."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+@dataclass(eq=False)
+class Handles:
+    """The kernel's own handles on a started incarnation, from the zygote's ``started``: G's
+    pidfd and the read end of G's status pipe. Watched only once the zygote is gone."""
+
+    pidfd: WatchedFd
+    status: WatchedFd
+    watched: bool = False
+    status_eof: bool = False
+    buffer: bytes = b""
+    final: int | None = None  # A's wait status, as G wrote it
+
+    def close(self) -> None:
+        for handle in (self.pidfd, self.status):
+            if handle.fd >= 0:
+                os.close(handle.fd)
+                handle.fd = -1
 
 
 @dataclass(eq=False)
@@ -60,6 +117,8 @@ class Runtime:
     logs: LogCapture
     cgroup: AgentCgroup | None = None
     pgid: int | None = None
+    spawn_spec: SpawnSpec | None = None  # this incarnation's, for a new zygote's exec
+    handles: Handles | None = None
     start_timer: Timer | None = None
     kill_timer: Timer | None = None
     backoff_timer: Timer | None = None
@@ -105,6 +164,11 @@ class Supervisor:
         #: lifecycle records (``agent.exited``...) follow. Hooks must be quick; one that raises
         #: is logged and skipped, never allowed to derail the supervisor.
         self.exit_hooks: list[ExitHook] = []
+        #: Called when a new zygote was started after the old one died (its socket is new).
+        self.zygote_started: list[Callable[[], None]] = []
+        self._zygote_timer: Timer | None = None
+        self._zygote_losses: list[float] = []
+        self._interrupted: list[Agent] = []
 
     # ---- events ------------------------------------------------------------------------------
 
@@ -241,6 +305,7 @@ class Supervisor:
             rlimits=rlimits,
             interpreter=self._interpreter_paths,
         )
+        rt.spawn_spec = launch
         try:
             self.launcher.spawn(launch, write_fd, slot=slot)
         except SandboxError as err:
@@ -265,26 +330,41 @@ class Supervisor:
 
     def handle_zygote_event(self, event: dict[str, Any]) -> None:
         kind = event.get("ev")
-        agent = self._by_key.get(str(event.get("key")))
-        if kind == "lost":
-            self._zygote_lost()
-            return
-        if agent is None:
-            return
-        if kind == "started":
-            self._on_started(agent, event)
-        elif kind == "exited":
-            self._by_key.pop(agent.key, None)
-            self._on_exited(agent, event)
+        fds: list[int] = event.pop("fds", [])
+        try:
+            if kind == "lost":
+                self._zygote_lost()
+                return
+            if kind == "hello":
+                self._zygote_ready(event)
+                return
+            agent = self._by_key.get(str(event.get("key")))
+            if agent is None:
+                return
+            if kind == "forked":
+                # C's pid: the process group (and session) of the tree being set up
+                self._rt[agent.id].pgid = int(event["pid"])
+            elif kind == "started":
+                fds, handles = [], fds
+                self._on_started(agent, event, handles)
+            elif kind == "exited":
+                self._by_key.pop(agent.key, None)
+                self._on_exited(agent, event)
+        finally:
+            close_fds({"fds": fds})
 
-    def _on_started(self, agent: Agent, event: dict[str, Any]) -> None:
+    def _on_started(self, agent: Agent, event: dict[str, Any], handles: list[int] | None = None) -> None:
         rt = self._rt[agent.id]
+        if handles and len(handles) == 2:
+            rt.handles = Handles(pidfd=WatchedFd(handles[0]), status=WatchedFd(handles[1]))
+        elif handles:
+            close_fds({"fds": handles})
         if rt.start_timer is not None:
             rt.start_timer.cancel()
         agent.pid = int(event["pid"])
         agent.init_pid = int(event.get("init_pid") or agent.pid)
         try:
-            rt.pgid = os.getpgid(agent.init_pid)
+            rt.pgid = os.getpgid(agent.pid)  # A's group (G leaves it, so a SIGSTOP pause spares G)
         except ProcessLookupError:
             rt.pgid = None
         agent.started_mono = time.monotonic()
@@ -342,6 +422,7 @@ class Supervisor:
                 log.exception("exit hook %r failed for agent %s", hook, agent.name)
 
     def _release_incarnation(self, agent: Agent, rt: Runtime) -> None:
+        self._close_handles(rt)
         if rt.cgroup is not None:
             rt.cgroup.kill_all()
             if not rt.cgroup.remove():
@@ -467,7 +548,13 @@ class Supervisor:
         self._event("agent.force_kill", agent)
         if rt.cgroup is not None:
             rt.cgroup.kill_all()
-        for pid in (agent.init_pid, agent.pid):
+        init_pid = agent.init_pid
+        if rt.handles is not None:
+            # G through its pidfd: no chance of hitting a reused pid once init has reaped G
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(rt.handles.pidfd.fd, signal.SIGKILL)
+            init_pid = None
+        for pid in (init_pid, agent.pid):
             if pid is not None:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -551,20 +638,156 @@ class Supervisor:
                     still.append(cgroup)
             self._orphan_cgroups = still
 
+    # ---- the zygote's death (see the module docstring) ---------------------------------------
+
     def _zygote_lost(self) -> None:
-        log.error("the zygote died; restarting it")
+        now = time.monotonic()
+        lived = now - self.launcher.started_at
+        old_pid = self.launcher.pid
         self.spares.lost()
-        self.launcher.stop(timeout=0.5)
-        for agent in self.table:
-            if agent.state not in TERMINAL and agent.state is not S.BACKOFF:
+        self.launcher.stop(timeout=0.0)  # reap it: it is gone, or is killed now
+        kept = restarted = 0
+        for agent in list(self.table):
+            rt = self._rt.get(agent.id)
+            if rt is None or agent.state in TERMINAL or agent.state is S.BACKOFF:
+                continue
+            if rt.handles is not None:
+                self._watch(agent, rt)
+                kept += 1
+            elif agent.state is S.STARTING:
+                self._interrupt_start(agent, rt)
+                restarted += 1
+            else:  # started, but we hold no handle on it (cannot happen with this zygote): end it
+                self._by_key.pop(agent.key, None)
                 self._force_kill(agent)
                 self._on_exited(agent, {"signal": signal.SIGKILL})
+        log.error(
+            "the zygote %s died after %.1f s; %d running agents carry on, %d starts are retried",
+            old_pid, lived, kept, restarted,
+        )
+        self.journal.append(
+            Category.SYSCALL,
+            "zygote.lost",
+            decision="n/a",
+            details={"pid": old_pid, "lived_s": round(lived, 3), "kept": kept, "starts_retried": restarted},
+        )
+        self._zygote_losses = [t for t in self._zygote_losses if now - t < 60.0] + [now]
+        delay = 0.0
+        if lived < ZYGOTE_STABLE_AFTER and len(self._zygote_losses) > 1:
+            delay = min(0.25 * 2 ** (len(self._zygote_losses) - 2), 10.0)  # it keeps dying young
+        if self._zygote_timer is not None:
+            self._zygote_timer.cancel()
+        if delay > 0:
+            log.error("restarting the zygote in %.2f s", delay)
+            self._zygote_timer = self.loop.call_later(delay, self._restart_zygote)
+        else:
+            self._restart_zygote()
+
+    def _restart_zygote(self) -> None:
+        self._zygote_timer = None
+        if self.spares.stopped:
+            return  # shutting down
         try:
-            self.launcher.start()
+            self.launcher.restart()
         except SandboxError as err:
-            log.error("%s", err)
+            log.error("%s; retrying in 1 s", err.message)
+            self._zygote_timer = self.loop.call_later(1.0, self._restart_zygote)
             return
+        for hook in self.zygote_started:
+            hook()
+        for agent in self.table:
+            rt = self._rt.get(agent.id)
+            if rt is None or rt.handles is None or rt.spawn_spec is None or agent.init_pid is None:
+                continue
+            try:
+                self.launcher.adopt(rt.spawn_spec, agent.init_pid, rt.handles.pidfd.fd)
+            except SandboxError as err:
+                log.warning("agent %s: the new zygote cannot run commands in it: %s", agent.name, err.message)
+        pending, self._interrupted = self._interrupted, []
+        for agent in pending:
+            if agent.state is S.STARTING and agent.id in self._rt:
+                self._start(agent)
         self.spares.prepare()
+
+    def _zygote_ready(self, event: dict[str, Any]) -> None:
+        took = time.monotonic() - self.launcher.started_at
+        log.info("zygote %s ready %.0f ms after it was started", event.get("pid"), took * 1000)
+
+    def _interrupt_start(self, agent: Agent, rt: Runtime) -> None:
+        """The zygote died while this incarnation was starting: kill what it made, start again."""
+        if rt.start_timer is not None:
+            rt.start_timer.cancel()
+        self._by_key.pop(agent.key, None)
+        self._force_kill(agent)  # its cgroup, and the process group ``forked`` named
+        self._release_incarnation(agent, rt)
+        if rt.logs.read_fd is not None:
+            self.loop.remove_reader(rt.logs.read_fd)  # the next incarnation gets a fresh pipe
+        self._event("agent.start_interrupted", agent, reason="the zygote died")
+        self._interrupted.append(agent)
+
+    def _watch(self, agent: Agent, rt: Runtime) -> None:
+        """Supervise a started agent without the zygote: its end through G's pidfd, its exit
+        status through G's status pipe."""
+        handles = rt.handles
+        if handles is None or handles.watched:
+            return
+        handles.watched = True
+        self.loop.add_reader(handles.status, functools.partial(self._read_status, handles))
+        self.loop.add_reader(handles.pidfd, functools.partial(self._watched_exit, agent))
+
+    def _read_status(self, handles: Handles) -> None:
+        """Read what G wrote; ``{"status": N}`` is A's exact wait status."""
+        while not handles.status_eof:
+            try:
+                chunk = os.read(handles.status.fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                handles.status_eof = True
+                self.loop.remove_reader(handles.status)  # EOF stays readable: stop polling it
+                return
+            handles.buffer += chunk
+            while b"\n" in handles.buffer:
+                line, handles.buffer = handles.buffer.split(b"\n", 1)
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(message, dict) and "status" in message:
+                    handles.final = int(message["status"])
+
+    def _watched_exit(self, agent: Agent) -> None:
+        """G of a watched agent has exited (the whole tree with it): report it as the zygote would."""
+        rt = self._rt.get(agent.id)
+        handles = rt.handles if rt is not None else None
+        if rt is None or handles is None:
+            return
+        self.loop.remove_reader(handles.pidfd)
+        self._read_status(handles)  # G wrote A's status before it exited: it is in the pipe
+        status = handles.final
+        self._by_key.pop(agent.key, None)
+        with contextlib.suppress(SandboxError):  # no zygote right now: a new one never heard of it
+            self.launcher.disown(agent.key)
+        event: dict[str, Any]
+        if status is None:
+            log.warning("agent %s: its exit status was lost with the zygote; reporting SIGKILL", agent.name)
+            event = {"signal": signal.SIGKILL}
+        elif os.WIFSIGNALED(status):
+            event = {"signal": os.WTERMSIG(status), "core": os.WCOREDUMP(status)}
+        else:
+            event = {"exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None}
+        self._on_exited(agent, event)
+
+    def _close_handles(self, rt: Runtime) -> None:
+        handles, rt.handles = rt.handles, None
+        if handles is None:
+            return
+        if handles.watched:
+            self.loop.remove_reader(handles.status)
+            self.loop.remove_reader(handles.pidfd)
+        handles.close()
 
     def live_count(self) -> int:
         return sum(1 for a in self.table if a.state not in TERMINAL)
@@ -578,9 +801,12 @@ class Supervisor:
     def finish(self) -> None:
         """Last step of shutdown: remove every cgroup and the agents' runtime files."""
         self.spares.stop()
+        if self._zygote_timer is not None:
+            self._zygote_timer.cancel()
         for agent in self.table:
             rt = self._rt.get(agent.id)
             if rt is not None:
+                self._close_handles(rt)
                 if rt.cgroup is not None:
                     rt.cgroup.kill_all()
                     if not rt.cgroup.remove():

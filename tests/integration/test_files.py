@@ -46,9 +46,11 @@ def test_agent_reads_and_writes_its_work_dir_and_private_tmp(kernel):
         ],
     )
     wrote, appended, text, tmp_write, local, owner, tmp_read = values(report)
-    work = kernel.state_dir / "agents" / str(r["id"]) / "work"
+    # The work dir is the agent's size-bounded filesystem, mounted in its own mount namespace:
+    # the host sees it through the agent's root.
+    work = f"/proc/{r['pid']}/root{kernel.state_dir}/agents/{r['id']}/work"
     assert (wrote, appended, text) == (7, 7, "line 1\nline 2\n")
-    assert os.stat(work / "notes.txt").st_uid == r["isolation"]["uid"]
+    assert os.stat(f"{work}/notes.txt").st_uid == r["isolation"]["uid"]
     assert tmp_write == {"success": True, "bytes_written": 18, "path": tmp_name}
     assert local == {"bytes_hex": b"through the kernel".hex()} and owner == r["isolation"]["uid"]
     assert tmp_read["content"] == "through the kernel" and tmp_read["encoding"] == "utf-8"

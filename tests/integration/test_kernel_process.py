@@ -11,7 +11,7 @@ import time
 import pytest
 
 from clove.testing.kernel import KernelProcess, poll_for
-from tests.conftest import agent_row, agent_script, cgroup_leftovers, requires_root
+from tests.conftest import agent_script, cgroup_leftovers, requires_root
 
 pytestmark = [pytest.mark.integration, requires_root]
 
@@ -99,10 +99,11 @@ def test_require_isolation_refuses_unenforceable_spawns(make_kernel):
         assert r["success"] is False and r["code"] == "sandbox.unenforceable"
         assert "cpu" in r["error"]
         assert c.spawn("open", agent_script("healthy.py"), sandboxed=False)["code"] == "sandbox.unenforceable"
-        ok = c.spawn("fine", agent_script("healthy.py"), limits={"pids": 64})
-        assert ok["success"] and ok["isolation"]["backend"] == "rlimit"
-        assert ok["isolation"]["limits"]["pids"]["enforced"] is True
-        assert agent_row(k, "fine")["state"] == "running"
+        # Every agent gets the [limits] defaults, a CPU quota among them, which rlimits cannot
+        # enforce: asking only for what rlimits can do is not enough any more.
+        default = c.spawn("fine", agent_script("healthy.py"), limits={"pids": 64})
+        assert default["success"] is False and default["code"] == "sandbox.unenforceable"
+        assert default["details"]["cpu"]["requested"] == 50_000 and "pids" not in default["details"]
 
 
 def test_rlimit_fallback_reports_truthfully(make_kernel):
@@ -112,7 +113,7 @@ def test_rlimit_fallback_reports_truthfully(make_kernel):
     limits = r["isolation"]["limits"]
     assert limits["cpu"]["enforced"] is False and "RLIMIT_CPU" in limits["cpu"]["via"]
     assert limits["memory"]["enforced"] is True and "RLIMIT_AS" in limits["memory"]["via"]
-    assert limits["pids"] == {"requested": 64, "enforced": True, "via": limits["pids"]["via"]}
+    assert limits["pids"] == {"requested": 64, "enforced": True, "via": limits["pids"]["via"], "source": "request", "ceiling": 1024}
 
 
 def test_agents_and_cgroups_of_a_killed_kernel_are_reaped_by_the_next(make_kernel):
@@ -125,10 +126,18 @@ def test_agents_and_cgroups_of_a_killed_kernel_are_reaped_by_the_next(make_kerne
         dead = crashed.pid
         os.kill(dead, 9)
         crashed.proc.wait()
-        assert os.path.exists(f"/proc/{orphan['pid']}")  # the agent outlived its kernel...
-        assert cgroup_leftovers(dead)
-        make_kernel()  # ...until the next kernel boots
-        poll_for(lambda: not os.path.exists(f"/proc/{orphan['pid']}"), timeout=10, message="the orphan to die")
+        # The agent dies with its kernel (its G watches the kernel's life line)...
+        poll_for(lambda: not _running(orphan["pid"]), timeout=10, message="the orphan to die")
+        make_kernel()  # ...and nothing of the dead kernel's cgroups is left once the next one is up
         assert cgroup_leftovers(dead) == []
     finally:
         crashed.cleanup()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

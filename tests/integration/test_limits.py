@@ -37,7 +37,7 @@ def test_cpu_hog_is_held_to_its_quota_while_a_neighbour_answers(kernel):
         assert stats()["nr_throttled"] > 0
         assert max(latencies) < 1.0 and sorted(latencies)[len(latencies) // 2] < 0.05
         assert agent_row(kernel, "steady")["state"] == "running"
-        assert r["isolation"]["limits"]["cpu"] == {"requested": 20000, "enforced": True, "via": "cpu.cfs_quota_us"}
+        assert r["isolation"]["limits"]["cpu"] == {"requested": 20000, "enforced": True, "via": "cpu.cfs_quota_us", "source": "request", "ceiling": 200_000}
 
 
 def test_memory_hog_is_oom_killed_at_its_limit_alone(kernel):

@@ -42,7 +42,9 @@ def _events_until(op, condition, timeout: float = 15.0) -> list:  # noqa: ANN001
 def test_cpu_hog_is_busy_and_throttled_under_a_limit(kernel):
     with kernel.client() as op:
         op.subscribe(["RESOURCE_WARNING"])
-        free = op.spawn("free-hog", agent_script("cpu_hog.py"))
+        # Two cores' worth (the ceiling): more than its one thread can use, so never throttled,
+        # where the [limits] default (half a core) would throttle it.
+        free = op.spawn("free-hog", agent_script("cpu_hog.py"), limits={"cpu": "200%"})
         capped = op.spawn("capped-hog", agent_script("cpu_hog.py"), limits={"cpu": "20%"})
 
         def cpu(agent: dict) -> float:
@@ -62,7 +64,7 @@ def test_cpu_hog_is_busy_and_throttled_under_a_limit(kernel):
         warning = next(e for e in events if e["data"]["agent_id"] == capped["id"])
         assert warning["data"]["kind"] == "cpu_throttled" and warning["data"]["name"] == "capped-hog"
         assert warning["data"]["cpu_quota_us"] == 20_000 and warning["data"]["nr_throttled"] > 0
-        assert all(e["data"]["agent_id"] != free["id"] for e in events)  # no limit, no warning
+        assert all(e["data"]["agent_id"] != free["id"] for e in events)  # never throttled, no warning
         events.extend(op.poll_events(max_events=100, timeout=3.0)["events"])
         # Once per crossing, not once per check (about one a second): a hog starved by a loaded
         # machine may stop being throttled for one check and warn again, hence <= 2, and the

@@ -50,8 +50,9 @@ def test_an_oom_killed_agent_leaves_a_complete_bundle(kernel):
         assert cg["oom_kills"] > 0
         assert 16 * MiB <= cg["memory_peak"] <= 33 * MiB, cg  # read before the cgroup was removed
         assert cg["memory_current"] < cg["memory_peak"] and cg["cpu_usage_us"] > 0 and "pids_current" in cg
-        assert summary["limits"] == {"memory_bytes": 32 * MiB, "cpu_quota_us": None, "pids": 32}
-        assert summary["isolation"]["limits"]["memory"] == {"requested": 32 * MiB, "enforced": True, "via": summary["isolation"]["limits"]["memory"]["via"]}
+        assert summary["limits"] == {"memory_bytes": 32 * MiB, "cpu_quota_us": 50_000, "pids": 32}  # CPU: the [limits] default
+        assert summary["isolation"]["limits"]["memory"] == {"requested": 32 * MiB, "enforced": True, "via": summary["isolation"]["limits"]["memory"]["via"],
+                                                            "source": "request", "ceiling": 4 << 30}  # fmt: skip
         assert summary["isolation"]["limits"]["memory"]["enforced"] and summary["isolation"]["uid"] == summary["agent"]["uid"]
         assert summary["permissions"]["level"] == "standard" and summary["devices"] == {}
         assert summary["restarts"] == 0 and summary["agent"]["incarnation"] == 1
@@ -105,13 +106,14 @@ def test_clean_exits_and_operator_kills_leave_none_but_a_crash_does(kernel):
 
 def test_a_start_failure_leaves_a_bundle(kernel):
     with kernel.client() as c:
-        # One pid: the sandbox cannot fork its pid namespace's init, so the agent never starts.
+        # One pid: the sandbox cannot make its work dir's filesystem (mkfs is a process) or fork
+        # its pid namespace's init, so the agent never starts.
         r = c.spawn("nostart", agent_script("exit_code.py"), args=["0"], limits={"pids": 1})
         assert r.get("success") is False and r.get("code") == "spawn.failed", r
         (row,) = _bundles(kernel, "nostart")
         s = c.call("postmortem.get", name="nostart")["summary"]
         assert row["reason"] == s["reason"] == "failed_to_start" and s["state"] == "failed"
-        assert s["exit"]["message"].startswith("fork:") and s["limits"]["pids"] == 1
+        assert s["exit"]["message"].startswith(("workdir:", "fork:")) and s["limits"]["pids"] == 1
 
 
 def test_keep_prunes_the_oldest_and_the_escalation_is_the_latest(make_kernel):

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clove.config import AgentConfig, RecordingSection
+from clove.config import AgentConfig, KernelConfig, RecordingSection
 from clove.errors import Conflict, InvalidArguments, NotFound, PermissionDenied, QuotaExceeded
 from clove.kernel.agents import Agent, AgentState
 from clove.kernel.recordfile import RotatingJsonl
@@ -320,6 +320,7 @@ class FakeSupervisor:
 class FakeKernel:
     def __init__(self) -> None:
         self.supervisor = FakeSupervisor()
+        self.config = KernelConfig()  # a replay's agents get the [limits] defaults too
 
 
 def recorded_run(tmp_path: Path, exit_code: int | None = 0) -> list[dict[str, Any]]:

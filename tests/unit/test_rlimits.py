@@ -119,6 +119,12 @@ def test_pids_not_enforced_for_root() -> None:
     assert "ignored for root" in report["pids"].via
 
 
+def test_memory_for_root_is_set_but_not_reported_enforced() -> None:
+    applied, report = rlimits_for(Limits(memory_bytes=512 << 20), runs_as_root=True)
+    assert applied == [(resource.RLIMIT_AS, 512 << 20, 512 << 20)]
+    assert report["memory"].enforced is False and "root can raise it" in report["memory"].via
+
+
 def test_empty_limits() -> None:
     applied, report = rlimits_for(Limits(), runs_as_root=False)
     assert applied == []

@@ -134,7 +134,7 @@ def summary(agent: Agent, death: Death, *, why: str, final_state: AgentState, ke
         "limits": {"memory_bytes": spec.memory_bytes, "cpu_quota_us": spec.cpu_quota_us, "pids": spec.pids},
         "permissions": agent.permissions.to_wire(),
         "devices": {name: summarize_args(grant, max_items=100) for name, grant in spec.devices.items()},
-        "isolation": summarize_args(agent.isolation, max_str=500, max_items=50, max_depth=6),
+        "isolation": summarize_args(agent.isolation_report(), max_str=500, max_items=50, max_depth=6),
         "kernel": kernel,
     }
 

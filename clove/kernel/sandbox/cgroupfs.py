@@ -30,6 +30,7 @@ __all__ = [
     "parse_proc_cgroup",
     "read_int",
     "read_keyed",
+    "is_live_kernel",
     "is_pid_alive",
     "read_pids",
     "remove_stale_dirs",
@@ -251,6 +252,34 @@ def is_pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def is_live_kernel(pid: int) -> bool:
+    """Whether ``pid`` is a running Clove kernel, the only owner a ``clove-<pid>`` cgroup can have.
+
+    Not just "the pid exists": pids are reused (``pid_max`` is often 32768), and a dead kernel's
+    pid held by some other process (or its unreaped zombie) must not keep its cgroups alive. A
+    kernel names its main thread ``clove-kernel``; kernels started before that are recognised by
+    their command line (``clove kernel``, ``python -m clove kernel``). When ``/proc`` cannot be
+    read for another reason the answer is True: never touch what might be live.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        return True
+    head, _, tail = stat.rpartition(b")")
+    fields = tail.split()
+    if not fields or fields[0] in (b"Z", b"X"):
+        return False
+    if head.partition(b"(")[2] == b"clove-kernel":
+        return True
+    args = cmdline.split(b"\0")
+    return b"kernel" in args and any(a == b"clove" or a.endswith(b"/clove") for a in args)
 
 
 def stale_dirs(

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -17,11 +18,14 @@ from typing import Any, NoReturn
 
 import msgpack
 
-from clove.kernel.sandbox import confine, linux, seccomp
+from clove.kernel.sandbox import confine, lifeline, linux, seccomp
 from clove.kernel.sandbox.spec import ExecSpec, SpawnSpec
 
 #: Compiled by the zygote at warm-up (``{network: filter}``); None when seccomp is unavailable.
 SECCOMP: dict[bool, Any] | None = None
+#: The read end of the kernel's life line (set by the zygote at start; -1: none). Every G watches
+#: it and takes its tree down on EOF (see :mod:`clove.kernel.sandbox.lifeline`).
+LIFELINE = -1
 MAX_SPEC = 1 << 20
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -77,6 +81,8 @@ def run_c(spec: SpawnSpec, log_fd: int, status_w: int, *, joined: bool = False) 
         stage = "cgroup"
         if not joined:
             confine.join_cgroups(spec.cgroup_attach)
+        stage = "workdir"
+        confine.make_work_image(spec)
         stage = "namespaces"
         entered = confine.unshare_namespaces(network=spec.network) if spec.namespaces else []
         stage = "fork"
@@ -91,10 +97,10 @@ def run_c(spec: SpawnSpec, log_fd: int, status_w: int, *, joined: bool = False) 
 
 def _run_g(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) -> NoReturn:
     if not spec.namespaces:
-        _run_agent(spec, log_fd, status_w, entered)
+        _run_keeper(spec, log_fd, status_w, entered)
     stage = "mounts"
     try:
-        confine.build_mount_view(spec.exposures)
+        confine.build_mount_view(spec.exposures, tmp_bytes=spec.tmp_bytes, tmp_inodes=spec.tmp_inodes, work_mount=confine.work_mount_of(spec))
         stage = "proc"
         confine.mount_proc()
         stage = "hostname"
@@ -106,11 +112,31 @@ def _run_g(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) -> N
     except BaseException as err:
         _fail(status_w, stage, err)
     os.close(log_fd)
-    _init_loop(agent, status_w)
+    _init_loop(agent, status_w, spec)
 
 
-def _init_loop(agent: int, status_w: int) -> NoReturn:
-    """pid 1 duties: pass signals on to the agent, reap every orphan, report the agent's end."""
+def _run_keeper(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) -> NoReturn:
+    """G without namespaces: the agent's parent, so that it can report the agent's exact end and
+    take the agent's tree down when the kernel dies (a child subreaper: orphans come to it)."""
+    try:
+        linux.set_child_subreaper()
+        keeper = os.getpid()
+        agent = os.fork()
+        if agent == 0:
+            linux.set_parent_death_signal(signal.SIGKILL)  # G gone (killed): the agent goes too
+            if os.getppid() != keeper:
+                os._exit(127)
+            _run_agent(spec, log_fd, status_w, entered)
+        _write_status(status_w, {"a": agent})  # the host pid (no pid namespace here)
+    except BaseException as err:
+        _fail(status_w, "fork", err)
+    os.close(log_fd)
+    _init_loop(agent, status_w, spec)
+
+
+def _init_loop(agent: int, status_w: int, spec: SpawnSpec) -> NoReturn:
+    """pid 1 duties (or the keeper's): pass signals on to the agent, reap every orphan, report
+    the agent's end; and when the kernel's life line breaks, take the whole tree down."""
 
     def forward(signum: int, _frame: object) -> None:
         try:
@@ -120,16 +146,34 @@ def _init_loop(agent: int, status_w: int) -> NoReturn:
 
     for sig in _FORWARDED:
         signal.signal(sig, forward)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
+    # Out of the agent's process group: a pause by SIGSTOP to that group must not stop the watch.
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    poller = select.poll()
+    poller.register(wake_r, select.POLLIN)
+    if LIFELINE >= 0:
+        poller.register(LIFELINE, select.POLLIN)
     while True:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            os._exit(0)
-        if pid == agent:
-            _write_status(status_w, {"status": status})
-            os._exit(0)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                os._exit(0)
+            if pid == 0:
+                break
+            if pid == agent:
+                _write_status(status_w, {"status": status})
+                os._exit(0)
+        for fd, _ in poller.poll():
+            if fd == LIFELINE:
+                lifeline.cut(spec)  # the kernel is gone
+            with contextlib.suppress(OSError):
+                os.read(wake_r, 4096)
 
 
 def _run_agent(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) -> NoReturn:
@@ -232,9 +276,16 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def run_exec(
-    job: ExecSpec, agent: SpawnSpec | None, init_pid: int | None, out_fd: int, err_fd: int, status_w: int
+    job: ExecSpec,
+    agent: SpawnSpec | None,
+    init_pid: int | None,
+    out_fd: int,
+    err_fd: int,
+    status_w: int,
+    init_pidfd: int = -1,
 ) -> NoReturn:
-    """X: still in the host pid namespace. Joins the agent's cgroups and namespaces, forks Y."""
+    """X: still in the host pid namespace. Joins the agent's cgroups and namespaces, forks Y.
+    ``init_pidfd`` (G's pidfd) proves afterwards that ``init_pid`` was still G's when joined."""
     stage = "cgroup"
     try:
         if agent is not None:
@@ -242,6 +293,10 @@ def run_exec(
             if agent.namespaces and init_pid is not None:
                 stage = "namespaces"
                 confine.enter_namespaces(init_pid)
+                # G alive now was alive when its namespace files were opened: the pid was its own.
+                if init_pidfd >= 0 and linux.pidfd_exited(init_pidfd):
+                    stage = "lookup"
+                    raise ProcessLookupError(errno.ESRCH, "the agent is not running")
         stage = "fork"
         pid = os.fork()
         if pid == 0:

@@ -18,7 +18,7 @@ import resource
 import stat
 from collections.abc import Iterable, Sequence
 
-from clove.kernel.sandbox import landlock, linux
+from clove.kernel.sandbox import landlock, linux, workdir
 from clove.kernel.sandbox.spec import Exposure, SpawnSpec
 
 #: Directories that always get a fresh, private tmpfs inside the sandbox.
@@ -115,14 +115,27 @@ def _hiding_ancestor(path: str) -> str | None:
     return None
 
 
-def build_mount_view(exposures: Sequence[Exposure]) -> None:
-    """Make the whole tree read-only and nosuid, give /tmp and /dev/shm private tmpfs, and bind
-    each exposure back in at its own path (read-only unless ``writable``).
+def build_mount_view(
+    exposures: Sequence[Exposure],
+    *,
+    tmp_bytes: int = 64 << 20,
+    tmp_inodes: int | None = None,
+    work_mount: tuple[int, str, str, int] | None = None,
+) -> None:
+    """Make the whole tree read-only and nosuid, give /tmp and /dev/shm private tmpfs (each
+    ``tmp_bytes`` large and holding at most ``tmp_inodes`` inodes), and bind each exposure back
+    in at its own path (read-only unless ``writable``).
+
+    ``work_mount`` is ``(loop fd, loop device, work dir, uid)`` (:func:`work_mount_of`): that
+    ext4 filesystem is mounted over the work dir first (:func:`clove.kernel.sandbox.workdir.mount`),
+    so the work dir's exposure binds the size-bounded filesystem instead of the host directory.
 
     Directories an unprivileged uid cannot traverse on the way to an exposure (``/root`` holding a
     virtualenv, say) are covered by a tmpfs, which also hides everything else they hold.
     """
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    if work_mount is not None:
+        workdir.mount(*work_mount)
     # Open the sources before the tmpfs mounts hide them; bind from /proc/self/fd.
     sources: list[tuple[Exposure, int, bool]] = []
     for exp in exposures:
@@ -141,10 +154,11 @@ def build_mount_view(exposures: Sequence[Exposure]) -> None:
     # Only the outermost covers matter: a tmpfs inside another would be hidden or redundant.
     outer = sorted(c for c in covers if not any(c != o and c.startswith(o + "/") for o in covers))
     linux.make_tree_readonly("/")
+    private = f"mode=1777,size={tmp_bytes}" + (f",nr_inodes={tmp_inodes}" if tmp_inodes else "")
     for cover in outer:
         if os.path.isdir(cover):
-            mode = "1777" if cover in PRIVATE_TMPFS else "0755"
-            linux.mount("tmpfs", cover, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, f"mode={mode},size=64m")
+            options = private if cover in PRIVATE_TMPFS else "mode=0755,size=64m"
+            linux.mount("tmpfs", cover, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, options)
     for exp, fd, is_dir in sources:
         target = exp.path
         if not os.path.exists(target):
@@ -155,6 +169,29 @@ def build_mount_view(exposures: Sequence[Exposure]) -> None:
         flags = linux.MS_REMOUNT | linux.MS_BIND | linux.MS_NOSUID | (0 if exp.writable else linux.MS_RDONLY)
         linux.mount(None, target, None, flags)
         os.close(fd)
+
+
+#: The loop device C attached for the agent's work dir (``(fd, path)``), which G, C's child,
+#: mounts (:func:`work_mount_of`). Set in C only; a zygote never sets it.
+_work_device: tuple[int, str] | None = None
+
+
+def make_work_image(spec: SpawnSpec) -> None:
+    """C's part of a bounded work dir (:mod:`clove.kernel.sandbox.workdir`), in the host's
+    namespaces and under the agent's cgroup: make the image once per agent, attach it to a loop
+    device for G to mount."""
+    global _work_device
+    if spec.workdir_image is None or not spec.workdir_bytes or spec.uid is None or not spec.namespaces:
+        return
+    workdir.create(spec.workdir_image, spec.workdir_bytes, spec.uid)
+    _work_device = workdir.attach(spec.workdir_image)
+
+
+def work_mount_of(spec: SpawnSpec) -> tuple[int, str, str, int] | None:
+    """G's part: ``(loop fd, device, work dir, uid)`` to mount, when C attached one."""
+    if _work_device is None or spec.uid is None:
+        return None
+    return (*_work_device, spec.cwd, spec.uid)
 
 
 def mount_proc() -> None:

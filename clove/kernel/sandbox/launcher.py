@@ -1,11 +1,15 @@
 """The kernel's side of the zygote: start it, send spawn and exec requests, read its events.
 
-All calls are non-blocking once the zygote is up, so the kernel loop can poll :meth:`fileno`.
+All calls are non-blocking once the zygote is up, so the kernel loop can poll :meth:`fileno`;
+:meth:`ZygoteLauncher.restart` (after a crash) does not wait for the new zygote either: requests
+queue in the socket until it reads them. Events may carry fds (``event["fds"]``, received
+close-on-exec); whoever handles an event owns them and must close them (:func:`close_fds`).
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import logging
 import os
 import signal
@@ -22,29 +26,67 @@ from clove.kernel.sandbox.spec import ExecSpec, SpawnSpec
 
 log = logging.getLogger(__name__)
 
+#: The most fds one zygote event carries (``started``: G's pidfd and the status pipe).
+MAX_EVENT_FDS = 2
+#: The kernel's send buffer to the zygote: after a restart, one ``adopt`` per running agent (and
+#: any spawns) waits there while the new zygote imports; the default (~200 KiB) holds ~100.
+SEND_BUFFER = 8 << 20
+_SO_SNDBUFFORCE = 32  # Linux; root may exceed net.core.wmem_max
+
+
+def close_fds(event: dict[str, Any]) -> None:
+    """Close the fds an event carried and nobody took."""
+    for fd in event.pop("fds", ()):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
 
 class ZygoteLauncher:
-    """Owns the zygote process and the SOCK_SEQPACKET pair that talks to it."""
+    """Owns the zygote process and the SOCK_SEQPACKET pair that talks to it.
 
-    def __init__(self, python: str = sys.executable) -> None:
+    :param lifeline: the read end of the kernel's life line, passed on to every agent's G
+        (see :mod:`clove.kernel.sandbox.lifeline`); ``None`` runs agents without one.
+    """
+
+    def __init__(self, python: str = sys.executable, *, lifeline: int | None = None) -> None:
         self.python = python
+        self.lifeline = lifeline
         self.sock: socket.socket | None = None
         self.pid: int | None = None
+        self.started_at = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
 
+    def _launch(self) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for option in (_SO_SNDBUFFORCE, socket.SO_SNDBUF):
+            try:
+                ours.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER)
+                break
+            except OSError:
+                continue
+        argv = [self.python, "-m", "clove.kernel.sandbox.zygote", str(theirs.fileno())]
+        keep = [theirs.fileno()]
+        if self.lifeline is not None:
+            argv.append(str(self.lifeline))
+            keep.append(self.lifeline)
+        try:
+            self._proc = subprocess.Popen(argv, pass_fds=keep, stdin=subprocess.DEVNULL, close_fds=True)
+        except OSError as err:
+            ours.close()
+            raise SandboxError(f"the zygote did not start: {err.strerror or err}") from None
+        finally:
+            theirs.close()
+        self.pid = self._proc.pid
+        self.started_at = time.monotonic()
+        return ours
+
     def start(self, timeout: float = 15.0) -> None:
-        """Start the zygote and wait for its hello (blocking: called at boot and after a crash).
+        """Start the zygote and wait for its hello (blocking: called at boot).
 
         :raises SandboxError: when it does not come up.
         """
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._proc = subprocess.Popen(
-            [self.python, "-m", "clove.kernel.sandbox.zygote", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-            close_fds=True,
-        )
-        theirs.close()
+        ours = self._launch()
+        assert self._proc is not None  # noqa: S101 - _launch set it
         ours.settimeout(timeout)
         try:
             hello = msgpack.unpackb(ours.recv(65536), raw=False)
@@ -58,8 +100,20 @@ class ZygoteLauncher:
             raise SandboxError("the zygote did not start: no hello")
         ours.setblocking(False)
         self.sock = ours
-        self.pid = self._proc.pid
         log.debug("zygote %d up", self.pid)
+
+    def restart(self) -> None:
+        """Start a new zygote without waiting for it (the kernel loop must not block): requests
+        sent from now on queue in the socket until it reads them; its hello arrives as an event
+        (``{"ev": "hello"}``), or ``lost`` if it dies first.
+
+        :raises SandboxError: the process could not be started at all.
+        """
+        self.stop(timeout=0.0)  # reap the old one first (it is gone, or is killed now)
+        ours = self._launch()
+        ours.setblocking(False)
+        self.sock = ours
+        log.info("zygote %d starting", self.pid)
 
     def fileno(self) -> int:
         if self.sock is None:
@@ -94,6 +148,15 @@ class ZygoteLauncher:
         """SIGKILL a command's process group, session and descendants (no-op once it ended)."""
         self._send({"op": "exec_kill", "job": job}, [])
 
+    def adopt(self, spec: SpawnSpec, init_pid: int, pidfd: int) -> None:
+        """Tell a new zygote about a running agent an earlier one started (its spawn spec, G's
+        pid and a pidfd of G), so that ``exec`` can run commands inside it."""
+        self._send({"op": "adopt", "spec": spec.to_wire(), "init_pid": init_pid}, [pidfd])
+
+    def disown(self, key: str) -> None:
+        """An adopted agent ended: the zygote forgets it."""
+        self._send({"op": "disown", "key": key}, [])
+
     def _send(self, message: dict[str, Any], fds: list[int]) -> None:
         if self.sock is None:
             raise SandboxError("zygote not started")
@@ -109,24 +172,34 @@ class ZygoteLauncher:
         if self.sock is None:
             return []
         out: list[dict[str, Any]] = []
+        space = socket.CMSG_SPACE(MAX_EVENT_FDS * array.array("i").itemsize)
         while True:
+            fds = array.array("i")
             try:
-                data = self.sock.recv(1 << 20)
+                data, ancdata, _, _ = self.sock.recvmsg(1 << 20, space, socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 return out
             except OSError:
-                data = b""
+                data, ancdata = b"", []
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+            event: Any = None
+            if data:
+                try:
+                    event = msgpack.unpackb(data, raw=False)
+                except ValueError:
+                    log.error("zygote sent an undecodable event")
+            if isinstance(event, dict):
+                if fds:
+                    event["fds"] = list(fds)
+                out.append(event)
+            else:
+                close_fds({"fds": list(fds)})
             if not data:
                 out.append({"ev": "lost"})
                 self._close_sock()
                 return out
-            try:
-                event = msgpack.unpackb(data, raw=False)
-            except ValueError:
-                log.error("zygote sent an undecodable event")
-                continue
-            if isinstance(event, dict):
-                out.append(event)
 
     def reap(self) -> int | None:
         """Reap the zygote if it has exited; returns its wait status."""
@@ -141,7 +214,8 @@ class ZygoteLauncher:
             self.sock = None
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Close the channel (the zygote exits on EOF), kill it if it lingers."""
+        """Close the channel (the zygote exits on EOF), kill it if it lingers. With ``timeout=0``
+        (a zygote that is gone already) this only reaps it."""
         self._close_sock()
         if self._proc is None:
             return

@@ -1,7 +1,8 @@
 """Thin ctypes wrappers over the Linux calls Python 3.11 lacks: unshare, mount, mount_setattr,
 prctl. Each raises :class:`OSError` with errno on failure, like the ``os`` module does.
 
-Only the zygote's per-agent children call these, after fork and before the agent runs.
+Mostly the zygote's per-agent children call these, after fork and before the agent runs (the
+kernel names itself with one; the zygote polls pidfds with another).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import select
 from typing import Final
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -29,6 +31,7 @@ MS_REC: Final = 0x4000
 MS_PRIVATE: Final = 0x40000
 
 PR_SET_PDEATHSIG: Final = 1
+PR_SET_NAME: Final = 15
 PR_SET_NO_NEW_PRIVS: Final = 38
 PR_SET_CHILD_SUBREAPER: Final = 36
 
@@ -112,3 +115,16 @@ def set_child_subreaper() -> None:
 def set_parent_death_signal(sig: int) -> None:
     """Deliver ``sig`` to the caller when its parent thread dies."""
     prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_process_name(name: str) -> None:
+    """Name the calling thread (``/proc/<pid>/comm`` for the main thread; at most 15 bytes)."""
+    raw = name.encode()[:15]
+    _check(_libc.prctl(ctypes.c_int(PR_SET_NAME), ctypes.c_char_p(raw), 0, 0, 0), "prctl PR_SET_NAME")
+
+
+def pidfd_exited(pidfd: int) -> bool:
+    """Whether the process behind ``pidfd`` has exited (its pidfd polls readable), without waiting."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))

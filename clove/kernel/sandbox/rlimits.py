@@ -5,6 +5,8 @@ It is weak, and the report says so:
 * memory becomes ``RLIMIT_AS``, a cap on *address space*, not on resident memory. Interpreters and
   libzmq reserve far more address space than they touch (libzmq aborts below roughly 64 MB), so the
   value must be generous; the report states the mechanism so nobody mistakes it for an RSS limit.
+  An agent that runs as root (unsandboxed) can raise it again (``CAP_SYS_RESOURCE``): it is
+  still set, as a guard against accidents, but reported as not enforced.
 * CPU is **not** enforced. ``RLIMIT_CPU`` is a budget of CPU seconds that kills the process when
   spent; it cannot throttle to a share of a core.
 * pids become ``RLIMIT_NPROC``, which counts processes *per uid*. Clove gives each agent its own
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 RLIMIT_AS_WARN_BYTES = 256 * 1024 * 1024
 
 _VIA_AS = "RLIMIT_AS (address space, not RSS)"
+_VIA_AS_ROOT = "not enforced: RLIMIT_AS is set, but root can raise it (CAP_SYS_RESOURCE)"
 _VIA_NO_CPU = "not enforced: RLIMIT_CPU kills after a CPU-seconds budget instead of throttling"
 _VIA_NPROC = "RLIMIT_NPROC (processes per uid)"
 _VIA_NPROC_ROOT = "not enforced: RLIMIT_NPROC is ignored for root"
@@ -54,7 +57,7 @@ def rlimits_for(
         report["memory"] = LimitReport(None, False, NOT_REQUESTED)
     else:
         applied.append((resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes))
-        report["memory"] = LimitReport(limits.memory_bytes, True, _VIA_AS)
+        report["memory"] = LimitReport(limits.memory_bytes, not runs_as_root, _VIA_AS_ROOT if runs_as_root else _VIA_AS)
         if limits.memory_bytes < RLIMIT_AS_WARN_BYTES:
             log.warning(
                 "RLIMIT_AS of %d MiB caps address space, not RSS; the interpreter and libzmq may "

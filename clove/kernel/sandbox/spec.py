@@ -26,6 +26,12 @@ class SpawnSpec:
     :param namespaces: request new pid, mount, uts and ipc namespaces (and net unless ``network``).
     :param cgroup_attach: ``cgroup.procs`` files the child writes its pid to before unsharing.
     :param rlimits: ``(resource, soft, hard)`` applied just before the agent runs.
+    :param tmp_bytes: the size of each private tmpfs (``/tmp``, ``/dev/shm``).
+    :param tmp_inodes: the inodes (files, directories, links) each private tmpfs may hold;
+        ``None``: tmpfs's own default (half the RAM's pages).
+    :param workdir_image: an ext4 image to make (once, ``workdir_bytes`` large) and mount over
+        ``cwd`` inside the agent's mount namespace (:mod:`clove.kernel.sandbox.workdir`);
+        ``None``: ``cwd`` is the plain host directory.
     """
 
     key: str
@@ -45,6 +51,10 @@ class SpawnSpec:
     landlock: bool = True
     seccomp: bool = True
     no_new_privs: bool = True
+    tmp_bytes: int = 64 << 20
+    tmp_inodes: int | None = None
+    workdir_image: str | None = None
+    workdir_bytes: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

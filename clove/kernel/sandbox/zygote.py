@@ -15,7 +15,30 @@ Process tree of one sandboxed agent::
 
 When A ends, G writes A's exact wait status to the status pipe and exits; as the namespace's
 init its exit kills everything A left behind. C's exit re-parents G to the zygote, which reaps
-it and reports. Without namespaces G is the agent itself.
+it and reports. Without namespaces G is still A's parent (a child subreaper, not an init): it
+reports A's status the same way, and A has a parent-death signal on it.
+
+**Agents die with their kernel.** G also watches the kernel's life line (the read end of a pipe
+whose write end only the kernel holds; :mod:`clove.kernel.sandbox.lifeline`) and, on EOF, takes
+its tree down. The zygote holds only a read end, so its own death cuts nothing. When the kernel
+goes (EOF on the socket, or the parent-death signal, SIGTERM) the zygote kills its commands and
+*reaps* them before it exits: a command inside an agent's pid namespace is the namespace's only
+process with a parent outside it, and the namespace's init (G) cannot finish dying until that
+parent has reaped it (left to init, that can take seconds).
+
+**Agents outlive the zygote.** Agents are not the zygote's to lose: if it dies, the kernel starts
+a new one and keeps supervising the running agents itself. For that, ``started`` carries two
+SCM_RIGHTS fds: a pidfd of G (opened while G was still an unreaped child of ours, so it names G
+and nothing else) and the status pipe's read end (the same pipe the zygote reads). The kernel
+leaves both alone while the zygote lives. Once it is gone, G (orphaned to init or an outer
+subreaper, never to the kernel) is watched through its pidfd, and A's exact wait status is read
+from the pipe, where G writes it before exiting. Why not make the kernel a subreaper and wait for
+G: the kernel also starts driver hosts with ``subprocess``, and every other orphan of the zygote
+(spares, commands) would become its zombie to reap without stealing ``Popen``'s statuses; and for
+a namespaced agent G's own status says nothing about A's. The new zygote gets each such agent's
+spawn spec, G's pid and G's pidfd (``{"op": "adopt"}``), so ``exec`` still runs inside it; X
+checks the pidfd after joining G's namespaces, which proves the pid was still G's. ``forked``
+(C's pid, the agent's process group) lets the kernel kill a tree that was still starting.
 
 The kernel's ``exec`` syscall runs commands here too (``{"op": "exec", "spec": ...}`` with the
 command's stdout and stderr pipes as two SCM_RIGHTS fds), because joining another process's
@@ -46,6 +69,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +81,8 @@ from clove.kernel.sandbox.children import kill_group, kill_tree, run_c, run_exec
 from clove.kernel.sandbox.spec import ExecSpec, SpawnSpec
 
 MAX_DATAGRAM = 1 << 20
+#: How long a zygote whose kernel is gone keeps reaping the commands it killed.
+REAP_ON_EXIT_S = 1.0
 
 
 # ---- the zygote itself --------------------------------------------------------------------
@@ -74,6 +100,9 @@ class _Tracked:
     spec: SpawnSpec | None = None
     kill_requested: bool = False
     g_pid: int | None = None
+    a_pid: int | None = None  # the agent's host pid, reported by a keeper G (no namespaces)
+    pidfd: int = -1  # G's, for an agent: handed to the kernel at started
+    adopted: bool = False  # a running agent of an earlier zygote (no pipe, not our child)
     ready: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     final: int | None = None
@@ -97,21 +126,33 @@ class Zygote:
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         self.wake_r = wake_r
+        self.kernel_gone = False
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "kernel_gone", True))  # parent-death signal
         self.selector.register(sock, selectors.EVENT_READ, "kernel")
         self.selector.register(wake_r, selectors.EVENT_READ, "sigchld")
 
-    def send(self, event: dict[str, Any]) -> None:
-        self.sock.send(msgpack.packb(event, use_bin_type=True))
+    def send(self, event: dict[str, Any], fds: list[int] | None = None) -> None:
+        payload = msgpack.packb(event, use_bin_type=True)
+        try:
+            if fds:
+                self.sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            else:
+                self.sock.send(payload)
+        except (BrokenPipeError, ConnectionError):
+            self.kernel_gone = True  # the read side sees EOF too; clean up there, not mid-request
 
     def run(self) -> None:
         self.send({"ev": "hello", "pid": os.getpid()})
         while True:
             for key, _ in self.selector.select():
+                if self.kernel_gone:
+                    break
                 if key.data == "kernel":
                     if not self._handle_kernel():
-                        return
+                        self.kernel_gone = True
+                        break
                 elif key.data == "sigchld":
                     while True:
                         try:
@@ -124,6 +165,26 @@ class Zygote:
                     # The SIGCHLD branch earlier in this same batch may have finished this tree
                     # and closed its pipe (its fd may even be reused by now): skip it then.
                     self._read_status(key.data)
+            if self.kernel_gone:
+                self._kill_commands_and_reap()
+                return
+
+    def _kill_commands_and_reap(self) -> None:
+        """The kernel is gone (its agents go by their G, see the module docstring): kill every
+        command and reap them, and whatever else ends meanwhile, for at most a second."""
+        for tracked in self.jobs.values():
+            if tracked.g_pid is not None:
+                kill_tree(tracked.g_pid)
+        waiting = {pid for pid, tracked in self.by_pid.items() if tracked.kind == "exec"}  # not reaped yet
+        deadline = time.monotonic() + REAP_ON_EXIT_S
+        while waiting and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                time.sleep(0.002)
+            waiting.discard(pid)
 
     def _handle_kernel(self) -> bool:
         fds = array.array("i")
@@ -148,11 +209,15 @@ class Zygote:
             self._drop_spare(str(request.get("slot")))
         elif op == "exec" and len(fds) == 2:
             self._exec(request["spec"], fds[0], fds[1])
+        elif op == "adopt" and len(fds) == 1:
+            self._adopt(request, fds[0])
         else:
             for fd in fds:
                 os.close(fd)
             if op == "exec_kill":
                 self._exec_kill(str(request.get("job")))
+            elif op == "disown":
+                self._disown(str(request.get("key")))
         return True
 
     def _fork(self, run: Callable[[int], object], *, child_closes: tuple[socket.socket, ...] = ()) -> tuple[int, int]:
@@ -168,6 +233,7 @@ class Zygote:
                     sock.close()
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 run(status_w)
             finally:
                 os._exit(127)
@@ -181,6 +247,7 @@ class Zygote:
         tracked = _Tracked(key=spec.key, status_r=status_r, c_pid=pid, spec=spec)
         self.agents[spec.key] = tracked
         self._track(tracked)
+        self.send({"ev": "forked", "key": spec.key, "pid": pid})
 
     def _prepare(self, slot: str, attach: tuple[str, ...]) -> None:
         """Fork a spare C that joins ``attach`` now and becomes an agent on a later spawn."""
@@ -210,6 +277,7 @@ class Zygote:
         tracked = _Tracked(key=spec.key, status_r=status_r, c_pid=pid, spec=spec)
         self.agents[spec.key] = tracked
         self._track(tracked)
+        self.send({"ev": "forked", "key": spec.key, "pid": pid})
         return True
 
     def _drop_spare(self, slot: str) -> None:
@@ -218,6 +286,27 @@ class Zygote:
             pid, ctl, status_r = entry
             ctl.close()  # the spare reads EOF and exits
             os.close(status_r)
+
+    def _adopt(self, request: dict[str, Any], pidfd: int) -> None:
+        """Remember a running agent an earlier zygote started, so commands can run inside it."""
+        try:
+            spec = SpawnSpec.from_wire(request["spec"])
+            init_pid = int(request["init_pid"])
+        except (KeyError, TypeError, ValueError):
+            os.close(pidfd)
+            return
+        self._disown(spec.key)
+        self.agents[spec.key] = _Tracked(
+            key=spec.key, status_r=-1, c_pid=-1, spec=spec, g_pid=init_pid, pidfd=pidfd, adopted=True,
+            started_sent=True,
+        )
+
+    def _disown(self, key: str) -> None:
+        """The kernel saw an adopted agent end."""
+        tracked = self.agents.get(key)
+        if tracked is not None and tracked.adopted:
+            del self.agents[key]
+            os.close(tracked.pidfd)
 
     def _track(self, tracked: _Tracked) -> None:
         self.by_pipe[tracked.status_r] = tracked
@@ -237,14 +326,21 @@ class Zygote:
         init_pid: int | None = None
         if job.agent_key is not None:
             owner = self.agents.get(job.agent_key)
+            if owner is not None and owner.adopted and linux.pidfd_exited(owner.pidfd):
+                self._disown(owner.key)  # ended; the kernel's disown is on its way
+                owner = None
             if owner is None or owner.g_pid is None or not owner.started_sent or owner.final is not None:
                 os.close(out_fd)
                 os.close(err_fd)
                 error = "the agent is not running"
                 self.send({"ev": "exec_exited", "job": job.job, "error": error, "stage": "lookup"})
                 return
-            agent, init_pid = owner.spec, owner.g_pid
-        pid, status_r = self._fork(lambda status_w: run_exec(job, agent, init_pid, out_fd, err_fd, status_w))
+            agent, init_pid, init_pidfd = owner.spec, owner.g_pid, owner.pidfd
+        else:
+            init_pidfd = -1
+        pid, status_r = self._fork(
+            lambda status_w: run_exec(job, agent, init_pid, out_fd, err_fd, status_w, init_pidfd)
+        )
         os.close(out_fd)
         os.close(err_fd)
         os.set_blocking(status_r, False)
@@ -286,6 +382,12 @@ class Zygote:
             if "g" in message:
                 tracked.g_pid = int(message["g"])
                 self.by_pid[tracked.g_pid] = tracked
+                if tracked.kind == "agent" and tracked.pidfd < 0:
+                    # G is unreaped (C's child, or ours once C exits): this pid is still G's.
+                    with contextlib.suppress(OSError):
+                        tracked.pidfd = os.pidfd_open(tracked.g_pid)
+            elif "a" in message:
+                tracked.a_pid = int(message["a"])
             elif "ready" in message:
                 tracked.ready = message["ready"]
             elif "error" in message:
@@ -305,12 +407,24 @@ class Zygote:
             return
         if tracked.started_sent or tracked.ready is None or tracked.g_pid is None:
             return
-        agent_pid = tracked.g_pid
+        keeper = tracked.spec is not None and not tracked.spec.namespaces
+        if keeper and tracked.a_pid is None:
+            return  # G's report of A's pid is still in the pipe
+        agent_pid = tracked.a_pid or tracked.g_pid
         if tracked.ready.get("namespaces"):
             agent_pid = _only_child(tracked.g_pid) or tracked.g_pid
         tracked.started_sent = True
+        # G's pidfd and the status pipe: the kernel's handles on this agent should we die.
+        handles = [tracked.pidfd, tracked.status_r] if tracked.pidfd >= 0 and tracked.status_r >= 0 else []
         self.send(
-            {"ev": "started", "key": tracked.key, "pid": agent_pid, "init_pid": tracked.g_pid, "confinement": tracked.ready}
+            {
+                "ev": "started",
+                "key": tracked.key,
+                "pid": agent_pid,
+                "init_pid": tracked.g_pid,
+                "confinement": tracked.ready,
+            },
+            handles,
         )
 
     def _reap(self) -> None:
@@ -364,6 +478,9 @@ class Zygote:
         self.by_pid.pop(tracked.c_pid, None)
         if tracked.g_pid is not None:
             self.by_pid.pop(tracked.g_pid, None)
+        if tracked.pidfd >= 0:
+            os.close(tracked.pidfd)
+            tracked.pidfd = -1
         final = tracked.final if tracked.final is not None else status
         if tracked.kind == "exec":
             self.jobs.pop(tracked.key, None)
@@ -405,7 +522,9 @@ def _only_child(pid: int) -> int | None:
 
 def main() -> None:
     fd = int(sys.argv[1])
-    linux.set_parent_death_signal(signal.SIGKILL)
+    children.LIFELINE = int(sys.argv[2]) if len(sys.argv) > 2 else -1
+    # SIGTERM, not SIGKILL: a zygote whose kernel died still kills and reaps its commands.
+    linux.set_parent_death_signal(signal.SIGTERM)
     linux.set_child_subreaper()
     sock = socket.socket(fileno=fd)
     # Warm the imports every agent needs, then keep their objects out of the GC's way so forked

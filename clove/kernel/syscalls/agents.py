@@ -11,6 +11,7 @@ from clove.errors import CloveError, InvalidArguments, PermissionDenied
 from clove.kernel.agents import Agent
 from clove.kernel.devices.settings import grants_from_wire
 from clove.kernel.policy import for_level
+from clove.kernel.sandboxlimits import resolve as resolve_limits
 from clove.kernel.syscalls.base import Deferred, NoArgs, Syscall, SyscallContext
 
 _LIMIT_KEYS = ("memory", "cpu", "cpu_quota", "cpu_percent", "pids", "max_pids")
@@ -65,26 +66,19 @@ class SpawnRequest:
     devices: dict[str, Any] | None = None
 
 
-def _child_limits(parent: Agent, limits: dict[str, int | None]) -> dict[str, int | None]:
-    """An agent's child gets at most its parent's limits (the parent's, where it asks none)."""
-    own = {"memory_bytes": parent.spec.memory_bytes, "cpu_quota_us": parent.spec.cpu_quota_us, "pids": parent.spec.pids}
-    out = dict(limits)
-    for key, ceiling in own.items():
-        if ceiling is None:
-            continue
-        if out[key] is None:
-            out[key] = ceiling
-        elif out[key] > ceiling:  # type: ignore[operator]
-            raise PermissionDenied(f"a child's {key} cannot exceed its parent's ({ceiling})", details={"limit": key, "parent": ceiling})
-    return out
-
-
 @final
 class Spawn(Syscall):
     """``agent.spawn`` → ``{success, id, name, pid, status, restart_policy, isolation}``, sent
     once the agent's sandbox is up and its process runs.
 
-    :raises proto.invalid_args: bad name, limits or policy.  :raises conflict: name in use.
+    Limits the spawn does not name get the kernel's defaults for the agent (``[limits]``,
+    ``[limits.agents.NAME]``); an agent's child never gets more than its parent has
+    (:mod:`clove.kernel.sandboxlimits`). The reply's ``isolation`` shows each value's source
+    and ceiling.
+
+    :raises proto.invalid_args: bad name, limits or policy; a limit above its ceiling.
+    :raises perm.denied: a child asking for more than its parent has.
+    :raises conflict: name in use.
     :raises spawn.failed: missing script, or the sandbox or interpreter failed to start.
     :raises sandbox.unenforceable: ``require_isolation`` and a limit cannot be enforced.
     """
@@ -112,7 +106,6 @@ class Spawn(Syscall):
             ctx.perms.check_spawn(len(ctx.kernel.supervisor.children_of(parent)))
             if not req.sandboxed or req.network and not parent.spec.network or req.interpreter or req.working_dir:
                 raise PermissionDenied("an agent's children run sandboxed, with its interpreter and no more network than it has")
-            limits = _child_limits(parent, limits)
             if req.devices:
                 raise PermissionDenied("an agent cannot grant devices to its children", details={"grant": "devices"})
         devices = grants_from_wire(req.devices, {d.name: d for d in ctx.kernel.config.devices}) if req.devices else {}
@@ -134,6 +127,7 @@ class Spawn(Syscall):
             devices=devices,
             **limits,
         )
+        spec = resolve_limits(spec, ctx.kernel.config.limits, parent=parent.spec if parent is not None else None)
         deferred = Deferred()
 
         def started(agent: Agent, error: CloveError | None) -> None:
@@ -155,7 +149,7 @@ def spawn_reply(agent: Agent) -> dict[str, Any]:
         "pid": agent.pid,
         "status": agent.state.value,
         "restart_policy": agent.spec.restart,
-        "isolation": agent.isolation,
+        "isolation": agent.isolation_report(),
     }
 
 
