@@ -78,11 +78,15 @@ def make_kernel() -> Iterator[Callable[..., KernelProcess]]:
     for leaks (cgroups, processes, socket) at teardown."""
     made: list[tuple[KernelProcess, int, int]] = []
 
-    def make(extra: str = "", *, sandbox: str = "", state_dir: str | os.PathLike[str] | None = None) -> KernelProcess:
+    def make(
+        extra: str = "", *, sandbox: str = "", state_dir: str | os.PathLike[str] | None = None, cwd: str | None = None
+    ) -> KernelProcess:
         """``sandbox``: extra lines for the ``[sandbox]`` table; ``extra``: more tables;
-        ``state_dir``: reuse the state dir of an earlier (stopped) kernel."""
+        ``state_dir``: reuse the state dir of an earlier (stopped) kernel; ``cwd``: the kernel's
+        working directory."""
         uid_base = random.randrange(300_000, 4_000_000, 1000)
-        k = KernelProcess(TEST_CONFIG.format(uid_base=uid_base, sandbox=sandbox) + extra, state_dir=state_dir).start()
+        config = TEST_CONFIG.format(uid_base=uid_base, sandbox=sandbox) + extra
+        k = KernelProcess(config, state_dir=state_dir, cwd=cwd).start()
         made.append((k, uid_base, k.call("kernel.info")["zygote_pid"]))
         return k
 

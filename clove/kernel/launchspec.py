@@ -20,7 +20,15 @@ def interpreter_paths() -> list[str]:
     paths = {sys.base_prefix, sys.prefix, sys.exec_prefix}
     paths.update(p for p in sys.path if p.startswith("/") and os.path.exists(p))
     paths.add(str(Path(clove_sdk.__file__).resolve().parent.parent))
-    return outermost(paths)
+    # ``python -m clove`` puts the kernel's working directory on sys.path: started from /tmp
+    # (or /), binding it would cover the sandbox's private /tmp with the host's, read-only.
+    return outermost({p for p in paths if not _covers_private_mount(p)})
+
+
+def _covers_private_mount(path: str) -> bool:
+    """Whether binding ``path`` would hide a private tmpfs (or the whole read-only tree)."""
+    path = path.rstrip("/") or "/"
+    return path == "/" or any(private == path or private.startswith(path + "/") for private in ("/tmp", "/dev/shm"))
 
 
 def outermost(paths: set[str]) -> list[str]:

@@ -54,6 +54,7 @@ class KernelProcess:
         env: dict[str, str] | None = None,
         base_dir: str | None = None,
         state_dir: str | os.PathLike[str] | None = None,
+        cwd: str | None = None,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="clv", dir=base_dir or "/tmp"))
         os.chmod(self.dir, 0o755)
@@ -66,6 +67,7 @@ class KernelProcess:
         self.env = {**os.environ, **(env or {})}
         self.env.pop("CLOVE_SOCKET", None)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cwd = cwd  # the kernel's working directory (default: the caller's)
 
     def start(self, timeout: float = 20.0) -> KernelProcess:
         with open(self.log_path, "ab") as log:
@@ -75,6 +77,7 @@ class KernelProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
+                cwd=self.cwd,
             )
 
         def up() -> bool:

@@ -80,6 +80,23 @@ def test_private_tmp_is_not_the_hosts(kernel, tmp_path):
         os.unlink(marker)
 
 
+@pytest.mark.parametrize("kernel_cwd", ["/tmp", "/"])
+def test_agents_start_and_keep_a_private_tmp_whatever_the_kernels_working_directory(make_kernel, tmp_path, kernel_cwd):
+    """``python -m clove`` puts its working directory on sys.path; from /tmp that directory was
+    bound over the sandbox's private /tmp (read-only) and every sandboxed spawn failed."""
+    marker = "/tmp/clove-host-marker-visible"
+    open(marker, "w").close()
+    try:
+        k = make_kernel(cwd=kernel_cwd)
+        with k.client() as c:
+            reply = c.spawn("probe", agent_script("probe.py"), args=["1", str(tmp_path / "x")])
+        assert reply.get("success"), reply
+        report = read_report(k, "probe")
+        assert "clove-host-marker-visible" not in report["tmp_listing"]["value"]
+    finally:
+        os.unlink(marker)
+
+
 def test_network_grant_allows_tcp(kernel, tcp_server, tmp_path):
     port, accepted = tcp_server
     with kernel.client() as c:
