@@ -1,5 +1,5 @@
 """Kernel memory: VmRSS and PSS (smaps_rollup) of the kernel process idle and with 100 idle
-agents, the zygote's (the kernel's child running ``clove.kernel.sandbox.zygote``), and the mean
+agents, the zygote's (the kernel's child running ``clove.sandbox.zygote``), and the mean
 PSS of one idle agent. Target: kernel ≤ 40 MB idle.
 
 Baseline in the same run: a bare Python process that has imported zmq and msgpack and holds a

@@ -78,7 +78,7 @@ class _DroppingQueue:
 
 
 def run_patched_kernel(mode: str, socket: str, state_dir: str) -> int:
-    import clove.kernel.journal as journal
+    import clove.kernel.audit.journal as journal
     from clove.cli.main import main as clove_main
 
     if mode == "no journal":

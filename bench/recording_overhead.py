@@ -61,8 +61,8 @@ def _recorder_cost(n: int = 20000) -> float:
     from pathlib import Path
 
     from clove.config import AgentConfig, RecordingSection
-    from clove.kernel.agents import Agent
-    from clove.kernel.recording import Recorder, RecordingOptions
+    from clove.kernel.core.agents import Agent
+    from clove.kernel.services.recording.recorder import Recorder, RecordingOptions
     from clove.wire import Request
 
     with tempfile.TemporaryDirectory() as tmp:

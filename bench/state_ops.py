@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import Report, bench_kernel, main, stats_dict, summarize, time_calls
 
-from clove.kernel.statestore import StateStore  # common.py put the repo on sys.path
+from clove.kernel.services.statestore import StateStore  # common.py put the repo on sys.path
 
 WARMUP = 300
 ROUNDS = 10

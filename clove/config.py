@@ -21,8 +21,8 @@ from clove.errors import CloveError, ConfigError
 
 if TYPE_CHECKING:
     from clove.drivers.grants import DeviceGrant
-    from clove.kernel.devices.settings import DeviceSpec
-    from clove.kernel.interlocks import InterlockSpec
+    from clove.kernel.services.devices.settings import DeviceSpec
+    from clove.kernel.services.interlocks import InterlockSpec
     from clove.llm.settings import LlmSection
 
 if sys.version_info >= (3, 11):
@@ -406,7 +406,7 @@ def _agent(source: str, name: str, data: Any, base_dir: Path, devices: dict[str,
 
 def _grants(t: _Table) -> dict[str, Any]:
     grants = t.get("permissions", dict, {})
-    from clove.kernel.policy import parse_grants  # the policy module owns the grant schema
+    from clove.policy import parse_grants  # the policy module owns the grant schema
 
     try:
         parse_grants(grants)
@@ -419,7 +419,7 @@ def _device_grants(t: _Table, devices: dict[str, DeviceSpec]) -> dict[str, Devic
     data = t.get("devices", dict, {})
     if not data:
         return {}
-    from clove.kernel.devices.settings import parse_agent_grants  # the device broker owns the grant schema
+    from clove.kernel.services.devices.settings import parse_agent_grants  # the device broker owns the grant schema
 
     return parse_agent_grants(t.source, t.where.split(".", 1)[1], data, devices)
 
@@ -600,11 +600,11 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
     recording = _recording(source, raw)
     limits = _limits(source, raw)
     journal = _journal(source, raw)
-    from clove.kernel.devices.settings import parse_devices  # loads only the drivers the config names
+    from clove.kernel.services.devices.settings import parse_devices  # loads only the drivers the config names
 
     devices, _registry = parse_devices(source, raw)
     by_name = {d.name: d for d in devices}
-    from clove.kernel.interlocks import parse_interlocks  # the interlocks own their schema
+    from clove.kernel.services.interlocks import parse_interlocks  # the interlocks own their schema
 
     interlocks = parse_interlocks(source, raw, by_name)
     agents_raw = raw.get("agents", {})

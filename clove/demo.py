@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clove.cli import render
-from clove.kernel.journal import verify_journal
+from clove.kernel.audit.journal import verify_journal
 from clove.testing.kernel import KernelProcess, poll_for
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"

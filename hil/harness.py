@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from clove.errors import CloveError, ConfigError
-from clove.kernel.journal_verify import read_journal, verify_journal
+from clove.kernel.audit.verify import read_journal, verify_journal
 from clove.testing.kernel import KernelProcess, poll_for
 from hil.assertions import Outcome, RunRecord, check
 from hil.bench import Bench, FaultSpec

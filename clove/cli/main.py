@@ -148,7 +148,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from clove.kernel.journal import read_journal, verify_journal
+    from clove.kernel.audit.journal import read_journal, verify_journal
 
     if args.verify or args.file:
         path = args.file

@@ -16,8 +16,8 @@ from typing import Any
 
 from clove.cli import render
 from clove.errors import CloveError, KernelUnavailable
-from clove.kernel.postmortem.bundle import JOURNAL, LOG, SUMMARY
-from clove.kernel.postmortem.store import view
+from clove.kernel.services.postmortem.bundle import JOURNAL, LOG, SUMMARY
+from clove.kernel.services.postmortem.store import view
 
 #: The most of the log and of the journal slice printed (the files may be larger).
 SHOWN_BYTES = 256 << 10

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from clove.kernel.journal_verify import VerifyResult
+    from clove.kernel.audit.verify import VerifyResult
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 from clove.cli import render
 from clove.errors import CloveError, KernelUnavailable
-from clove.kernel.recordformat import load_entries, select_agents
+from clove.kernel.services.recording.format import load_entries, select_agents
 
 POLL_S = 0.05
 PRIVATE_KERNEL = """[kernel]

@@ -25,22 +25,22 @@ import zmq
 from clove import wire
 from clove.drivers.grants import TokenBucket
 from clove.errors import CloveError, InternalError, PermissionDenied, ResourceExhausted, UnknownSyscall
-from clove.kernel.channels import Caller
-from clove.kernel.fairshare import Flow, weight_for
-from clove.kernel.journal import Category
-from clove.kernel.redact import redact
+from clove.kernel.core.channels import Caller
+from clove.kernel.core.fairshare import Flow, weight_for
+from clove.kernel.audit.journal import Category
+from clove.kernel.audit.redact import redact
 from clove.kernel.syscalls import SYSCALLS, Deferred, Syscall, SyscallContext
 
 if TYPE_CHECKING:
-    from clove.kernel.agents import Agent
-    from clove.kernel.core import Kernel
-    from clove.kernel.recording import Pending
-    from clove.kernel.sessions import OperatorSession
+    from clove.kernel.core.agents import Agent
+    from clove.kernel.kernel import Kernel
+    from clove.kernel.services.recording.recorder import Pending
+    from clove.kernel.core.sessions import OperatorSession
 
 log = logging.getLogger(__name__)
 
 #: At most this many messages from one socket per loop turn, however cheap (the fair share in
-#: :mod:`clove.kernel.fairshare` usually stops a busy socket sooner).
+#: :mod:`clove.kernel.core.fairshare` usually stops a busy socket sooner).
 BATCH = 32
 #: What an agent may still do while the journal's disk is below its reserve: drain what the
 #: kernel holds for it and learn why. Everything else is new work, refused until space returns.
@@ -77,7 +77,7 @@ class Dispatcher:
         kernel.loop.housekeeping.append(self._commit_held)
 
     def on_readable(self, sock: zmq.Socket[bytes]) -> None:
-        """Serve ``sock`` for this turn's share of kernel time (see :mod:`clove.kernel.fairshare`)."""
+        """Serve ``sock`` for this turn's share of kernel time (see :mod:`clove.kernel.core.fairshare`)."""
         flow = self.flows.get(sock)
         if flow is None:
             flow = self.flows[sock] = self._new_flow(sock)

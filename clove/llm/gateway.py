@@ -2,7 +2,7 @@
 which provider, and what happens when it comes back. Time comes from injected clocks, so unit
 tests drive it with a fake clock.
 
-The kernel's service (:mod:`clove.kernel.llm_service`) owns the I/O around it: it builds
+The kernel's service (:mod:`clove.kernel.services.llm`) owns the I/O around it: it builds
 :class:`Job`\\ s from ``llm.think`` calls, :meth:`Gateway.submit`\\ s them, runs what
 :meth:`Gateway.pump` returns on worker threads, hands each outcome to :meth:`Gateway.finished`
 and sets a timer for :meth:`Gateway.next_wakeup`.

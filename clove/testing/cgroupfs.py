@@ -1,6 +1,6 @@
 """An in-memory cgroup filesystem that behaves like the kernel's, for tests without root.
 
-:class:`FakeCgroupFS` implements :class:`clove.kernel.sandbox.cgroupfs.CgroupFS`. Mount v1 and v2
+:class:`FakeCgroupFS` implements :class:`clove.sandbox.cgroupfs.CgroupFS`. Mount v1 and v2
 hierarchies with :meth:`~FakeCgroupFS.add_v1_hierarchy` / :meth:`~FakeCgroupFS.add_v2_hierarchy`,
 put plain files such as ``/proc/self/cgroup`` with :meth:`~FakeCgroupFS.add_file`, and register
 processes with :meth:`~FakeCgroupFS.add_process`. It mimics the kernel where the backends depend
@@ -104,7 +104,7 @@ class _Node:
 
 @final
 class FakeCgroupFS:
-    """In-memory :class:`~clove.kernel.sandbox.cgroupfs.CgroupFS` with kernel-like behaviour.
+    """In-memory :class:`~clove.sandbox.cgroupfs.CgroupFS` with kernel-like behaviour.
 
     :param page_size: memory limits round down to a multiple of this.
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from clove.errors import SandboxError
-from clove.kernel.sandbox.cgroupfs import parse_proc_cgroup
-from clove.kernel.sandbox.cgroups import AgentCgroup, CgroupBackend, detect_backend, remove_stale
-from clove.kernel.sandbox.limits import Limits
+from clove.sandbox.cgroupfs import parse_proc_cgroup
+from clove.sandbox.cgroups import AgentCgroup, CgroupBackend, detect_backend, remove_stale
+from clove.sandbox.limits import Limits
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

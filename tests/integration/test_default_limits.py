@@ -11,7 +11,7 @@ import time
 import pytest
 
 from clove.errors import InvalidArguments
-from clove.kernel.sandbox import workdir
+from clove.sandbox import workdir
 from clove.testing.kernel import poll_for
 from tests.conftest import agent_row, agent_script, read_report, requires_root
 

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from clove.errors import CloveError
-from clove.kernel.journal import read_journal
+from clove.kernel.audit.journal import read_journal
 from clove.testing.kernel import KernelProcess, poll_for
 from tests.conftest import requires_root
 

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from clove.kernel.exec_service import MAX_JOBS_PER_CALLER
-from clove.kernel.sandbox.launcher import ZygoteLauncher
-from clove.kernel.sandbox.spec import ExecSpec
+from clove.kernel.services.exec import MAX_JOBS_PER_CALLER
+from clove.sandbox.launcher import ZygoteLauncher
+from clove.sandbox.spec import ExecSpec
 from clove.testing.kernel import poll_for
 from tests.conftest import agent_row, agent_script, read_report, requires_root
 

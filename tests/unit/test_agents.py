@@ -1,4 +1,4 @@
-"""clove.kernel.agents: the lifecycle state machine and the agent table."""
+"""clove.kernel.core.agents: the lifecycle state machine and the agent table."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from clove.config import AgentConfig
 from clove.errors import Conflict, InternalError, NotFound
-from clove.kernel import agents as agents_module
-from clove.kernel.agents import LIVE, TERMINAL, Agent, AgentState, AgentTable, ExitInfo, ExitReason
+from clove.kernel.core import agents as agents_module
+from clove.kernel.core.agents import LIVE, TERMINAL, Agent, AgentState, AgentTable, ExitInfo, ExitReason
 
 S = AgentState
 

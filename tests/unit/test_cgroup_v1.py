@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from clove.errors import SandboxError
-from clove.kernel.sandbox.cgroup_v1 import CgroupV1Agent, CgroupV1Backend
-from clove.kernel.sandbox.cgroupfs import CgroupFS, parse_proc_cgroup
-from clove.kernel.sandbox.cgroups import detect_backend, remove_stale
-from clove.kernel.sandbox.limits import Limits
+from clove.sandbox.cgroup_v1 import CgroupV1Agent, CgroupV1Backend
+from clove.sandbox.cgroupfs import CgroupFS, parse_proc_cgroup
+from clove.sandbox.cgroups import detect_backend, remove_stale
+from clove.sandbox.limits import Limits
 from clove.testing import FakeCgroupFS
 
 ROOT = Path("/sys/fs/cgroup")

@@ -1,4 +1,4 @@
-"""clove.kernel.devices.broker: the checks before an operation leaves the kernel (grant ops, the
+"""clove.kernel.services.devices.broker: the checks before an operation leaves the kernel (grant ops, the
 driver's own check, interlocks, token-bucket rates), the operator bypass, and the call, subscribe
 and recv paths up to the host socket, against a fake kernel (no processes, no sockets)."""
 
@@ -23,10 +23,10 @@ from clove.errors import (
     PermissionDenied,
     QuotaExceeded,
 )
-from clove.kernel.devices.broker import DeviceBroker
-from clove.kernel.devices.runtime import DeviceRuntime
-from clove.kernel.devices.settings import parse_devices
-from clove.kernel.devices.subscriptions import ReadWant
+from clove.kernel.services.devices.broker import DeviceBroker
+from clove.kernel.services.devices.runtime import DeviceRuntime
+from clove.kernel.services.devices.settings import parse_devices
+from clove.kernel.services.devices.subscriptions import ReadWant
 from clove.kernel.syscalls.base import Deferred
 from clove.testing.loopback import LoopbackGrant, WriteArgs
 

@@ -11,7 +11,7 @@ import pytest
 from clove.config import load_config
 from clove.drivers.grants import DeviceGrant
 from clove.errors import ConfigError, InvalidArguments
-from clove.kernel.devices.settings import (
+from clove.kernel.services.devices.settings import (
     DEFAULT_HOST_LIMITS,
     FRAMEWORK_KEYS,
     DeviceSpec,

@@ -1,4 +1,4 @@
-"""clove.kernel.devices.subscriptions: bounded queues with counted drops, grant and filter
+"""clove.kernel.services.devices.subscriptions: bounded queues with counted drops, grant and filter
 admission, and parked reads answered by data, by their timeout or by a newer read."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from clove.errors import CloveError
-from clove.kernel.devices.subscriptions import ReadWant, Subscription
+from clove.kernel.services.devices.subscriptions import ReadWant, Subscription
 from clove.kernel.syscalls.base import Deferred
 from clove.testing.loopback import LoopbackGrant
 

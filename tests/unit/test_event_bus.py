@@ -7,10 +7,10 @@ import json
 import pytest
 
 from clove.errors import InvalidArguments, PermissionDenied, QuotaExceeded
-from clove.kernel.asyncjobs import AsyncResults
-from clove.kernel.auditconfig import AuditConfig
-from clove.kernel.events import EventBus
-from clove.kernel.sessions import OperatorSessions, parse_peer_address
+from clove.kernel.core.asyncjobs import AsyncResults
+from clove.kernel.audit.settings import AuditConfig
+from clove.kernel.core.events import EventBus
+from clove.kernel.core.sessions import OperatorSessions, parse_peer_address
 from clove.kernel.syscalls.base import Deferred
 
 

@@ -15,14 +15,14 @@ import pytest
 
 from clove.config import AgentConfig
 from clove.errors import CloveError, Conflict, InvalidArguments, NotFound, PermissionDenied, QuotaExceeded
-from clove.kernel import exec_service
-from clove.kernel.agents import Agent, AgentState
-from clove.kernel.asyncjobs import AsyncResults
-from clove.kernel.channels import Caller
-from clove.kernel.exec_service import ExecService, Output, launch_error, plan_command
-from clove.kernel.loop import Loop
-from clove.kernel.policy import Permissions, for_level
-from clove.kernel.sandbox.spec import ExecSpec
+from clove.kernel.services import exec as exec_service
+from clove.kernel.core.agents import Agent, AgentState
+from clove.kernel.core.asyncjobs import AsyncResults
+from clove.kernel.core.channels import Caller
+from clove.kernel.services.exec import ExecService, Output, launch_error, plan_command
+from clove.kernel.core.loop import Loop
+from clove.policy import Permissions, for_level
+from clove.sandbox.spec import ExecSpec
 from clove.kernel.syscalls.base import Deferred, SyscallContext
 from clove.kernel.syscalls.exec import Exec, ExecRequest
 

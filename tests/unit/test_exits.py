@@ -7,8 +7,8 @@ import signal
 import pytest
 
 from clove.config import AgentConfig, SupervisorSection
-from clove.kernel.agents import Agent, AgentState, ExitInfo, ExitReason
-from clove.kernel.exits import classify_exit, restart_delay, should_restart
+from clove.kernel.core.agents import Agent, AgentState, ExitInfo, ExitReason
+from clove.kernel.supervision.exits import classify_exit, restart_delay, should_restart
 
 
 def agent(state: AgentState = AgentState.RUNNING, **spec: object) -> Agent:

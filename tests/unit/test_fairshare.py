@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clove.drivers.grants import TokenBucket
-from clove.kernel.fairshare import MAX_WEIGHT, MIN_WEIGHT, QUANTUM_NS, Flow, weight_for
+from clove.kernel.core.fairshare import MAX_WEIGHT, MIN_WEIGHT, QUANTUM_NS, Flow, weight_for
 
 
 def serve(flows: dict[str, Flow], cost_ns: dict[str, int], turns: int) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """The file service on a fake root (a tmp_path directory): resolution inside the root, policy
 checks on resolved paths, the symlink-free final open, caps, encodings and credentials
-(:mod:`clove.kernel.files` and :mod:`clove.kernel.sandbox.rootfs`)."""
+(:mod:`clove.kernel.services.files` and :mod:`clove.sandbox.rootfs`)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import pytest
 
 from clove.config import AgentConfig
 from clove.errors import Conflict, InvalidArguments, NotFound, PermissionDenied, QuotaExceeded
-from clove.kernel import files
-from clove.kernel.agents import Agent
-from clove.kernel.files import View, agent_view, read_file, write_file
-from clove.kernel.policy import for_level
-from clove.kernel.sandbox.rootfs import Credentials, acting_as, resolve
-from clove.kernel.syscalls.fs import _content_bytes
+from clove.kernel.services import files
+from clove.kernel.core.agents import Agent
+from clove.kernel.services.files import View, agent_view, read_file, write_file
+from clove.policy import for_level
+from clove.sandbox.rootfs import Credentials, acting_as, resolve
+from clove.kernel.syscalls.files import _content_bytes
 
 WORK = "/work"
 

@@ -23,13 +23,13 @@ from clove.errors import (
     QuotaExceeded,
     UpstreamError,
 )
-from clove.kernel import http_service
-from clove.kernel.asyncjobs import AsyncResults
-from clove.kernel.channels import Caller
-from clove.kernel.http_service import HttpRequest, HttpResponse, HttpService
-from clove.kernel.workers import WorkerPool
-from clove.kernel.loop import Loop
-from clove.kernel.policy import for_level
+from clove.kernel.services import http as http_service
+from clove.kernel.core.asyncjobs import AsyncResults
+from clove.kernel.core.channels import Caller
+from clove.kernel.services.http import HttpRequest, HttpResponse, HttpService
+from clove.kernel.core.workers import WorkerPool
+from clove.kernel.core.loop import Loop
+from clove.policy import for_level
 from clove.kernel.syscalls.base import Deferred, SyscallContext
 from clove.kernel.syscalls.http import Http, HttpCall, build_request, check_headers, check_url
 

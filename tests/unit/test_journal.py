@@ -20,10 +20,10 @@ import pytest
 from clove.cli.main import main
 from clove.config import JournalSection
 from clove.errors import InternalError
-from clove.kernel import journal as journal_mod
-from clove.kernel import journal_verify
-from clove.kernel.journal import Category, Journal, read_journal, summarize_args, verify_journal
-from clove.kernel.journal_verify import GENESIS_HASH, RECORD_KEYS, canonical_json, journal_files
+from clove.kernel.audit import journal as journal_mod
+from clove.kernel.audit import verify as journal_verify
+from clove.kernel.audit.journal import Category, Journal, read_journal, summarize_args, verify_journal
+from clove.kernel.audit.verify import GENESIS_HASH, RECORD_KEYS, canonical_json, journal_files
 
 _CATEGORIES = [Category(c) for c in ("SECURITY", "AGENT_LIFECYCLE", "IPC", "STATE_STORE", "RESOURCE", "SYSCALL", "NETWORK")]  # fixed: ids in tests depend on it
 
@@ -402,7 +402,7 @@ def test_write_error_is_counted_not_raised_and_retried(
         real_write(fd, data)
 
     monkeypatch.setattr(journal_mod, "_write_fully", flaky_write)
-    caplog.set_level(logging.ERROR, logger="clove.kernel.journal")
+    caplog.set_level(logging.ERROR, logger="clove.kernel.audit.journal")
     j = Journal(jpath)
     j.open()
     try:
@@ -487,7 +487,7 @@ def test_read_journal_filters_and_streams(closed20: Path, caplog: pytest.LogCapt
     lines = lines_of(closed20)
     lines.insert(3, b"{broken\n")
     write_lines(closed20, [*lines, b'{"id":21,"par'])
-    caplog.set_level(logging.WARNING, logger="clove.kernel.journal_verify")
+    caplog.set_level(logging.WARNING, logger="clove.kernel.audit.verify")
     assert [r["id"] for r in read_journal(closed20)] == list(range(1, 21))
     assert any("line 4" in r.getMessage() for r in caplog.records)
 

@@ -14,9 +14,9 @@ import pytest
 
 from clove.config import load_config
 from clove.errors import CloveError, InvalidArguments, OperationTimeout
-from clove.kernel.llm_service import NOT_CONFIGURED, Caller, LlmService
-from clove.kernel.loop import Loop
-from clove.kernel.policy import for_level
+from clove.kernel.services.llm import NOT_CONFIGURED, Caller, LlmService
+from clove.kernel.core.loop import Loop
+from clove.policy import for_level
 from clove.kernel.syscalls.llm import Think, ThinkCall, build_request
 from clove.llm.accounts import ProviderSlot, build_slots
 from clove.llm.errors import LlmQuotaExceeded, LlmUnavailable

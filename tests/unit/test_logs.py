@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clove.kernel.logs import LogCapture
+from clove.kernel.supervision.logs import LogCapture
 
 
 @pytest.fixture

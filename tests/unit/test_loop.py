@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import zmq
 
-from clove.kernel.loop import Loop, Timer
+from clove.kernel.core.loop import Loop, Timer
 
 
 class FakeClock:
@@ -233,10 +233,10 @@ def test_a_raising_callback_is_logged_and_the_loop_goes_on(
     loop.add_reader("sock", boom)
     fake_poller(loop).ready = ["sock"]
     clock.now += 1
-    with caplog.at_level(logging.ERROR, logger="clove.kernel.loop"):
+    with caplog.at_level(logging.ERROR, logger="clove.kernel.core.loop"):
         loop.run_once()
     assert fired == ["timer", "housekeeping"]
-    failures = [r for r in caplog.records if r.name == "clove.kernel.loop"]
+    failures = [r for r in caplog.records if r.name == "clove.kernel.core.loop"]
     assert len(failures) == 3, "the reader, the timer and the housekeeping job"
     for record in failures:
         assert record.levelno == logging.ERROR

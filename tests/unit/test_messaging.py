@@ -10,10 +10,10 @@ import pytest
 
 from clove.config import AgentConfig
 from clove.errors import Conflict, InvalidArguments, MailboxFull, NotFound, QuotaExceeded
-from clove.kernel.agents import Agent, AgentState
-from clove.kernel.channels import Caller
-from clove.kernel.messaging import MessagingService
-from clove.kernel.policy import for_level
+from clove.kernel.core.agents import Agent, AgentState
+from clove.kernel.core.channels import Caller
+from clove.kernel.services.messaging import MessagingService
+from clove.policy import for_level
 from clove.kernel.syscalls import SYSCALLS
 from clove.kernel.syscalls.base import Deferred, SyscallContext
 

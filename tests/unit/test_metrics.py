@@ -12,12 +12,12 @@ import pytest
 
 from clove.config import AgentConfig
 from clove.errors import InvalidArguments, NotFound, PermissionDenied
-from clove.kernel.agents import Agent, AgentState, AgentTable
-from clove.kernel.channels import Caller
-from clove.kernel.metrics import MetricsService, read_cgroup, resolve_cgroup_path
-from clove.kernel.policy import for_level
-from clove.kernel.procfs import CLOCK_TICKS, PAGE_SIZE, CpuTimes, ProcessSample, ProcFS, Rate
-from clove.kernel.sandbox.limits import NOT_REQUESTED, LimitReport
+from clove.kernel.core.agents import Agent, AgentState, AgentTable
+from clove.kernel.core.channels import Caller
+from clove.kernel.services.metrics import MetricsService, read_cgroup, resolve_cgroup_path
+from clove.policy import for_level
+from clove.kernel.core.procfs import CLOCK_TICKS, PAGE_SIZE, CpuTimes, ProcessSample, ProcFS, Rate
+from clove.sandbox.limits import NOT_REQUESTED, LimitReport
 from clove.kernel.syscalls import SYSCALLS
 from clove.kernel.syscalls.base import SyscallContext
 from clove.testing import FakeCgroupFS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clove.errors import InvalidArguments, PermissionDenied
-from clove.kernel.policy import LEVELS, domain_matches, for_level, parse_grants, path_matches
+from clove.policy import LEVELS, domain_matches, for_level, parse_grants, path_matches
 
 
 @pytest.mark.parametrize(

@@ -17,18 +17,18 @@ import pytest
 
 from clove.config import AgentConfig, PostmortemSection
 from clove.errors import InvalidArguments, NotFound, SandboxError
-from clove.kernel.agents import Agent, AgentState, ExitInfo, ExitReason
-from clove.kernel.journal import Category, Journal
-from clove.kernel.journal_verify import canonical_bytes, record_hash
-from clove.kernel.logs import LogCapture
-from clove.kernel.loop import Loop
-from clove.kernel.postmortem import bundle as bundle_mod
-from clove.kernel.postmortem import service as service_mod
-from clove.kernel.postmortem import store
-from clove.kernel.postmortem.bundle import BundleJob, bundle_dir_name, fit_newest, prune, write_bundle
-from clove.kernel.postmortem.capture import Death, journal_slice, log_tail, trigger
-from clove.kernel.postmortem.service import PostmortemService
-from clove.kernel.supervisor import Runtime
+from clove.kernel.core.agents import Agent, AgentState, ExitInfo, ExitReason
+from clove.kernel.audit.journal import Category, Journal
+from clove.kernel.audit.verify import canonical_bytes, record_hash
+from clove.kernel.supervision.logs import LogCapture
+from clove.kernel.core.loop import Loop
+from clove.kernel.services.postmortem import bundle as bundle_mod
+from clove.kernel.services.postmortem import service as service_mod
+from clove.kernel.services.postmortem import store
+from clove.kernel.services.postmortem.bundle import BundleJob, bundle_dir_name, fit_newest, prune, write_bundle
+from clove.kernel.services.postmortem.capture import Death, journal_slice, log_tail, trigger
+from clove.kernel.services.postmortem.service import PostmortemService
+from clove.kernel.supervision.supervisor import Runtime
 from clove.kernel.syscalls import SYSCALLS
 
 S = AgentState
@@ -214,7 +214,7 @@ def test_unknown_bundles_and_files_are_refused(tmp_path: Path) -> None:
 
 
 def test_postmortem_syscalls_need_the_admin_right() -> None:
-    from clove.kernel.policy import for_level
+    from clove.policy import for_level
 
     assert {n: SYSCALLS[n].right for n in ("postmortem.list", "postmortem.get")} == {"postmortem.list": "admin", "postmortem.get": "admin"}
     assert not for_level("standard").with_grants({"can_spawn": True}).has("admin"), "a parent agent cannot read them"

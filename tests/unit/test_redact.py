@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from clove.kernel.redact import REDACTED, redact
+from clove.kernel.audit.redact import REDACTED, redact
 
 
 def test_secrets_are_redacted_and_the_rest_kept() -> None:

@@ -9,8 +9,8 @@ import resource
 import pytest
 
 from clove.errors import SandboxError
-from clove.kernel.sandbox.limits import LimitReport, Limits
-from clove.kernel.sandbox.rlimits import rlimits_for
+from clove.sandbox.limits import LimitReport, Limits
+from clove.sandbox.rlimits import rlimits_for
 
 # -- Limits ----------------------------------------------------------------------------------
 
@@ -88,11 +88,11 @@ def test_memory_becomes_rlimit_as() -> None:
 
 
 def test_small_address_space_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="clove.kernel.sandbox.rlimits"):
+    with caplog.at_level(logging.WARNING, logger="clove.sandbox.rlimits"):
         rlimits_for(Limits(memory_bytes=64 << 20), runs_as_root=False)
     assert "libzmq" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="clove.kernel.sandbox.rlimits"):
+    with caplog.at_level(logging.WARNING, logger="clove.sandbox.rlimits"):
         rlimits_for(Limits(memory_bytes=1 << 30), runs_as_root=False)
     assert caplog.text == ""
 

@@ -10,9 +10,9 @@ import pytest
 
 from clove.config import AgentConfig, LimitsSection, load_config
 from clove.errors import InvalidArguments, PermissionDenied
-from clove.kernel.agents import Agent
-from clove.kernel.policy import for_level
-from clove.kernel.sandboxlimits import LimitedConfig, isolation_report, resolve, spawn_storage
+from clove.kernel.core.agents import Agent
+from clove.policy import for_level
+from clove.kernel.supervision.limits import LimitedConfig, isolation_report, resolve, spawn_storage
 
 MiB = 1 << 20
 

@@ -16,14 +16,14 @@ import pytest
 
 from clove.config import AgentConfig
 from clove.errors import ConfigError, InvalidArguments, QuotaExceeded
-from clove.kernel.agents import Agent, AgentTable
-from clove.kernel.auditconfig import AuditConfig
-from clove.kernel.channels import Caller
-from clove.kernel.events import EventBus
-from clove.kernel.policy import for_level
-from clove.kernel.sessions import OperatorSessions
-from clove.kernel.state import OPERATOR_OWNER, StateService
-from clove.kernel.statestore import MAX_KEY_CHARS, Removed, StateStore
+from clove.kernel.core.agents import Agent, AgentTable
+from clove.kernel.audit.settings import AuditConfig
+from clove.kernel.core.channels import Caller
+from clove.kernel.core.events import EventBus
+from clove.policy import for_level
+from clove.kernel.core.sessions import OperatorSessions
+from clove.kernel.services.state import OPERATOR_OWNER, StateService
+from clove.kernel.services.statestore import MAX_KEY_CHARS, Removed, StateStore
 from clove.kernel.syscalls import SYSCALLS
 from clove.kernel.syscalls.base import SyscallContext
 

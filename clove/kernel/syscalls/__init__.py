@@ -3,7 +3,7 @@ lists its syscall classes in ``SYSCALLS``."""
 
 from __future__ import annotations
 
-from clove.kernel.syscalls import devices, events, exec, fs, http, interlocks, ipc, llm, metrics, permissions, record, state
+from clove.kernel.syscalls import devices, events, exec, files as fs, http, interlocks, messaging as ipc, llm, metrics, permissions, recording as record, state
 from clove.kernel.syscalls import postmortem
 from clove.kernel.syscalls.agents import Kill, ListAgents, Logs, Pause, Remove, Resume, Spawn
 from clove.kernel.syscalls.audit import GetAuditLog

@@ -8,10 +8,10 @@ from typing import Any, final
 
 from clove.config import RESTART_POLICIES, AgentConfig, parse_cpu, parse_memory, parse_pids, validate_name
 from clove.errors import CloveError, InvalidArguments, PermissionDenied
-from clove.kernel.agents import Agent
-from clove.kernel.devices.settings import grants_from_wire
-from clove.kernel.policy import for_level
-from clove.kernel.sandboxlimits import resolve as resolve_limits
+from clove.kernel.core.agents import Agent
+from clove.kernel.services.devices.settings import grants_from_wire
+from clove.policy import for_level
+from clove.kernel.supervision.limits import resolve as resolve_limits
 from clove.kernel.syscalls.base import Deferred, NoArgs, Syscall, SyscallContext
 
 _LIMIT_KEYS = ("memory", "cpu", "cpu_quota", "cpu_percent", "pids", "max_pids")
@@ -73,7 +73,7 @@ class Spawn(Syscall):
 
     Limits the spawn does not name get the kernel's defaults for the agent (``[limits]``,
     ``[limits.agents.NAME]``); an agent's child never gets more than its parent has
-    (:mod:`clove.kernel.sandboxlimits`). The reply's ``isolation`` shows each value's source
+    (:mod:`clove.kernel.supervision.limits`). The reply's ``isolation`` shows each value's source
     and ceiling.
 
     :raises proto.invalid_args: bad name, limits or policy; a limit above its ceiling.

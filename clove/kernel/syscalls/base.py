@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 from clove.config import AgentLimits
 from clove.errors import CloveError, InvalidArguments
-from clove.kernel.channels import Caller
+from clove.kernel.core.channels import Caller
 
 if TYPE_CHECKING:
-    from clove.kernel.agents import Agent
-    from clove.kernel.core import Kernel
-    from clove.kernel.policy import Permissions
-    from clove.kernel.sessions import OperatorSession
+    from clove.kernel.core.agents import Agent
+    from clove.kernel.kernel import Kernel
+    from clove.policy import Permissions
+    from clove.kernel.core.sessions import OperatorSession
 
 
 class Deferred:
@@ -103,7 +103,7 @@ class Syscall:
 
     name: ClassVar[str]
     category: ClassVar[str] = "SYSCALL"
-    #: The right (see :mod:`clove.kernel.policy`) a caller needs; checked before ``execute``.
+    #: The right (see :mod:`clove.policy`) a caller needs; checked before ``execute``.
     right: ClassVar[str] = "admin"
     Request: ClassVar[type[Any]] = NoArgs
 

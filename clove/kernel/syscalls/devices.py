@@ -1,7 +1,7 @@
 """Device syscalls: list, inspect, call an operation, and receive the incoming stream.
 
 Agents reach only the devices they hold a grant on (``[agents.A.devices.D]``); every check is
-in :class:`clove.kernel.devices.broker.DeviceBroker`. Operators may use every device. All are
+in :class:`clove.kernel.services.devices.broker.DeviceBroker`. Operators may use every device. All are
 journaled under ``DEVICE`` (denials under ``SECURITY``). See docs/devices.md.
 """
 
@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, final
 
 from clove.errors import InvalidArguments, NotFound
-from clove.kernel.devices.subscriptions import ReadWant
+from clove.kernel.services.devices.subscriptions import ReadWant
 from clove.kernel.syscalls.base import Deferred, Syscall, SyscallContext
 
 if TYPE_CHECKING:
-    from clove.kernel.devices.broker import DeviceBroker
+    from clove.kernel.services.devices.broker import DeviceBroker
 
 
 def _broker(ctx: SyscallContext) -> DeviceBroker:

@@ -1,5 +1,5 @@
 """The exec syscall: run a command inside the calling agent's sandbox (an operator's: on the host,
-as the operator). See :mod:`clove.kernel.exec_service`."""
+as the operator). See :mod:`clove.kernel.services.exec`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, final
 
 from clove.errors import InvalidArguments
-from clove.kernel.asyncjobs import accept_or_wait
+from clove.kernel.core.asyncjobs import accept_or_wait
 from clove.kernel.syscalls.base import Syscall, SyscallContext
 
 OPCODE = "SYS_EXEC"

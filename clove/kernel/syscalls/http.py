@@ -3,7 +3,7 @@
 The request is checked here, on the loop thread, before anything is sent: the URL (http or
 https, ASCII, no credentials, one reading of its host), the caller's domain and method grants
 (``Permissions.check_http``), the headers (no framing or routing headers) and the sizes. The
-request itself runs on :mod:`clove.kernel.http_service`'s worker threads.
+request itself runs on :mod:`clove.kernel.services.http`'s worker threads.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
 from clove.errors import InvalidArguments, QuotaExceeded
-from clove.kernel import http_service
-from clove.kernel.asyncjobs import accept_or_wait
-from clove.kernel.policy import HTTP_METHODS
+from clove.kernel.services import http as http_service
+from clove.kernel.core.asyncjobs import accept_or_wait
+from clove.policy import HTTP_METHODS
 from clove.kernel.syscalls.base import Syscall, SyscallContext
 
 MAX_TIMEOUT: Final = 300.0

@@ -1,7 +1,7 @@
 """Interlock syscalls, for operators: list, engage (``clove estop``) and release.
 
 Agents cannot call them (they need the ``admin`` right); an agent that should be able to stop
-the machine emits the event an interlock's trigger names instead. See clove.kernel.interlocks.
+the machine emits the event an interlock's trigger names instead. See clove.kernel.services.interlocks.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 budgets, queue waits) and ``llm.budget`` (operators change an agent's budget or share).
 
 The request is checked here, on the loop thread; queuing, budgets, limits and the call itself
-are :mod:`clove.kernel.llm_service`'s (docs/llm.md).
+are :mod:`clove.kernel.services.llm`'s (docs/llm.md).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Final, final
 
 from clove.errors import InvalidArguments, PermissionDenied
-from clove.kernel import llm_service
-from clove.kernel.asyncjobs import accept_or_wait
+from clove.kernel.services import llm as llm_service
+from clove.kernel.core.asyncjobs import accept_or_wait
 from clove.kernel.syscalls.base import Syscall, SyscallContext, parse_body
 from clove.llm.types import IMAGE_TYPES, THINKING_LEVELS, ChatRequest, Image
 
@@ -165,7 +165,7 @@ class Stats(Syscall):
         if req.agent_id is not None or req.name is not None:
             agents = [table.find(name=req.name, agent_id=req.agent_id)]
         else:
-            from clove.kernel.agents import TERMINAL
+            from clove.kernel.core.agents import TERMINAL
 
             agents = [a for a in table if a.state not in TERMINAL or a.id in service.gateway.accounts]
         rows = [service.figures(llm_service.caller_of(a, a.id, a.permissions)) for a in agents]

@@ -14,8 +14,8 @@ from clove.errors import NotFound, PermissionDenied
 from clove.kernel.syscalls.base import NoArgs, Syscall, SyscallContext
 
 if TYPE_CHECKING:
-    from clove.kernel.agents import Agent
-    from clove.kernel.metrics import MetricsService
+    from clove.kernel.core.agents import Agent
+    from clove.kernel.services.metrics import MetricsService
 
 
 def _service(ctx: SyscallContext) -> MetricsService:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, final
 
 from clove.errors import PermissionDenied
-from clove.kernel.policy import Permissions, for_level
+from clove.policy import Permissions, for_level
 from clove.kernel.syscalls.base import Syscall, SyscallContext
 
 

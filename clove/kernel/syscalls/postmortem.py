@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, final
 
-from clove.kernel.postmortem.store import LATEST
+from clove.kernel.services.postmortem.store import LATEST
 from clove.kernel.syscalls.base import Syscall, SyscallContext
 
 #: The most of one file ``postmortem.get`` returns (the default is 64 KiB).

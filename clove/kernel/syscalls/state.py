@@ -1,4 +1,4 @@
-"""State syscalls: store, fetch, delete, keys (see :mod:`clove.kernel.state`, docs/state.md).
+"""State syscalls: store, fetch, delete, keys (see :mod:`clove.kernel.services.state`, docs/state.md).
 
 Writes need the ``state.write`` right, reads ``state.read``. Each is a few indexed SQLite
 statements on the loop. Errors: ``proto.invalid_args`` for a bad key (1-256 characters, no
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, final
 from clove.kernel.syscalls.base import Syscall, SyscallContext
 
 if TYPE_CHECKING:
-    from clove.kernel.state import StateService
+    from clove.kernel.services.state import StateService
 
 
 def _service(ctx: SyscallContext) -> StateService:

@@ -110,7 +110,7 @@ class PollAsyncRequest:
 class PollAsync(Syscall):
     """``async.poll {max_results}`` → ``{success, results, count}``; each result is
     ``{request_id, opcode_name, payload}`` with ``payload`` the JSON of the synchronous reply
-    (bounded per caller: see :mod:`clove.kernel.asyncjobs`)."""
+    (bounded per caller: see :mod:`clove.kernel.core.asyncjobs`)."""
 
     name = "async.poll"
     right = "session"

@@ -1,0 +1,311 @@
+"""One configured device inside the kernel: its host's lifecycle, its calls in flight, its
+subscribers.
+
+States::
+
+    starting ──opened──▶ ready ──host exits / heartbeat lost / broken──▶ down ──backoff──▶ starting
+        └──failed / exits──▶ down                                         stopped (kernel stopping)
+
+While a device is not ``ready`` every call is answered at once with ``device.unavailable``;
+calls in flight when its host dies are answered ``device.broken``. Subscriptions survive a host
+restart: the stream resumes into the same queues.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from clove.errors import CloveError, DeviceBroken, DeviceTimeout, DeviceUnavailable, from_wire
+from clove.kernel.services.devices.hostproc import HostProcess
+from clove.kernel.services.devices.subscriptions import Subscription
+
+if TYPE_CHECKING:
+    from clove.drivers.grants import DeviceGrant
+    from clove.kernel.services.devices.settings import DeviceSpec
+    from clove.kernel.core.loop import Timer
+    from clove.kernel.syscalls.base import Deferred
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 0.5
+START_TIMEOUT_S = 15.0
+STABLE_AFTER_S = 10.0
+
+
+class DeviceRuntime:
+    """Driven by the broker: :meth:`start`, :meth:`on_message`, :meth:`on_exit`, :meth:`tick`."""
+
+    def __init__(self, spec: DeviceSpec, broker: Any) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.broker = broker
+        self.state = "stopped"
+        self.host: HostProcess | None = None
+        self.incarnation = 0
+        self.restarts = 0
+        self.failures = 0  # consecutive, for the backoff
+        self.last_error: str | None = None
+        self.last_status: dict[str, Any] = {}
+        self.host_counters: dict[str, int] = {}
+        self.counters = {"calls": 0, "denied": 0, "errors": 0, "items_in": 0, "bytes_in": 0, "delivered": 0, "dropped": 0}
+        self.subs: dict[int, Subscription] = {}
+        #: Kernel parts fed every stream batch before subscribers (interlock triggers).
+        self.watchers: list[Callable[[list[Any]], None]] = []
+        #: Called with the reason when the host goes down, and when it is up again.
+        self.on_down: list[Callable[[str], None]] = []
+        self.on_up: list[Callable[[], None]] = []
+        #: Engaged interlocks' limits on every agent's grant: interlock name → allowed ops.
+        self.restrictions: dict[str, frozenset[str]] = {}
+        self.buckets: dict[tuple[int, str], Any] = {}
+        self._pending: dict[int, tuple[Deferred, Timer, str]] = {}
+        self._ids = itertools.count(1)
+        self._last_beat = 0.0
+        self._started_at = 0.0
+        self._ready_at = 0.0
+        self._restart_timer: Timer | None = None
+        self.down_since: float | None = None
+
+    @property
+    def routing(self) -> bytes:
+        return f"{self.name}#{self.incarnation}".encode()
+
+    # ---- host lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._restart_timer = None
+        if self.broker.stopping:
+            return
+        self.incarnation += 1
+        host = HostProcess(self.spec, self.incarnation, endpoint=self.broker.endpoint, heartbeat=HEARTBEAT_S)
+        host.state_dir = self.broker.driver_state_dir(self.name)
+        self.state = "starting"
+        self._started_at = self._last_beat = time.monotonic()
+        try:
+            host.start(self.broker.backend, self.broker.log_path(self.name))
+        except CloveError as err:
+            self._went_down(f"start failed: {err.message}")
+            return
+        self.host = host
+        self.broker.watch_exit(self, host)
+        self.broker.record("device.host_started", self, pid=host.pid, incarnation=self.incarnation, isolation=host.isolation())
+
+    def on_message(self, message: dict[str, Any], size: int = 0) -> None:
+        """One message from the host; ``size``: its encoded bytes (items count their share)."""
+        kind = message.get("t")
+        self._last_beat = time.monotonic()
+        if kind == "data":
+            self._deliver(message, size)
+        elif kind == "reply":
+            self._reply(message)
+        elif kind == "hb":
+            self.host_counters = dict(message.get("counters") or {})
+            self.last_status = dict(message.get("status") or {})
+        elif kind == "opened":
+            self.last_status = dict(message.get("status") or {})
+            self._up()
+        elif kind in ("failed", "broken"):
+            error = message.get("error") or {}
+            self.last_error = str(error.get("message", kind))
+            self.broker.record(f"device.{kind}", self, error=error)
+
+    def _up(self) -> None:
+        recovered = self.down_since is not None
+        self.state = "ready"
+        self._ready_at = time.monotonic()
+        outage = time.monotonic() - self.down_since if self.down_since is not None else None
+        self.down_since = None
+        self.broker.record("device.up", self, pid=self.host.pid if self.host else None, recovered=recovered, outage_s=outage)
+        self.broker.emit("DEVICE_UP", self, recovered=recovered, outage_s=None if outage is None else round(outage, 3))
+        for hook in self.on_up:
+            hook()
+
+    def on_exit(self) -> None:
+        """The host's pidfd fired: reap it, fail its calls, schedule the restart."""
+        host = self.host
+        if host is None:
+            return
+        status = host.reap()
+        if status is None:
+            return
+        oom = host.oom_killed()
+        self.broker.unwatch_exit(host)
+        host.cleanup()
+        self.host = None
+        if status == 0 and self.broker.stopping:
+            self.state = "stopped"
+            return
+        reason = "oom_killed" if oom else (f"signal {-status}" if status < 0 else f"exit {status}")
+        if status == 3 and self.last_error:
+            reason = f"open failed: {self.last_error}"
+        elif status == 4 and self.last_error:
+            reason = f"device broken: {self.last_error}"
+        self._went_down(reason)
+
+    def _went_down(self, reason: str) -> None:
+        was = self.state
+        self.last_error = reason
+        self.state = "stopped" if self.broker.stopping else "down"
+        for call_id in list(self._pending):
+            self._fail_call(call_id, DeviceBroken(f"device {self.name}: its host went down during the call ({reason})", details={"device": self.name}))
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        if self.broker.stopping:
+            return
+        if was == "ready" and time.monotonic() - self._ready_at > STABLE_AFTER_S:
+            self.failures = 0
+        delay = min(self.spec.backoff_max, self.spec.backoff_initial * (2**self.failures))
+        self.failures += 1
+        self.restarts += 1
+        self.broker.record("device.down", self, reason=reason, previous=was, restart_in_s=round(delay, 3), restarts=self.restarts)
+        self.broker.emit("DEVICE_DOWN", self, reason=reason, restart_in_s=round(delay, 3))
+        for hook in self.on_down:
+            hook(reason)
+        self._restart_timer = self.broker.loop.call_later(delay, self.start)
+
+    def tick(self, now: float) -> None:
+        """Housekeeping: a silent host (no heartbeat) or one stuck starting is killed; its exit
+        then takes the usual path."""
+        if self.host is None or self.state not in ("starting", "ready"):
+            return
+        limit = START_TIMEOUT_S if self.state == "starting" else self.spec.heartbeat_timeout
+        if now - self._last_beat > limit:
+            what = "did not start" if self.state == "starting" else f"sent no heartbeat for {now - self._last_beat:.1f} s"
+            log.warning("device %s: host %s %s; killing it", self.name, self.host.pid, what)
+            self.last_error = what
+            self.broker.record("device.hung", self, pid=self.host.pid, reason=what)
+            self.host.kill()
+
+    def kill_host(self) -> int | None:
+        """SIGKILL the host (operator request, tests); the restart follows. Its pid, if any."""
+        if self.host is None:
+            return None
+        pid = self.host.pid
+        self.host.kill()
+        return pid
+
+    def stop(self) -> None:
+        if self._restart_timer is not None:
+            self._restart_timer.cancel()
+            self._restart_timer = None
+        if self.host is not None:
+            self.broker.send(self, {"t": "stop"})
+        for call_id in list(self._pending):
+            self._fail_call(call_id, DeviceUnavailable(f"device {self.name}: the kernel is stopping", details={"device": self.name}))
+        for sub in self.subs.values():
+            sub.cancel()
+
+    # ---- calls ------------------------------------------------------------------------------------
+
+    def call(self, op: str, args: dict[str, Any], deferred: Deferred, caller: dict[str, Any] | None = None) -> None:
+        if self.state != "ready" or self.host is None:
+            why = f": {self.last_error}" if self.last_error else ""
+            raise DeviceUnavailable(f"device {self.name} is {self.state}{why}", details={"device": self.name, "state": self.state})
+        call_id = next(self._ids)
+        timer = self.broker.loop.call_later(
+            self.spec.call_timeout,
+            lambda: self._fail_call(call_id, DeviceTimeout(f"device {self.name}: {op} took longer than {self.spec.call_timeout} s", details={"device": self.name, "op": op})),
+        )
+        self._pending[call_id] = (deferred, timer, op)
+        self.counters["calls"] += 1
+        message: dict[str, Any] = {"t": "call", "id": call_id, "op": op, "args": args}
+        if caller is not None:
+            message["caller"] = caller
+        self.broker.send(self, message)
+
+    def _reply(self, message: dict[str, Any]) -> None:
+        entry = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
+        if entry is None:
+            return  # timed out already
+        deferred, timer, _op = entry
+        timer.cancel()
+        if "error" in message:
+            self.counters["errors"] += 1
+            err = from_wire(message["error"])
+            err.details.setdefault("device", self.name)
+            deferred.reject(err)
+        else:
+            deferred.resolve({"success": True, "result": message.get("result")})
+
+    def _fail_call(self, call_id: int, error: CloveError) -> None:
+        entry = self._pending.pop(call_id, None)
+        if entry is None:
+            return
+        deferred, timer, _op = entry
+        timer.cancel()
+        self.counters["errors"] += 1
+        deferred.reject(error)
+
+    # ---- the stream -------------------------------------------------------------------------------
+
+    def _deliver(self, message: dict[str, Any], size: int = 0) -> None:
+        items = message.get("items")
+        if items is not None:
+            self.counters["items_in"] += len(items)
+            for watch in self.watchers:
+                watch(items)
+            item_bytes = size // len(items) if items else 0
+            for sub in self.subs.values():
+                sub.offer_items(items, item_bytes)
+            return
+        data = message.get("bytes")
+        if isinstance(data, bytes):
+            self.counters["bytes_in"] += len(data)
+            for sub in self.subs.values():
+                sub.offer_bytes(data)
+
+    def subscribe(
+        self, principal_id: int, grant: DeviceGrant | None, wants: Callable[[Any], bool] | None, queue: int | None,
+        owner: str | None = None, max_bytes: int | None = None,
+    ) -> Subscription:
+        """``max_bytes``: the subscriber's ``device_queue_bytes`` (a byte stream's queue is at
+        most that many bytes, an items queue at most that many encoded bytes of items)."""
+        kind = self.spec.driver_class.stream or "items"
+        limit = queue or (self.spec.queue_bytes if kind == "bytes" else self.spec.queue)
+        if kind == "bytes" and max_bytes is not None:
+            limit = min(limit, max_bytes)
+        old = self.subs.get(principal_id)
+        sub = Subscription(principal_id, kind=kind, limit=limit, grant=grant, wants=wants, owner=owner, max_bytes=max_bytes)
+        if old is not None:  # new filters: keep what is queued and the drop count
+            old.cancel()
+            sub.adopt(old)
+        self.subs[principal_id] = sub
+        return sub
+
+    def unsubscribe(self, principal_id: int) -> Subscription | None:
+        sub = self.subs.pop(principal_id, None)
+        if sub is not None:
+            sub.cancel()
+            self.counters["dropped"] += sub.dropped
+            self.counters["delivered"] += sub.delivered
+        return sub
+
+    # ---- views ------------------------------------------------------------------------------------
+
+    def view(self, ops: list[str] | None = None) -> dict[str, Any]:
+        cls = self.spec.driver_class
+        dropped = self.counters["dropped"] + sum(s.dropped for s in self.subs.values())
+        delivered = self.counters["delivered"] + sum(s.delivered for s in self.subs.values())
+        return {
+            "name": self.name,
+            "driver": self.spec.driver,
+            "state": self.state,
+            "host_pid": self.host.pid if self.host is not None else None,
+            "incarnation": self.incarnation,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "stream": cls.stream,
+            "stream_op": cls.stream_op,
+            "ops": ops if ops is not None else list(cls.grant_ops()),
+            "subscribers": len(self.subs),
+            "counters": {**self.counters, "dropped": dropped, "delivered": delivered},
+            "host_counters": self.host_counters,
+            "status": self.last_status,
+        }
+
+    def held(self) -> int:
+        return len(self._pending)
+

@@ -1,0 +1,393 @@
+"""The processes the zygote forks: an agent's tree (C, G, A) and a command's (X, Y); see
+:mod:`clove.sandbox.zygote` for the picture. Every function here runs in a forked child
+and never returns: it ends with an exec or ``os._exit``."""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+from typing import Any, NoReturn
+
+import msgpack
+
+from clove.sandbox import confine, lifeline, linux, seccomp
+from clove.sandbox.spec import ExecSpec, SpawnSpec
+
+#: Compiled by the zygote at warm-up (``{network: filter}``); None when seccomp is unavailable.
+SECCOMP: dict[bool, Any] | None = None
+#: The read end of the kernel's life line (set by the zygote at start; -1: none). Every G watches
+#: it and takes its tree down on EOF (see :mod:`clove.sandbox.lifeline`).
+LIFELINE = -1
+MAX_SPEC = 1 << 20
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _write_status(fd: int, message: dict[str, Any]) -> None:
+    os.write(fd, (json.dumps(message) + "\n").encode())
+
+
+def _fail(status_w: int, stage: str, err: BaseException) -> NoReturn:
+    try:
+        message: dict[str, Any] = {"error": f"{type(err).__name__}: {err}", "stage": stage}
+        if isinstance(err, OSError) and err.errno is not None:
+            message["errno"] = err.errno
+        _write_status(status_w, message)
+    finally:
+        os._exit(127)
+
+
+# ---- per-agent processes (never return) ----------------------------------------------------
+
+
+def run_spare(ctl: socket.socket, attach: tuple[str, ...], status_w: int) -> NoReturn:
+    """C, made ahead of time: join a fresh cgroup now, then wait for the agent to become.
+
+    The first cgroup v1 attach after an idle spell waits for an RCU grace period (~10 ms, the
+    largest part of a spawn); a spare pays it before anyone is waiting. It dies with the zygote.
+    """
+    try:
+        linux.set_parent_death_signal(signal.SIGKILL)
+        confine.join_cgroups(attach)
+    except BaseException as err:
+        _fail(status_w, "cgroup", err)
+    fds = array.array("i")
+    try:
+        data, ancdata, _, _ = ctl.recvmsg(MAX_SPEC, socket.CMSG_SPACE(fds.itemsize))
+    except OSError:
+        os._exit(0)
+    if not data:
+        os._exit(0)  # dropped, or the zygote is gone
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+    ctl.close()
+    if len(fds) != 1:
+        _fail(status_w, "spare", OSError(errno.EBADF, "no log fd with the spec"))
+    run_c(SpawnSpec.from_wire(msgpack.unpackb(data, raw=False)), fds[0], status_w, joined=True)
+
+
+def run_c(spec: SpawnSpec, log_fd: int, status_w: int, *, joined: bool = False) -> NoReturn:
+    stage = "setsid"
+    try:
+        os.setsid()
+        stage = "cgroup"
+        if not joined:
+            confine.join_cgroups(spec.cgroup_attach)
+        stage = "workdir"
+        confine.make_work_image(spec)
+        stage = "namespaces"
+        entered = confine.unshare_namespaces(network=spec.network) if spec.namespaces else []
+        stage = "fork"
+        pid = os.fork()
+        if pid == 0:
+            _run_g(spec, log_fd, status_w, entered)
+        _write_status(status_w, {"g": pid})
+        os._exit(0)
+    except BaseException as err:
+        _fail(status_w, stage, err)
+
+
+def _run_g(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) -> NoReturn:
+    if not spec.namespaces:
+        _run_keeper(spec, log_fd, status_w, entered)
+    stage = "mounts"
+    try:
+        confine.build_mount_view(spec.exposures, tmp_bytes=spec.tmp_bytes, tmp_inodes=spec.tmp_inodes, work_mount=confine.work_mount_of(spec))
+        stage = "proc"
+        confine.mount_proc()
+        stage = "hostname"
+        socket.sethostname(spec.hostname)
+        stage = "fork"
+        agent = os.fork()
+        if agent == 0:
+            _run_agent(spec, log_fd, status_w, entered)
+    except BaseException as err:
+        _fail(status_w, stage, err)
+    os.close(log_fd)
+    _init_loop(agent, status_w, spec)
+
+
+def _run_keeper(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) -> NoReturn:
+    """G without namespaces: the agent's parent, so that it can report the agent's exact end and
+    take the agent's tree down when the kernel dies (a child subreaper: orphans come to it)."""
+    try:
+        linux.set_child_subreaper()
+        keeper = os.getpid()
+        agent = os.fork()
+        if agent == 0:
+            linux.set_parent_death_signal(signal.SIGKILL)  # G gone (killed): the agent goes too
+            if os.getppid() != keeper:
+                os._exit(127)
+            _run_agent(spec, log_fd, status_w, entered)
+        _write_status(status_w, {"a": agent})  # the host pid (no pid namespace here)
+    except BaseException as err:
+        _fail(status_w, "fork", err)
+    os.close(log_fd)
+    _init_loop(agent, status_w, spec)
+
+
+def _init_loop(agent: int, status_w: int, spec: SpawnSpec) -> NoReturn:
+    """pid 1 duties (or the keeper's): pass signals on to the agent, reap every orphan, report
+    the agent's end; and when the kernel's life line breaks, take the whole tree down."""
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(agent, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in _FORWARDED:
+        signal.signal(sig, forward)
+    # Out of the agent's process group: a pause by SIGSTOP to that group must not stop the watch.
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    poller = select.poll()
+    poller.register(wake_r, select.POLLIN)
+    if LIFELINE >= 0:
+        poller.register(LIFELINE, select.POLLIN)
+    while True:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                os._exit(0)
+            if pid == 0:
+                break
+            if pid == agent:
+                _write_status(status_w, {"status": status})
+                os._exit(0)
+        for fd, _ in poller.poll():
+            if fd == LIFELINE:
+                lifeline.cut(spec)  # the kernel is gone
+            with contextlib.suppress(OSError):
+                os.read(wake_r, 4096)
+
+
+def _run_agent(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) -> NoReturn:
+    stage = "fds"
+    try:
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.closerange(3, status_w)
+        os.closerange(status_w + 1, 65536)
+        stage = "cwd"
+        os.chdir(spec.cwd)
+        stage = "rlimits"
+        confine.apply_rlimits(spec.rlimits)
+        report: dict[str, Any] = {"namespaces": entered, "uid": os.getuid()}
+        if spec.uid is not None:
+            stage = "uid"
+            confine.drop_privileges(spec.uid)
+            report["uid"] = spec.uid
+        report["no_new_privs"] = False
+        if spec.no_new_privs:
+            stage = "no_new_privs"
+            linux.set_no_new_privs()
+            report["no_new_privs"] = True
+        report["landlock"] = {}
+        if spec.landlock:
+            stage = "landlock"
+            writable = confine.landlock_writable(spec)
+            report["landlock"] = confine.restrict_filesystem(writable, network=spec.network)
+        report["seccomp"] = False
+        if spec.seccomp and SECCOMP is not None:
+            stage = "seccomp"
+            seccomp.load(SECCOMP, network=spec.network)
+            report["seccomp"] = True
+        stage = "start"
+        _write_status(status_w, {"ready": report})
+    except BaseException as err:
+        _fail(status_w, stage, err)
+    if spec.interpreter:
+        try:
+            os.set_inheritable(status_w, False)
+            os.set_blocking(status_w, True)
+            os.execve(spec.interpreter, [spec.interpreter, spec.script, *spec.args], spec.env)
+        except BaseException as err:
+            _fail(status_w, "exec", err)
+    os.close(status_w)
+    _run_script_here(spec)
+
+
+def _run_script_here(spec: SpawnSpec) -> NoReturn:
+    """Run the agent's script in this (forked, warm) interpreter as ``__main__``, then end the
+    process the way the interpreter would: join threads, run atexit, flush, exit."""
+    import atexit
+    import runpy
+    import threading
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.set_wakeup_fd(-1)
+    os.environ.clear()
+    os.environ.update(spec.env)
+    sys.argv = [spec.script, *spec.args]
+    sys.path[0] = os.path.dirname(spec.script)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    code = 0
+    try:
+        runpy.run_path(spec.script, run_name="__main__")
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except KeyboardInterrupt:
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # what Py_Finalize does first
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        traceback.print_exc()
+    os._exit(code)
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+# ---- commands run for exec (never return) --------------------------------------------------
+
+
+def run_exec(
+    job: ExecSpec,
+    agent: SpawnSpec | None,
+    init_pid: int | None,
+    out_fd: int,
+    err_fd: int,
+    status_w: int,
+    init_pidfd: int = -1,
+) -> NoReturn:
+    """X: still in the host pid namespace. Joins the agent's cgroups and namespaces, forks Y.
+    ``init_pidfd`` (G's pidfd) proves afterwards that ``init_pid`` was still G's when joined."""
+    stage = "cgroup"
+    try:
+        if agent is not None:
+            confine.join_cgroups(agent.cgroup_attach)
+            if agent.namespaces and init_pid is not None:
+                stage = "namespaces"
+                confine.enter_namespaces(init_pid)
+                # G alive now was alive when its namespace files were opened: the pid was its own.
+                if init_pidfd >= 0 and linux.pidfd_exited(init_pidfd):
+                    stage = "lookup"
+                    raise ProcessLookupError(errno.ESRCH, "the agent is not running")
+        stage = "fork"
+        pid = os.fork()
+        if pid == 0:
+            _run_command(job, agent, out_fd, err_fd, status_w)
+        _write_status(status_w, {"g": pid})
+        os._exit(0)
+    except BaseException as err:
+        _fail(status_w, stage, err)
+
+
+def _run_command(job: ExecSpec, agent: SpawnSpec | None, out_fd: int, err_fd: int, status_w: int) -> NoReturn:
+    """Y: the command itself, confined exactly like the agent it runs for (or as the operator)."""
+    stage = "setsid"
+    try:
+        os.setsid()
+        stage = "fds"
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.closerange(3, status_w)
+        os.closerange(status_w + 1, 65536)
+        env = dict(job.env)
+        if agent is not None:
+            env = dict(agent.env)
+            stage = "rlimits"
+            confine.apply_rlimits(agent.rlimits)
+            if agent.uid is not None:
+                stage = "uid"
+                confine.drop_privileges(agent.uid)
+        elif job.uid is not None:
+            stage = "uid"
+            confine.become(job.uid, job.gid if job.gid is not None else job.uid, job.groups)
+        stage = "cwd"  # as the command's user: its own search permissions apply
+        os.chdir(job.cwd)
+        if os.getcwd() != job.cwd:  # a directory on the way became a symlink since the kernel checked
+            raise OSError(errno.ESTALE, f"the working directory moved: {job.cwd}")
+        if agent is not None:
+            if agent.no_new_privs:
+                stage = "no_new_privs"
+                linux.set_no_new_privs()
+            if agent.landlock:
+                stage = "landlock"
+                confine.restrict_filesystem(confine.landlock_writable(agent), network=agent.network)
+            if agent.seccomp and SECCOMP is not None:
+                stage = "seccomp"
+                seccomp.load(SECCOMP, network=agent.network)
+        stage = "exec"
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, *_FORWARDED, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)  # Python ignores SIGPIPE; a command must not inherit that
+        os.execvpe(job.argv[0], list(job.argv), env)
+    except BaseException as err:
+        _fail(status_w, stage, err)
+
+
+def _process_tree(root: int) -> set[int]:
+    """Every process in ``root``'s process group or session, and every descendant of ``root``."""
+    children: dict[int, list[int]] = {}
+    members: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid, ppid, pgrp, session = int(entry), int(fields[1]), int(fields[2]), int(fields[3])
+        children.setdefault(ppid, []).append(pid)
+        if pgrp == root or session == root:
+            members.add(pid)
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in members:
+                members.add(child)
+                stack.append(child)
+    members.discard(os.getpid())
+    members.discard(1)
+    return members
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL a command's whole tree; a second round catches processes forked meanwhile."""
+    for _ in range(2):
+        kill_group(root)
+        for pid in _process_tree(root):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,103 @@
+"""What the kernel asks the zygote to start: one frozen, msgpack-friendly description per agent
+incarnation (:class:`SpawnSpec`) or per command run for ``exec`` (:class:`ExecSpec`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Exposure:
+    """A host path made visible inside the agent's mount namespace, at the same path."""
+
+    path: str
+    writable: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpawnSpec:
+    """Everything a zygote child needs to confine and start one agent process.
+
+    :param key: the kernel's handle for this incarnation (``"<agent id>.<incarnation>"``).
+    :param interpreter: ``None`` runs the script inside the warm zygote interpreter (fast path);
+        a path execs that interpreter instead.
+    :param uid: the unprivileged uid and gid the agent runs as; ``None`` keeps the zygote's.
+    :param namespaces: request new pid, mount, uts and ipc namespaces (and net unless ``network``).
+    :param cgroup_attach: ``cgroup.procs`` files the child writes its pid to before unsharing.
+    :param rlimits: ``(resource, soft, hard)`` applied just before the agent runs.
+    :param tmp_bytes: the size of each private tmpfs (``/tmp``, ``/dev/shm``).
+    :param tmp_inodes: the inodes (files, directories, links) each private tmpfs may hold;
+        ``None``: tmpfs's own default (half the RAM's pages).
+    :param workdir_image: an ext4 image to make (once, ``workdir_bytes`` large) and mount over
+        ``cwd`` inside the agent's mount namespace (:mod:`clove.sandbox.workdir`);
+        ``None``: ``cwd`` is the plain host directory.
+    """
+
+    key: str
+    name: str
+    script: str
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    interpreter: str | None = None
+    cwd: str
+    uid: int | None = None
+    namespaces: bool = True
+    network: bool = False
+    hostname: str = "clove-agent"
+    cgroup_attach: tuple[str, ...] = ()
+    rlimits: tuple[tuple[int, int, int], ...] = ()
+    exposures: tuple[Exposure, ...] = ()
+    landlock: bool = True
+    seccomp: bool = True
+    no_new_privs: bool = True
+    tmp_bytes: int = 64 << 20
+    tmp_inodes: int | None = None
+    workdir_image: str | None = None
+    workdir_bytes: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> SpawnSpec:
+        data = dict(data)
+        data["args"] = tuple(data.get("args", ()))
+        data["cgroup_attach"] = tuple(data.get("cgroup_attach", ()))
+        data["rlimits"] = tuple(tuple(r) for r in data.get("rlimits", ()))
+        data["exposures"] = tuple(Exposure(**e) for e in data.get("exposures", ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecSpec:
+    """One command the zygote runs for the kernel's ``exec`` syscall.
+
+    :param job: the kernel's handle for this command; the zygote's ``exec_*`` events carry it.
+    :param argv: the program and its arguments (the program is looked up on ``env["PATH"]``).
+    :param cwd: the working directory, already resolved (no symlinks) in the view it runs in.
+    :param agent_key: run inside this agent incarnation's sandbox (its cgroups, namespaces, uid,
+        rlimits, no_new_privs, Landlock and seccomp, exactly as its spawn spec says) and with its
+        environment; ``None`` runs on the host as ``uid``/``gid``/``groups``.
+    :param env: the environment of a host command (ignored for an agent's).
+    :param uid: for a host command, the user to run as; ``None`` keeps the zygote's.
+    """
+
+    job: str
+    argv: tuple[str, ...]
+    cwd: str
+    agent_key: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    uid: int | None = None
+    gid: int | None = None
+    groups: tuple[int, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ExecSpec:
+        data = dict(data)
+        data["argv"] = tuple(data.get("argv", ()))
+        data["groups"] = tuple(data.get("groups", ()))
+        return cls(**data)
