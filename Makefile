@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-guarantees test bench clean
+.PHONY: demo demo-guarantees lint test bench clean
 
 PLUGINS := plugins/serial plugins/can plugins/gpio plugins/exchange
 
@@ -21,7 +21,17 @@ demo: $(STAMP)
 demo-guarantees: $(STAMP)
 	$(BIN)/python -m clove.demo
 
-test: $(STAMP)
+# The lint stage: style (ruff), types (mypy --strict), and the floors of docs/architecture.md
+# (import-linter contracts in pyproject.toml). `make test` runs it first.
+LINTED := clove clove_sdk hil plugins tests bench examples
+TYPED := clove clove_sdk hil plugins/serial/clove_driver_serial plugins/can/clove_driver_can plugins/gpio/clove_driver_gpio plugins/exchange/clove_driver_exchange
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/python -m mypy $(TYPED)
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

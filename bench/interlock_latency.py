@@ -11,10 +11,10 @@ timestamp → driver host acknowledgement). Baseline: none meaningful; the deadl
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-import tempfile
 
 from common import Report, agent_script, bench_kernel, main, poll_for, summarize
 
@@ -66,7 +66,7 @@ actions = [
                 pressed = time.time()
                 chip.controller.press("estop")
                 zero = poll_for(
-                    lambda: next((f for f in bus.frames[-50:] if f.ts >= pressed and f.id == 0x101 and f.data == b"\x00" * 4), None),
+                    lambda: next((f for f in bus.frames[-50:] if f.ts >= pressed and f.id == 0x101 and f.data == b"\x00" * 4), None),  # noqa: B023 - polled within this iteration
                     timeout=5,
                     interval=0.001,
                     message="the zero-speed frame",

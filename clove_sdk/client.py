@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 import socket as pysocket
+import time
 from types import TracebackType
 from typing import Any
 
@@ -132,7 +132,7 @@ class CloveClient(
         """Close the connection; an operator session ends at once (its names are released)."""
         if self._sock is None:
             return
-        if not self.endpoint == os.environ.get("CLOVE_AGENT_ENDPOINT"):
+        if self.endpoint != os.environ.get("CLOVE_AGENT_ENDPOINT"):
             try:
                 self.call("session.close", reply_timeout=min(self.timeout, 1.0))
             except CloveError:

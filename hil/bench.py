@@ -223,10 +223,9 @@ def _faults(source: Path, items: Any, sims: dict[str, SimSpec], duration: float)
         if isinstance(at, bool) or not isinstance(at, (int, float)) or not 0 <= at < duration:
             raise _fail(source, where, "at", f"expected seconds within the bench's duration (0..{duration:g}), got {at!r}")
         sim = data.get("sim")
-        if sim_kind:
-            if sim not in sims or sims[sim].kind != sim_kind:
-                names = [s.name for s in sims.values() if s.kind == sim_kind]
-                raise _fail(source, where, "sim", f"expected the name of a {sim_kind} simulator ({', '.join(names) or 'none defined'}), got {sim!r}")
+        if sim_kind and (sim not in sims or sims[sim].kind != sim_kind):
+            names = [s.name for s in sims.values() if s.kind == sim_kind]
+            raise _fail(source, where, "sim", f"expected the name of a {sim_kind} simulator ({', '.join(names) or 'none defined'}), got {sim!r}")
         if kind == "can_drop" and not 0 <= options["share"] <= 1:
             raise _fail(source, where, "share", "must be 0..1")
         if kind == "can_replay":

@@ -343,7 +343,7 @@ def run_bench(
                     raise AssertionError(f"{fmt} at {rate} Hz: frames lost or out of order")
                 # The receiver's timestamps (time.time() at send) against the recorded ones, aligned
                 # on the median offset so one late first frame does not shift every other one.
-                offsets = [g.timestamp - r.timestamp for g, r in zip(got, recorded)]
+                offsets = [g.timestamp - r.timestamp for g, r in zip(got, recorded, strict=False)]
                 base = statistics.median(offsets)
                 arrival = [abs(o - base) for o in offsets]
                 row = BenchRow(

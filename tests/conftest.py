@@ -105,7 +105,7 @@ def make_kernel() -> Iterator[Callable[..., KernelProcess]]:
         if left:
             problems.append(f"cgroups left behind: {left}")
         try:
-            poll_for(lambda: not processes_with_uids(uid_base, uid_base + 1000), 5, message="agent processes to end")
+            poll_for(lambda: not processes_with_uids(uid_base, uid_base + 1000), 5, message="agent processes to end")  # noqa: B023 - polled within this iteration
         except TimeoutError:
             problems.append(f"agent processes left behind: {processes_with_uids(uid_base, uid_base + 1000)}")
         k.cleanup()

@@ -2,8 +2,8 @@
 bench/interlock_latency.py: the navigator still trying to drive while the e-stop is pressed."""
 import time
 
-from clove.errors import CloveError
 from clove_sdk import CloveClient
+from clove_sdk.errors import CloveError
 
 with CloveClient() as c:
     bus = c.device("motor_bus")

@@ -10,8 +10,7 @@ import time
 
 import zmq
 
-from clove import wire
-from clove_sdk import CloveClient
+from clove_sdk import CloveClient, wire
 
 
 def timed(fn, n: int, warmup: int) -> list[int]:

@@ -148,7 +148,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from clove.kernel.audit.journal import read_journal, verify_journal
+    from clove.kernel.audit.journal import read_journal, verify_journal  # only this command needs the journal
 
     if args.verify or args.file:
         path = args.file
@@ -210,7 +210,7 @@ def cmd_llm(args: argparse.Namespace) -> int:
 
 
 def cmd_kernel(args: argparse.Namespace) -> int:
-    from clove.kernel.main import run_kernel
+    from clove.kernel.main import run_kernel  # the kernel loads only for `clove kernel`
 
     return run_kernel(config_path=args.config, socket_path=args.socket, state_dir=args.state_dir, log_level=args.log_level)
 

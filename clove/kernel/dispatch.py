@@ -18,26 +18,35 @@ import os
 import time
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import zmq
 
 from clove import wire
 from clove.drivers.grants import TokenBucket
 from clove.errors import CloveError, InternalError, PermissionDenied, ResourceExhausted, UnknownSyscall
-from clove.kernel.core.channels import Caller
-from clove.kernel.core.fairshare import Flow, weight_for
 from clove.kernel.audit.journal import Category
 from clove.kernel.audit.redact import redact
-from clove.kernel.syscalls import SYSCALLS, Deferred, Syscall, SyscallContext
+from clove.kernel.core.channels import Caller
+from clove.kernel.core.deferred import Deferred
+from clove.kernel.core.fairshare import Flow, weight_for
+from clove.kernel.services.host import ServiceHost
+from clove.kernel.syscalls.base import Syscall, SyscallContext
+from clove.kernel.syscalls.registry import SYSCALLS
+from clove.policy import Permissions
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
-    from clove.kernel.kernel import Kernel
-    from clove.kernel.services.recording.recorder import Pending
     from clove.kernel.core.sessions import OperatorSession
+    from clove.kernel.services.recording.recorder import Pending
 
 log = logging.getLogger(__name__)
+
+
+class DispatchHost(ServiceHost, Protocol):
+    """What the dispatcher uses of the kernel: what services see, and the operators' rights."""
+
+    operator_permissions: Permissions
 
 #: At most this many messages from one socket per loop turn, however cheap (the fair share in
 #: :mod:`clove.kernel.core.fairshare` usually stops a busy socket sooner).
@@ -64,7 +73,7 @@ TIMER_RESOLUTION_S = 0.001
 
 
 class Dispatcher:
-    def __init__(self, kernel: Kernel, registry: dict[str, Syscall] | None = None) -> None:
+    def __init__(self, kernel: DispatchHost, registry: dict[str, Syscall] | None = None) -> None:
         self.kernel = kernel
         self.registry = registry if registry is not None else SYSCALLS
         self.max_bytes = kernel.config.kernel.max_message_bytes

@@ -10,44 +10,55 @@ import resource
 import signal
 import socket
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clove import __version__
 from clove.config import AgentConfig, KernelConfig
 from clove.errors import CloveError
-from clove.kernel.core.asyncjobs import AsyncResults
-from clove.kernel.audit.settings import AuditConfig
-from clove.kernel.core.channels import Channels
-from clove.kernel.dispatch import Dispatcher
-from clove.kernel.core.events import EventBus
-from clove.policy import for_level
-from clove.kernel.core.sessions import OperatorSession, OperatorSessions
 from clove.kernel.audit.journal import Category, Journal
+from clove.kernel.audit.settings import AuditConfig
+from clove.kernel.core.agents import Agent
+from clove.kernel.core.asyncjobs import AsyncResults
+from clove.kernel.core.channels import Channels
+from clove.kernel.core.events import EventBus
+from clove.kernel.core.lifecycle import lifecycle_events
 from clove.kernel.core.loop import Loop, Timer
+from clove.kernel.core.sessions import OperatorSession, OperatorSessions
+from clove.kernel.dispatch import Dispatcher
+from clove.kernel.services import exec as exec_service
+from clove.kernel.services import files, interlocks, messaging, metrics, state
+from clove.kernel.services import http as http_service
+from clove.kernel.services import llm as llm_service
+from clove.kernel.services.devices import broker as devices
+from clove.kernel.services.postmortem import service as postmortem
+from clove.kernel.services.recording import recorder as recording
+from clove.kernel.services.recording import replay
+from clove.kernel.supervision.limits import resolve as resolve_limits
+from clove.kernel.supervision.supervisor import Supervisor, WatchedFd
+from clove.policy import for_level
 from clove.sandbox import linux
-from clove.sandbox.cgroups import CgroupBackend, detect_backend, reap_stale
+from clove.sandbox.backends import detect_backend
+from clove.sandbox.cgroups import CgroupBackend
 from clove.sandbox.landlock import abi_version
 from clove.sandbox.launcher import ZygoteLauncher
+from clove.sandbox.reaper import reap_stale
 from clove.sandbox.warden import REAP_TIMEOUT, Warden
-from clove.kernel.supervision.limits import resolve as resolve_limits
-from clove.kernel.core.agents import Agent
-from clove.kernel.core.lifecycle import lifecycle_events
-from clove.kernel.servicelist import SERVICES
-from clove.kernel.supervision.supervisor import Supervisor, WatchedFd
 
 if TYPE_CHECKING:
     from clove.kernel.services.devices.broker import DeviceBroker
-    from clove.kernel.services.interlocks import Interlocks
     from clove.kernel.services.exec import ExecService
     from clove.kernel.services.files import FileService
+    from clove.kernel.services.host import ServiceHost
     from clove.kernel.services.http import HttpService
+    from clove.kernel.services.interlocks import Interlocks
+    from clove.kernel.services.llm import LlmService
     from clove.kernel.services.messaging import MessagingService
     from clove.kernel.services.metrics import MetricsService
+    from clove.kernel.services.postmortem.service import PostmortemService
     from clove.kernel.services.recording.recorder import Recorder
     from clove.kernel.services.recording.replay import ReplayService
-    from clove.kernel.services.postmortem.service import PostmortemService
     from clove.kernel.services.state import StateService
 
 log = logging.getLogger(__name__)
@@ -64,6 +75,25 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+#: The agent services, attached at boot in this order. Each ``attach(kernel)`` builds its
+#: service, sets it on the kernel and registers housekeeping and shutdown hooks; a service sees
+#: the kernel only as a :class:`~clove.kernel.services.host.ServiceHost`.
+SERVICES: tuple[Callable[[ServiceHost], None], ...] = (
+    state.attach,
+    messaging.attach,
+    files.attach,
+    exec_service.attach,
+    http_service.attach,
+    metrics.attach,
+    llm_service.attach,
+    devices.attach,
+    interlocks.attach,
+    recording.attach,
+    replay.attach,
+    postmortem.attach,
+)
+
+
 class Kernel:
     """One kernel instance. :meth:`start`, then :meth:`run` until a signal or :meth:`request_stop`."""
 
@@ -75,7 +105,7 @@ class Kernel:
         self.channels = Channels(max_message_bytes=config.kernel.max_message_bytes)
         self.journal = Journal(self.state_dir / "journal.jsonl", ring_size=config.kernel.audit_ring, batch=True, settings=config.journal)
         self._hand_off_timer: Timer | None = None
-        self.launcher = ZygoteLauncher()
+        self.launcher = ZygoteLauncher(preload=("zmq", "clove_sdk"))
         #: The life line (see clove.sandbox.lifeline): only this process holds the write end.
         self._lifeline: tuple[int, int] | None = None
         self.warden: Warden | None = None
@@ -92,7 +122,7 @@ class Kernel:
         self.zygote_listeners: list[Callable[[dict[str, Any]], None]] = []
         #: Called in order at shutdown, before the journal closes.
         self.on_shutdown: list[Callable[[], None]] = []
-        # The agent services, set by their attach() in start() (see clove.kernel.servicelist).
+        # The agent services, set by their attach() in start() (see SERVICES).
         self.state: StateService
         self.messaging: MessagingService
         self.files: FileService
@@ -104,6 +134,7 @@ class Kernel:
         self.recorder: Recorder  # the dispatcher asks it about every agent syscall
         self.replay: ReplayService  # ...and hands it those of replayed agents
         self.postmortem: PostmortemService
+        self.llm: LlmService
         self.started_at = time.time()
         self._stopping = False
         self._stop_deadline = 0.0

@@ -39,7 +39,7 @@ def run_kernel(*, config_path: str | None, socket_path: str | None, state_dir: s
     )
     if os.geteuid() != 0:
         log.warning("not running as root: no cgroups, namespaces or uid separation; isolation reports will say so")
-    from clove.kernel.kernel import Kernel
+    from clove.kernel.kernel import Kernel  # deferred: the CLI imports this module for every command
 
     kernel = Kernel(config, socket_path=resolve_socket(socket_path, config), state_dir=state_dir or config.kernel.state_dir)
     try:

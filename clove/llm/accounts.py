@@ -17,7 +17,7 @@ from clove.llm.provider import Provider
 from clove.llm.scheduler import FairQueue
 
 if TYPE_CHECKING:
-    from clove.llm.settings import LlmSection
+    from clove.config import LlmSection
 
 __all__ = ["Account", "AgentLimits", "ProviderSlot", "build_slots", "percentiles"]
 

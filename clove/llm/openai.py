@@ -1,8 +1,8 @@
 """The OpenAI-compatible chat-completions provider: OpenAI, vLLM, llama.cpp server, Ollama...
 
-``POST {base_url}/chat/completions`` with urllib3, through the kernel's own
-:class:`~clove.kernel.services.http.Urllib3Transport` (one deadline for the whole call, a size
-cap on the answer, no redirects, no proxies from the environment, certificates verified)::
+``POST {base_url}/chat/completions`` with urllib3, through the same transport as the kernel's
+``http`` syscall, :class:`~clove.httpclient.Urllib3Transport` (one deadline for the whole call, a
+size cap on the answer, no redirects, no proxies from the environment, certificates verified)::
 
     [llm.providers.openai]
     kind = "openai"
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, final
 
 from clove.errors import ConfigError, OperationTimeout, UpstreamError
-from clove.kernel.services.http import HttpRequest, Transport, Urllib3Transport
+from clove.httpclient import HttpRequest, Transport, Urllib3Transport
 from clove.llm.errors import ProviderError, RateLimited, ServerError
 from clove.llm.provider import Provider
 from clove.llm.registry import ProviderRegistry, hookimpl

@@ -14,9 +14,9 @@ from typing import Final, final
 import pluggy
 
 from clove.errors import ConfigError
-from clove.plugins import KindRegistry, installed, load_allowlisted
 from clove.llm import hookspecs
 from clove.llm.provider import Provider
+from clove.plugins import KindRegistry, installed, load_allowlisted
 
 __all__ = ["ENTRY_POINT_GROUP", "ProviderRegistry", "get_plugin_manager", "hookimpl", "installed_plugins", "load_registry"]
 

@@ -18,7 +18,7 @@ the hierarchy root, :meth:`CgroupV2Backend.prepare` moves *this process only* in
 refuses (moving processes it does not own would be a surprise): run the kernel in a cgroup of its
 own (systemd ``Delegate=yes``). :meth:`CgroupV2Backend.close` undoes this when it safely can
 (no other sub-cgroups of ``<own>``): it disables what it enabled, moves the process back and
-removes the leaf; otherwise the leaf stays and :func:`~.cgroups.remove_stale` removes it after
+removes the leaf; otherwise the leaf stays and :func:`~.reaper.remove_stale` removes it after
 the kernel has exited.
 """
 

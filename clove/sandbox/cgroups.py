@@ -1,4 +1,5 @@
-"""Per-agent cgroups: the backend contract, backend detection and stale-cgroup cleanup.
+"""Per-agent cgroups: the backend contract (:class:`CgroupBackend`, :class:`AgentCgroup`) and
+the helpers both backends share.
 
 Layout (the same for both backends, once per v1 hierarchy)::
 
@@ -9,54 +10,38 @@ Layout (the same for both backends, once per v1 hierarchy)::
 
 The two backends live in :mod:`.cgroup_v2` (unified hierarchy: ``memory.max``, ``cpu.max``,
 ``pids.max``, ``cgroup.freeze``, ``cgroup.kill``) and :mod:`.cgroup_v1` (``memory.limit_in_bytes``,
-``cpu.cfs_quota_us``, ``pids.max``, ``freezer.state``). :func:`detect_backend` picks one; when none
-is usable the kernel falls back to :mod:`.rlimits`. Every filesystem access goes through a
-:class:`~.cgroupfs.CgroupFS`, so unit tests run against :class:`clove.testing.FakeCgroupFS`.
+``cpu.cfs_quota_us``, ``pids.max``, ``freezer.state``); both import this module, never each
+other. :func:`.backends.detect_backend` picks one; when none is usable the kernel falls back to
+:mod:`.rlimits`. What dead kernels left behind is removed by :mod:`.reaper`. Every filesystem
+access goes through a :class:`~.cgroupfs.CgroupFS`, so unit tests run against
+:class:`clove.testing.FakeCgroupFS`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import signal
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
 from clove.errors import SandboxError
-from clove.sandbox.cgroupfs import (
-    CgroupFS,
-    RealCgroupFS,
-    check_component,
-    is_live_kernel,
-    parse_proc_cgroup,
-    read_pids,
-    remove_stale_dirs,
-    stale_dirs,
-    write_control,
-)
+from clove.sandbox.cgroupfs import CgroupFS, check_component, read_pids, write_control
 from clove.sandbox.limits import NOT_REQUESTED, LimitReport, Limits
 
 __all__ = [
-    "PREFERENCES",
     "AgentCgroup",
     "CgroupBackend",
     "KillFn",
-    "detect_backend",
-    "reap_dirs",
-    "reap_stale",
-    "remove_stale",
+    "LimitWriter",
+    "limit_report",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Values accepted by :func:`detect_backend`'s ``preference``.
-PREFERENCES = ("auto", "cgroup2", "cgroup1", "rlimit", "none")
 
 #: ``os.kill``-shaped callable; injectable so the kernel's host layer (or a test) can own signals.
 KillFn = Callable[[int, int], None]
@@ -282,7 +267,7 @@ class CgroupBackend(ABC):
     def prepare(self) -> None:
         """Create the parent cgroup(s) and make the controllers available there. Idempotent.
 
-        :func:`detect_backend` calls it, so a backend that cannot work is never returned;
+        :func:`~.backends.detect_backend` calls it, so a backend that cannot work is never returned;
         :meth:`create` calls it too.
 
         :raises SandboxError: a directory or control file was refused; whatever this call had
@@ -346,221 +331,3 @@ class CgroupBackend(ABC):
                 continue
             if not gone:  # removed ones drop out of _agents through on_removed
                 log.warning("cgroup of %s still has processes; left in place", agent.name)
-
-
-def detect_backend(
-    preference: str = "auto",
-    *,
-    kernel_tag: str,
-    cgroup_root: Path = Path("/sys/fs/cgroup"),
-    proc_self_cgroup: Path = Path("/proc/self/cgroup"),
-    fs: CgroupFS | None = None,
-    kill: KillFn | None = None,
-) -> CgroupBackend | None:
-    """Pick, prepare and return the cgroup backend, or ``None`` for the rlimit fallback.
-
-    ``"auto"`` takes cgroup2 when the unified hierarchy offers memory, cpu and pids to this
-    process, else cgroup1 when v1 memory, cpu and pids hierarchies are mounted, else ``None``
-    (logged). A backend whose :meth:`~CgroupBackend.prepare` fails (no permission) is skipped.
-    An explicit ``"cgroup2"``/``"cgroup1"`` needs at least one of those controllers; the others
-    are then reported as not enforced.
-
-    :param preference: ``"auto"``, ``"cgroup2"``, ``"cgroup1"``, ``"rlimit"`` or ``"none"``.
-    :param kernel_tag: the parent cgroup's name, e.g. ``f"clove-{os.getpid()}"``.
-    :param cgroup_root: where the hierarchies are mounted.
-    :param proc_self_cgroup: this process's cgroup membership file.
-    :param fs: the cgroup filesystem (default: the real one).
-    :param kill: signal sender for kill-all fallbacks (default :func:`os.kill`).
-    :raises SandboxError: unknown preference or invalid ``kernel_tag``, or the explicitly
-        requested backend is unavailable (the message says why) or cannot be prepared.
-    """
-    from clove.sandbox.cgroup_v1 import CgroupV1Backend, discover_v1
-    from clove.sandbox.cgroup_v2 import CgroupV2Backend, discover_v2
-
-    if preference not in PREFERENCES:
-        raise SandboxError(
-            f"unknown sandbox backend {preference!r}; expected one of {', '.join(PREFERENCES)}",
-            details={"preference": preference},
-        )
-    check_component("kernel_tag", kernel_tag)
-    if preference in ("rlimit", "none"):
-        return None
-    fs = fs if fs is not None else RealCgroupFS()
-    kill = kill if kill is not None else os.kill
-    try:
-        entries = parse_proc_cgroup(fs.read_text(proc_self_cgroup))
-    except OSError as err:
-        log.debug("cannot read %s: %s", proc_self_cgroup, err)
-        entries = []
-    pid = os.getpid()
-    explicit = preference != "auto"
-    reasons: dict[str, str] = {}
-
-    if preference in ("auto", "cgroup2"):
-        v2, why = discover_v2(entries, cgroup_root, fs, pid=pid, complete=not explicit)
-        if v2 is not None:
-            backend2 = CgroupV2Backend(v2, kernel_tag=kernel_tag, fs=fs, kill=kill)
-            why = _prepare(backend2, explicit)
-            if not why:
-                return backend2
-        elif explicit:
-            raise SandboxError(f"cgroup2 backend unavailable: {why}", details={"backend": "cgroup2"})
-        reasons["cgroup2"] = why
-
-    if preference in ("auto", "cgroup1"):
-        v1, why = discover_v1(entries, cgroup_root, fs, pid=pid, complete=not explicit)
-        if v1 is not None:
-            backend1 = CgroupV1Backend(v1, kernel_tag=kernel_tag, fs=fs, kill=kill)
-            why = _prepare(backend1, explicit)
-            if not why:
-                return backend1
-        elif explicit:
-            raise SandboxError(f"cgroup1 backend unavailable: {why}", details={"backend": "cgroup1"})
-        reasons["cgroup1"] = why
-
-    log.warning(
-        "no usable cgroup backend (%s); limits fall back to rlimits",
-        "; ".join(f"{k}: {v}" for k, v in reasons.items()),
-    )
-    return None
-
-
-def _prepare(backend: CgroupBackend, explicit: bool) -> str:
-    """Prepare ``backend``; returns ``""`` on success, else why not (re-raised if ``explicit``)."""
-    try:
-        backend.prepare()
-    except SandboxError as err:
-        if explicit:
-            raise
-        log.warning("%s backend unusable: %s", backend.name, err)
-        return f"prepare failed: {err.message}"
-    log.info("sandbox backend %s: %s", backend.name, backend.describe())
-    return ""
-
-
-def remove_stale(backend: CgroupBackend, *, pid_alive: Callable[[int], bool] | None = None) -> list[Path]:
-    """Remove empty parents left by dead kernels next to ``backend``'s own parent(s).
-
-    See :func:`~.cgroupfs.remove_stale_dirs`: with ``kernel_tag="clove-12345"`` this removes
-    ``clove-999`` and ``clove-999-kernel`` (and their empty agent cgroups) when pid 999 is dead.
-
-    :param backend: a backend of this kernel; its own parents are never touched.
-    :param pid_alive: liveness check for a pid (default: ``os.kill(pid, 0)`` succeeds).
-    :returns: the directories removed.
-    """
-    return remove_stale_dirs(backend.fs, backend.base_dirs, backend.kernel_tag, pid_alive=pid_alive)
-
-
-def reap_stale(
-    backend: CgroupBackend,
-    *,
-    pid_alive: Callable[[int], bool] | None = None,
-    kill: KillFn = os.kill,
-    timeout: float = 5.0,
-    sleep: Callable[[float], None] = time.sleep,
-) -> list[Path]:
-    """Remove everything dead kernels left behind, on the first try (:func:`reap_dirs`). Called
-    at boot, before the loop runs and before this kernel creates any agent cgroup, so the short,
-    bounded wait for processes to die blocks nobody.
-
-    A leftover belongs to a dead kernel: a ``clove-<pid>`` parent (and ``-kernel`` leaf) beside
-    ours whose pid is no live clove kernel (:func:`~.cgroupfs.is_live_kernel`; another live
-    kernel's cgroups are never touched), or a sub-cgroup already inside our own parent, left by
-    a dead kernel that had this kernel's pid (in a container the kernel often gets the same pid
-    each boot).
-
-    :param pid_alive: whether the kernel named by a parent is alive (default
-        :func:`~.cgroupfs.is_live_kernel`).
-    :returns: the directories removed, children before their parents.
-    """
-    alive = pid_alive if pid_alive is not None else is_live_kernel
-    roots = stale_dirs(backend.fs, backend.base_dirs, backend.kernel_tag, pid_alive=alive)
-    for base in backend.base_dirs:
-        own = base / backend.kernel_tag
-        roots += [own / child for child in _children(backend.fs, own)]
-    return reap_dirs(backend.fs, roots, kill=kill, timeout=timeout, sleep=sleep)
-
-
-def reap_dirs(
-    fs: CgroupFS,
-    roots: Sequence[Path],
-    *,
-    kill: KillFn = os.kill,
-    timeout: float = 5.0,
-    sleep: Callable[[float], None] = time.sleep,
-) -> list[Path]:
-    """Empty and remove ``roots`` and every cgroup below them, whatever runs there.
-
-    Each round SIGKILLs every task (and writes ``cgroup.kill`` where there is one), *then* thaws
-    (a frozen task only dies once thawed; thawing after the kill lets it run no code of its own),
-    then removes the directories children before parents. A directory whose processes are still
-    exiting refuses with ``EBUSY``; the next round, 10 ms later, kills what was forked meanwhile
-    and tries again, until everything is gone or ``timeout`` passes (logged).
-
-    :returns: the directories removed, children before their parents.
-    """
-    deadline = time.monotonic() + timeout
-    removed: list[Path] = []
-    while True:
-        tree = [d for root in roots for d in _post_order(fs, root)]
-        if not tree:
-            return removed
-        for d in tree:
-            _kill_tasks(fs, d, kill)
-        busy: list[Path] = []
-        for d in tree:
-            try:
-                fs.rmdir(d)
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                if err.errno != errno.EBUSY:
-                    log.warning("cannot remove cgroup %s: %s", d, err.strerror or err)
-                busy.append(d)
-                continue
-            removed.append(d)
-        if not busy:
-            return removed
-        if time.monotonic() > deadline:
-            left = sorted({pid for d in busy for pid in _tasks(fs, d)})
-            log.warning("cgroups left by a dead kernel still busy: %s (processes %s)", [str(d) for d in busy], left)
-            return removed
-        sleep(0.01)
-
-
-def _post_order(fs: CgroupFS, directory: Path) -> list[Path]:
-    """``directory`` and every cgroup below it, children before their parent."""
-    if not fs.exists(directory / "cgroup.procs"):
-        return []
-    out: list[Path] = []
-    for child in sorted(_children(fs, directory)):
-        out += _post_order(fs, directory / child)
-    out.append(directory)
-    return out
-
-
-def _tasks(fs: CgroupFS, directory: Path) -> list[int]:
-    try:
-        return [int(tok) for tok in fs.read_text(directory / "cgroup.procs").split() if tok.isdigit()]
-    except OSError:
-        return []
-
-
-def _kill_tasks(fs: CgroupFS, directory: Path, kill: KillFn) -> None:
-    if fs.exists(directory / "cgroup.kill"):
-        with contextlib.suppress(OSError):
-            fs.write_text(directory / "cgroup.kill", "1")
-    for pid in _tasks(fs, directory):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            kill(pid, signal.SIGKILL)
-    for control, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
-        if fs.exists(directory / control):
-            with contextlib.suppress(OSError):
-                fs.write_text(directory / control, thawed)
-
-
-def _children(fs: CgroupFS, directory: Path) -> list[str]:
-    try:
-        return [c for c in fs.listdir(directory) if fs.exists(directory / c / "cgroup.procs")]
-    except OSError:
-        return []

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -46,11 +47,21 @@ class ZygoteLauncher:
 
     :param lifeline: the read end of the kernel's life line, passed on to every agent's G
         (see :mod:`clove.sandbox.lifeline`); ``None`` runs agents without one.
+    :param preload: modules the zygote imports before its first fork, so that every agent
+        starts with them already imported (the kernel passes ZeroMQ and the SDK). One that fails
+        to import is reported on the zygote's stderr and skipped.
+    :raises ValueError: a module name is empty or contains a comma.
     """
 
-    def __init__(self, python: str = sys.executable, *, lifeline: int | None = None) -> None:
+    def __init__(
+        self, python: str = sys.executable, *, lifeline: int | None = None, preload: Sequence[str] = ()
+    ) -> None:
+        for name in preload:
+            if not name or "," in name:
+                raise ValueError(f"not a module name to preload: {name!r}")
         self.python = python
         self.lifeline = lifeline
+        self.preload = tuple(preload)
         self.sock: socket.socket | None = None
         self.pid: int | None = None
         self.started_at = 0.0
@@ -69,6 +80,8 @@ class ZygoteLauncher:
         if self.lifeline is not None:
             argv.append(str(self.lifeline))
             keep.append(self.lifeline)
+        if self.preload:
+            argv += ["--preload", ",".join(self.preload)]
         try:
             self._proc = subprocess.Popen(argv, pass_fds=keep, stdin=subprocess.DEVNULL, close_fds=True)
         except OSError as err:

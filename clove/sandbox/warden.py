@@ -7,7 +7,7 @@ got out of G's reach but not out of its cgroup (a command run by ``exec`` inside
 namespaces), and the driver hosts. It holds a read end of the life line and nothing else; it
 knows no agent, only the kernel's parent cgroup in each hierarchy (``<own>/clove-<pid>``), so it
 never needs updating. On EOF it kills every process under those parents, thaws frozen ones so the
-SIGKILLs land, removes the directories children first (:func:`~.cgroups.reap_dirs`), and exits.
+SIGKILLs land, removes the directories children first (:func:`~.reaper.reap_dirs`), and exits.
 At an orderly shutdown the kernel closes the life line last and the warden finds nothing left.
 
 It runs in its own session (no terminal signal reaches it) with no parent-death signal (it must
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except InterruptedError:
             continue
     from clove.sandbox.cgroupfs import RealCgroupFS
-    from clove.sandbox.cgroups import reap_dirs
+    from clove.sandbox.reaper import reap_dirs
 
     logging.basicConfig(level=logging.WARNING, format="clove warden %(process)d: %(message)s")
     reap_dirs(RealCgroupFS(), parents, timeout=REAP_TIMEOUT)

@@ -2,7 +2,9 @@
 
 Exec'ing a fresh Python and importing ZeroMQ costs ~45 ms; forking this process, which has
 already imported the SDK, costs ~1-2 ms. The kernel cannot fork itself (libzmq threads), so it
-starts a zygote at boot and talks to it over a SOCK_SEQPACKET socketpair: the kernel sends
+starts a zygote at boot, naming the modules to import before the first fork (``--preload
+zmq,clove_sdk``: the zygote itself knows nothing of the SDK), and talks to it over a
+SOCK_SEQPACKET socketpair: the kernel sends
 ``{"op": "spawn", "spec": ...}`` with the agent's log pipe as an SCM_RIGHTS fd; the zygote
 answers with ``started`` and ``exited`` events.
 
@@ -60,9 +62,11 @@ the agent's pid namespace and cgroup.
 
 from __future__ import annotations
 
+import argparse
 import array
 import contextlib
 import gc
+import importlib
 import json
 import os
 import selectors
@@ -70,7 +74,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -520,19 +524,53 @@ def _only_child(pid: int) -> int | None:
     return int(children[0]) if children else None
 
 
-def main() -> None:
-    fd = int(sys.argv[1])
-    children.LIFELINE = int(sys.argv[2]) if len(sys.argv) > 2 else -1
+def preload(modules: Iterable[str]) -> list[str]:
+    """Import each module so that every forked agent inherits it already imported.
+
+    A module that fails to import is reported on stderr and skipped: the zygote still serves
+    (agents then import it themselves, or fail on it, as they would without a zygote).
+
+    :returns: the modules that failed.
+    """
+    failed: list[str] = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except (Exception, SystemExit) as err:  # whatever the module's import raises
+            print(
+                f"clove zygote: cannot preload module {name!r}: {type(err).__name__}: {err}",
+                file=sys.stderr,
+                flush=True,
+            )
+            failed.append(name)
+    return failed
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """``<socket fd> [<lifeline fd>] [--preload a,b,...]`` (see :meth:`.launcher.ZygoteLauncher._launch`)."""
+    parser = argparse.ArgumentParser(prog="python -m clove.sandbox.zygote")
+    parser.add_argument("fd", type=int, help="the zygote's end of the kernel's socketpair")
+    parser.add_argument("lifeline", type=int, nargs="?", default=-1, help="the life line's read end")
+    parser.add_argument(
+        "--preload",
+        type=lambda text: tuple(name for name in text.split(",") if name),
+        default=(),
+        help="comma-separated modules to import before the first fork",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    children.LIFELINE = args.lifeline
     # SIGTERM, not SIGKILL: a zygote whose kernel died still kills and reaps its commands.
     linux.set_parent_death_signal(signal.SIGTERM)
     linux.set_child_subreaper()
-    sock = socket.socket(fileno=fd)
-    # Warm the imports every agent needs, then keep their objects out of the GC's way so forked
-    # children share the pages instead of copying them on the first collection.
-    import zmq  # noqa: F401
-
-    import clove_sdk  # noqa: F401
-
+    sock = socket.socket(fileno=args.fd)
+    # Warm the imports every agent needs (the kernel names them), then keep their objects out of
+    # the GC's way so forked children share the pages instead of copying them on the first
+    # collection.
+    preload(args.preload)
     children.SECCOMP = seccomp.build_filters()
     gc.collect()
     gc.freeze()

@@ -213,9 +213,8 @@ def _check_read_data(make_driver: MakeDriver, feed: Callable[[Driver], object], 
             raise _fail(check, f"no data within {wait} s of feed()")
         if driver.stream == "bytes" and not isinstance(got, bytes):
             raise _fail(check, f"a bytes stream must read bytes, got {type(got).__name__}")
-        if driver.stream == "items":
-            if not isinstance(got, list) or not all(isinstance(item, dict) for item in got):
-                raise _fail(check, f"an items stream must read a list of dicts, got {got!r}")
+        if driver.stream == "items" and (not isinstance(got, list) or not all(isinstance(item, dict) for item in got)):
+            raise _fail(check, f"an items stream must read a list of dicts, got {got!r}")
         _packable(check, got, "read data")
 
 

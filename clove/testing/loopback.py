@@ -20,7 +20,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from clove.drivers import Caller, DeviceGrant, DeviceUnavailable, Driver, NoArgs, deny, hookimpl, invalid, operation
+from clove.drivers import (
+    Caller,
+    DeviceGrant,
+    DeviceUnavailable,
+    Driver,
+    NoArgs,
+    deny,
+    hookimpl,
+    invalid,
+    operation,
+)
 from clove.drivers.registry import DriverRegistry
 
 

@@ -63,7 +63,6 @@ from clove_driver_exchange.fix.messages import Framer, Message, MsgType, Tag
 from clove_driver_exchange.fix.session import FixSession, State
 from clove_driver_exchange.fix.store import SeqStore
 from clove_driver_exchange.fix.transport import FixConnection
-
 from hil.exchange.book import BookError, Order, OrderBook, OrdType, Side, SubmitResult, TimeInForce
 
 __all__ = ["BOT", "DEFAULT_CREDENTIALS", "DEFAULT_SYMBOLS", "SimVenue", "VenueFill"]

@@ -30,7 +30,6 @@ from clove_driver_exchange.fix.messages import Message, MsgType, Tag  # noqa: E4
 from clove_driver_exchange.fix.session import FixSession  # noqa: E402
 from clove_driver_exchange.fix.store import SeqStore  # noqa: E402
 from clove_driver_exchange.fix.transport import FixConnection, connect  # noqa: E402
-
 from hil.exchange import BookError, Order, OrderBook, SimVenue  # noqa: E402
 
 CREDENTIALS = {"CLOVE": "secret", "BOB": "hunter2"}

@@ -140,7 +140,7 @@ def test_odometry_every_period(rig: Rig) -> None:
     since = time.time()
     poll_for(lambda: len(rig.odometry(since)) >= 40, 5.0, message="40 odometry frames")
     stamps = [t for t, *_ in rig.odometry(since)]
-    gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]))
+    gaps = sorted(b - a for a, b in zip(stamps, stamps[1:], strict=False))
     median = gaps[len(gaps) // 2]
     mean = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
     assert 0.015 < median < 0.025, gaps
@@ -160,12 +160,12 @@ def test_command_ramps_the_speeds(rig: Rig) -> None:
         poll_for(lambda: rig.odometry(since)[-1][3] > 50, 2.0, message="distance travelled")
         assert rig.faults() == []  # kept commanded: no fault
         odo = rig.odometry(since)
-    lefts = [l for _, l, _, _ in odo]
+    lefts = [left for _, left, _, _ in odo]
     # A ramp, not a step: several intermediate values, never more than the acceleration allows.
     intermediate = [v for v in lefts if 0 < v < 900]
     assert len(intermediate) >= 5, lefts
     assert lefts == sorted(lefts)
-    for (t0, l0, _, _), (t1, l1, _, _) in zip(odo, odo[1:]):
+    for (t0, l0, _, _), (t1, l1, _, _) in zip(odo, odo[1:], strict=False):
         assert l1 - l0 <= 3000 * (t1 - t0) + 80, (l0, l1, t1 - t0)
     # Distance grew; the world moved forward and turned right (left wheel faster).
     pose = rig.world.pose()

@@ -90,7 +90,8 @@ def test_record_keeps_order_and_timestamps(fmt: str, tmp_path: Path, buses: Buse
     sent = frames(30, 0.0)
     for batch in range(3):  # three bursts, each once the recorder has the previous one
         have = 10 * batch
-        poll_for(lambda: len(seen) >= have, 5.0, interval=0.001, message="the previous burst")
+        poll_for(lambda: len(seen) >= have, 5.0,  # noqa: B023 - polled within this iteration
+                 interval=0.001, message="the previous burst")
         for msg in sent[10 * batch : 10 * batch + 10]:
             src.send(msg)
     recorder.join(5)
@@ -101,7 +102,7 @@ def test_record_keeps_order_and_timestamps(fmt: str, tmp_path: Path, buses: Buse
     # relative to the first frame, so compare relative times).
     relative = [m.timestamp - logged[0].timestamp for m in logged]
     expected = [m.timestamp - seen[0].timestamp for m in seen]
-    assert max(abs(a - b) for a, b in zip(relative, expected)) < 2e-5
+    assert max(abs(a - b) for a, b in zip(relative, expected, strict=False)) < 2e-5
     assert relative[-1] > 0
 
 
@@ -116,7 +117,7 @@ def test_log_round_trip_preserves_timestamps(fmt: str, tmp_path: Path) -> None:
     assert ids_and_data(logged) == ids_and_data(sent)
     relative = [m.timestamp - logged[0].timestamp for m in logged]
     expected = [m.timestamp - sent[0].timestamp for m in sent]
-    assert max(abs(a - b) for a, b in zip(relative, expected)) < 2e-5
+    assert max(abs(a - b) for a, b in zip(relative, expected, strict=False)) < 2e-5
 
 
 @pytest.mark.parametrize("fmt", ["asc", "blf"])
@@ -135,7 +136,7 @@ def test_replay_keeps_timing_and_order(fmt: str, tmp_path: Path, buses: Buses) -
     assert result.p50 < 0.002, result.summary()
     assert result.max < 0.25, result.summary()  # a generous bound on a noisy machine
     # The receiver's timestamps (stamped at send) follow the recorded ones.
-    offsets = [g.timestamp - s.timestamp for g, s in zip(got, sent)]
+    offsets = [g.timestamp - s.timestamp for g, s in zip(got, sent, strict=False)]
     base = statistics.median(offsets)
     assert statistics.median(abs(o - base) for o in offsets) < 0.002
     assert 0.19 <= result.duration < 0.5

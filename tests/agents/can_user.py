@@ -9,8 +9,8 @@ import json
 import sys
 import time
 
-from clove.errors import CloveError
 from clove_sdk import CloveClient
+from clove_sdk.errors import CloveError
 
 mode = sys.argv[1]
 report: dict = {}

@@ -7,8 +7,8 @@ a tag, an op and a device it has no grant for; "burst" writes 50 times as fast a
 import json
 import sys
 
-from clove.errors import CloveError
 from clove_sdk import CloveClient
+from clove_sdk.errors import CloveError
 
 mode = sys.argv[1]
 report: dict = {}

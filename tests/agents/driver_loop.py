@@ -3,8 +3,8 @@ motors; logs each refusal code once (so a test sees when an interlock blocks it)
 
 import time
 
-from clove.errors import CloveError
 from clove_sdk import CloveClient
+from clove_sdk.errors import CloveError
 
 seen = set()
 with CloveClient() as c:

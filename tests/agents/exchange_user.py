@@ -7,8 +7,8 @@ refusal reasons. ``nogrant``: one order without any grant."""
 import json
 import sys
 
-from clove.errors import CloveError
 from clove_sdk import CloveClient
+from clove_sdk.errors import CloveError
 
 
 def attempt(action):

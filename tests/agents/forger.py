@@ -2,10 +2,10 @@
 import json
 import signal
 
+import msgpack
 import zmq
 
-from clove import wire
-from clove_sdk import CloveClient
+from clove_sdk import CloveClient, wire
 
 out = {}
 with CloveClient(timeout=10) as client:
@@ -20,7 +20,7 @@ with CloveClient(timeout=10) as client:
 
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.connect(os.environ["CLOVE_AGENT_ENDPOINT"])
-    payload = wire._pack({"id": 7, "call": "hello", "body": {}, "agent_id": 1})
+    payload = msgpack.packb({"id": 7, "call": "hello", "body": {}, "agent_id": 1}, use_bin_type=True)  # an envelope the SDK would never build
     sock.send_multipart([wire.PROTOCOL, wire.KIND_REQUEST, payload])
     if sock.poll(5000):
         reply = wire.decode_reply(sock.recv_multipart())

@@ -3,8 +3,8 @@ prints what it got as a REPORT line."""
 
 import json
 
-from clove.errors import CloveError
 from clove_sdk import CloveClient
+from clove_sdk.errors import CloveError
 
 report: dict = {}
 with CloveClient() as c:

@@ -5,7 +5,7 @@ larger than its grant. ``sdk`` uses the device handle; ``pyserial`` unmodified p
 import json
 import sys
 
-from clove.errors import CloveError
+from clove_sdk.errors import CloveError
 
 mode = sys.argv[1]
 report: dict = {}

@@ -7,7 +7,6 @@ import sys
 
 from clove_sdk import CloveClient, CloveError
 
-
 KIND = sys.argv[1]
 BLOB = "x" * (64 << 10)
 

@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from clove.errors import SandboxError
+from clove.sandbox.backends import detect_backend
 from clove.sandbox.cgroupfs import parse_proc_cgroup
-from clove.sandbox.cgroups import AgentCgroup, CgroupBackend, detect_backend, remove_stale
+from clove.sandbox.cgroups import AgentCgroup, CgroupBackend
 from clove.sandbox.limits import Limits
+from clove.sandbox.reaper import remove_stale
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

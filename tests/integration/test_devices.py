@@ -132,7 +132,7 @@ def test_kill_9_mid_stream_gives_clear_errors_and_the_stream_resumes(devkernel):
         try:
             loop.write(tag="during")
         except DeviceUnavailable as err:  # while it restarts: a clear error, not a hang
-            assert "loop" in err.message
+            assert "loop" in err.message  # noqa: PT017 - it may also succeed, after the restart
         _ready(devkernel, "loop", after=before["incarnation"])
         loop.write(tag="b", count=3)
         got = poll_for(lambda: [i for i in loop.recv(max_items=100, timeout=1) if i["tag"] == "b"], message="stream after restart")

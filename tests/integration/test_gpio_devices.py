@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import pytest
-from clove_driver_gpio.sim.client import SimChipController
-from clove_driver_gpio.sim.server import SimChipServer
 
 from clove.testing.kernel import poll_for
+from clove_driver_gpio.sim.client import SimChipController
+from clove_driver_gpio.sim.server import SimChipServer
 from tests.conftest import agent_script, read_report, requires_root
 
 pytestmark = [pytest.mark.integration, requires_root]

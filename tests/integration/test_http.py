@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from clove.errors import OperationTimeout, QuotaExceeded, UpstreamError
-from clove.kernel.services.http import MAX_IN_FLIGHT, MAX_RESPONSE_BYTES, HttpRequest, Urllib3Transport
+from clove.httpclient import MAX_RESPONSE_BYTES, HttpRequest, Urllib3Transport
+from clove.kernel.services.http import MAX_IN_FLIGHT
 from clove.testing.httpserver import BINARY_BODY, HttpTestServer
 from clove.testing.kernel import poll_for
 from tests.conftest import agent_script, read_report, requires_root

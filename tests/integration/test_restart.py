@@ -22,8 +22,8 @@ def test_on_failure_restarts_with_growing_delay_and_the_same_id(kernel):
         backoffs = [e["details"]["delay"] for e in _lifecycle(c, r["id"], "agent.state") if e["details"]["state"] == "backoff"]
         assert backoffs == [0.2, 0.4, 0.8]  # backoff_initial 0.2, doubling
         starts = [e for e in _lifecycle(c, r["id"], "agent.state") if e["details"]["state"] == "running"]
-        gaps = [b["timestamp"] - a["timestamp"] for a, b in zip(starts, starts[1:])]
-        assert len(gaps) == 3 and all(g >= d for g, d in zip(gaps, backoffs)) and gaps[0] < gaps[-1]
+        gaps = [b["timestamp"] - a["timestamp"] for a, b in zip(starts, starts[1:], strict=False)]
+        assert len(gaps) == 3 and all(g >= d for g, d in zip(gaps, backoffs, strict=False)) and gaps[0] < gaps[-1]
         assert {e["agent_id"] for e in _lifecycle(c, r["id"], "agent.exited")} == {r["id"]}
         escalated = _lifecycle(c, r["id"], "agent.escalated")
         assert len(escalated) == 1 and escalated[0]["details"]["restarts_in_window"] == 3

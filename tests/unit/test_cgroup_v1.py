@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from clove.errors import SandboxError
+from clove.sandbox.backends import detect_backend
 from clove.sandbox.cgroup_v1 import CgroupV1Agent, CgroupV1Backend
 from clove.sandbox.cgroupfs import CgroupFS, parse_proc_cgroup
-from clove.sandbox.cgroups import detect_backend, remove_stale
 from clove.sandbox.limits import Limits
+from clove.sandbox.reaper import remove_stale
 from clove.testing import FakeCgroupFS
 
 ROOT = Path("/sys/fs/cgroup")

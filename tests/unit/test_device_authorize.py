@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from clove.config.devices import parse_devices
 from clove.drivers.grants import DeviceGrant, TokenBucket
 from clove.errors import (
     CloveError,
@@ -23,11 +24,10 @@ from clove.errors import (
     PermissionDenied,
     QuotaExceeded,
 )
+from clove.kernel.core.deferred import Deferred
 from clove.kernel.services.devices.broker import DeviceBroker
 from clove.kernel.services.devices.runtime import DeviceRuntime
-from clove.kernel.services.devices.settings import parse_devices
 from clove.kernel.services.devices.subscriptions import ReadWant
-from clove.kernel.syscalls.base import Deferred
 from clove.testing.loopback import LoopbackGrant, WriteArgs
 
 

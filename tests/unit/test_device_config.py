@@ -9,15 +9,10 @@ from pathlib import Path
 import pytest
 
 from clove.config import load_config
+from clove.config.devices import DEFAULT_HOST_LIMITS, FRAMEWORK_KEYS, DeviceSpec, parse_devices
 from clove.drivers.grants import DeviceGrant
 from clove.errors import ConfigError, InvalidArguments
-from clove.kernel.services.devices.settings import (
-    DEFAULT_HOST_LIMITS,
-    FRAMEWORK_KEYS,
-    DeviceSpec,
-    grants_from_wire,
-    parse_devices,
-)
+from clove.kernel.services.devices.settings import grants_from_wire
 from clove.testing.loopback import LoopbackConfig, LoopbackDriver, LoopbackGrant
 
 MiB = 1 << 20

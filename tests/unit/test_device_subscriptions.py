@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from clove.errors import CloveError
+from clove.kernel.core.deferred import Deferred
 from clove.kernel.services.devices.subscriptions import ReadWant, Subscription
-from clove.kernel.syscalls.base import Deferred
 from clove.testing.loopback import LoopbackGrant
 
 

@@ -931,7 +931,7 @@ def test_kit_fails_a_driver_whose_close_fails() -> None:
 def test_operations_that_ask_for_the_caller_receive_it() -> None:
     from dataclasses import dataclass as _dc
 
-    from clove.drivers import Caller, Driver, NoArgs, operation
+    from clove.drivers import Caller, Driver, operation
 
     @_dc(frozen=True)
     class Cfg:

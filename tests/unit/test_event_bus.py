@@ -7,11 +7,11 @@ import json
 import pytest
 
 from clove.errors import InvalidArguments, PermissionDenied, QuotaExceeded
-from clove.kernel.core.asyncjobs import AsyncResults
 from clove.kernel.audit.settings import AuditConfig
+from clove.kernel.core.asyncjobs import AsyncResults
+from clove.kernel.core.deferred import Deferred
 from clove.kernel.core.events import EventBus
 from clove.kernel.core.sessions import OperatorSessions, parse_peer_address
-from clove.kernel.syscalls.base import Deferred
 
 
 class FakeLoop:

@@ -15,16 +15,17 @@ import pytest
 
 from clove.config import AgentConfig
 from clove.errors import CloveError, Conflict, InvalidArguments, NotFound, PermissionDenied, QuotaExceeded
-from clove.kernel.services import exec as exec_service
 from clove.kernel.core.agents import Agent, AgentState
 from clove.kernel.core.asyncjobs import AsyncResults
 from clove.kernel.core.channels import Caller
-from clove.kernel.services.exec import ExecService, Output, launch_error, plan_command
+from clove.kernel.core.deferred import Deferred
 from clove.kernel.core.loop import Loop
+from clove.kernel.services import exec as exec_service
+from clove.kernel.services.exec import ExecService, Output, launch_error, plan_command
+from clove.kernel.syscalls.base import SyscallContext
+from clove.kernel.syscalls.exec import Exec, ExecRequest
 from clove.policy import Permissions, for_level
 from clove.sandbox.spec import ExecSpec
-from clove.kernel.syscalls.base import Deferred, SyscallContext
-from clove.kernel.syscalls.exec import Exec, ExecRequest
 
 # ---- planning and policy -----------------------------------------------------------------------
 

@@ -15,12 +15,12 @@ import pytest
 
 from clove.config import AgentConfig
 from clove.errors import Conflict, InvalidArguments, NotFound, PermissionDenied, QuotaExceeded
-from clove.kernel.services import files
 from clove.kernel.core.agents import Agent
+from clove.kernel.services import files
 from clove.kernel.services.files import View, agent_view, read_file, write_file
+from clove.kernel.syscalls.files import _content_bytes
 from clove.policy import for_level
 from clove.sandbox.rootfs import Credentials, acting_as, resolve
-from clove.kernel.syscalls.files import _content_bytes
 
 WORK = "/work"
 

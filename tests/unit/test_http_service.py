@@ -23,15 +23,17 @@ from clove.errors import (
     QuotaExceeded,
     UpstreamError,
 )
-from clove.kernel.services import http as http_service
+from clove.httpclient import HttpRequest, HttpResponse
 from clove.kernel.core.asyncjobs import AsyncResults
 from clove.kernel.core.channels import Caller
-from clove.kernel.services.http import HttpRequest, HttpResponse, HttpService
-from clove.kernel.core.workers import WorkerPool
+from clove.kernel.core.deferred import Deferred
 from clove.kernel.core.loop import Loop
-from clove.policy import for_level
-from clove.kernel.syscalls.base import Deferred, SyscallContext
+from clove.kernel.core.workers import WorkerPool
+from clove.kernel.services import http as http_service
+from clove.kernel.services.http import HttpService
+from clove.kernel.syscalls.base import SyscallContext
 from clove.kernel.syscalls.http import Http, HttpCall, build_request, check_headers, check_url
+from clove.policy import for_level
 
 # ---- request checks ------------------------------------------------------------------------------
 

@@ -672,6 +672,7 @@ def test_rotation_names_files_by_their_ids_and_chains_across_them(jpath: Path) -
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
 
     previous: list[dict[str, Any]] = []
+    previous_name = ""
     every: list[dict[str, Any]] = []
     for file in files:
         records = records_in(file)
@@ -681,10 +682,10 @@ def test_rotation_names_files_by_their_ids_and_chains_across_them(jpath: Path) -
         if previous:
             header = records[0]
             assert (header["event_type"], header["category"], header["decision"]) == ("journal.rotated", "SECURITY", "n/a")
-            assert header["details"] == {"previous_file": every_name, "previous_first_id": previous[0]["id"],
+            assert header["details"] == {"previous_file": previous_name, "previous_first_id": previous[0]["id"],
                                          "previous_last_id": previous[-1]["id"], "previous_last_hash": previous[-1]["hash"]}  # fmt: skip
             assert header["prev_hash"] == previous[-1]["hash"]
-        previous, every_name = records, file.name
+        previous, previous_name = records, file.name
         every += records
     assert [r["id"] for r in every] == list(range(1, len(every) + 1))
     by_id = {r["id"]: r for r in every}
@@ -1072,7 +1073,7 @@ def test_every_id_is_on_disk_or_named_lost_under_failing_writes_and_rotation(
     monkeypatch.setattr(journal_mod, "_MAX_PENDING_BYTES", 3000)
     monkeypatch.setattr(journal_mod, "_RETRY_INTERVAL", 0.01)
     with Journal(jpath, settings=small(keep_files=1000), batch=True) as j:
-        for round_no in range(30):
+        for _ in range(30):
             failing[0] = rng.random() < 0.4
             fill(j, rng.randrange(1, 25))
             j.hand_off()

@@ -15,15 +15,17 @@ import pytest
 from clove.config import AgentConfig, AgentLimits, KernelConfig, LimitsSection, RecordingSection
 from clove.errors import MailboxFull, QuotaExceeded
 from clove.kernel.core.agents import Agent, AgentState
-from clove.kernel.core.asyncjobs import AsyncResults, accept_or_wait, encode_payload
+from clove.kernel.core.asyncjobs import AsyncResults, encode_payload
 from clove.kernel.core.channels import Caller
-from clove.kernel.services.devices.subscriptions import ReadWant, Subscription
+from clove.kernel.core.deferred import Deferred
 from clove.kernel.core.events import EventBus, Subscribed
+from clove.kernel.services.devices.subscriptions import ReadWant, Subscription
 from clove.kernel.services.messaging import MessagingService
-from clove.policy import for_level
 from clove.kernel.services.recording.recorder import Recorder, RecordingOptions
-from clove.kernel.syscalls.base import Deferred, SyscallContext
+from clove.kernel.syscalls.asynccalls import accept_or_wait
+from clove.kernel.syscalls.base import SyscallContext
 from clove.kernel.syscalls.events import Emit, EmitRequest, Poll, PollRequest, Subscribe, TypesRequest
+from clove.policy import for_level
 from clove.wire import Request
 
 # ---- async results -------------------------------------------------------------------------------

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from clove.config import load_config
+from clove.config import LlmAgentSettings, load_config
 from clove.errors import ConfigError
 from clove.llm.openai import OpenAIOptions
 from clove.llm.scripted import ScriptedOptions
-from clove.llm.settings import LlmAgentSettings
 
 FULL = """
 [llm]

@@ -1,5 +1,5 @@
 """The OpenAI-compatible provider without a network: what it sends and how it reads answers and
-errors, through a fake :class:`~clove.kernel.services.http.Transport`."""
+errors, through a fake :class:`~clove.httpclient.Transport`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from clove.errors import ConfigError, OperationTimeout, UpstreamError
-from clove.kernel.services.http import HttpRequest, HttpResponse
+from clove.httpclient import HttpRequest, HttpResponse
 from clove.llm.errors import ProviderError, RateLimited, ServerError
 from clove.llm.openai import OpenAIOptions, OpenAIProvider, parse_retry_after
 from clove.llm.options import OptionError, parse_options

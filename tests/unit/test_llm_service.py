@@ -12,17 +12,16 @@ from typing import Any
 
 import pytest
 
-from clove.config import load_config
+from clove.config import LlmSection, load_config
 from clove.errors import CloveError, InvalidArguments, OperationTimeout
-from clove.kernel.services.llm import NOT_CONFIGURED, Caller, LlmService
 from clove.kernel.core.loop import Loop
-from clove.policy import for_level
+from clove.kernel.services.llm import NOT_CONFIGURED, Caller, LlmService
 from clove.kernel.syscalls.llm import Think, ThinkCall, build_request
 from clove.llm.accounts import ProviderSlot, build_slots
 from clove.llm.errors import LlmQuotaExceeded, LlmUnavailable
 from clove.llm.provider import Provider
-from clove.llm.settings import LlmSection
 from clove.llm.types import ChatRequest, ChatResponse
+from clove.policy import for_level
 
 BASE = """
 [llm]

@@ -12,10 +12,11 @@ from clove.config import AgentConfig
 from clove.errors import Conflict, InvalidArguments, MailboxFull, NotFound, QuotaExceeded
 from clove.kernel.core.agents import Agent, AgentState
 from clove.kernel.core.channels import Caller
+from clove.kernel.core.deferred import Deferred
 from clove.kernel.services.messaging import MessagingService
+from clove.kernel.syscalls.base import SyscallContext
+from clove.kernel.syscalls.registry import SYSCALLS
 from clove.policy import for_level
-from clove.kernel.syscalls import SYSCALLS
-from clove.kernel.syscalls.base import Deferred, SyscallContext
 
 
 class FakePrincipals:

@@ -14,12 +14,12 @@ from clove.config import AgentConfig
 from clove.errors import InvalidArguments, NotFound, PermissionDenied
 from clove.kernel.core.agents import Agent, AgentState, AgentTable
 from clove.kernel.core.channels import Caller
-from clove.kernel.services.metrics import MetricsService, read_cgroup, resolve_cgroup_path
-from clove.policy import for_level
 from clove.kernel.core.procfs import CLOCK_TICKS, PAGE_SIZE, CpuTimes, ProcessSample, ProcFS, Rate
-from clove.sandbox.limits import NOT_REQUESTED, LimitReport
-from clove.kernel.syscalls import SYSCALLS
+from clove.kernel.services.metrics import MetricsService, read_cgroup, resolve_cgroup_path
 from clove.kernel.syscalls.base import SyscallContext
+from clove.kernel.syscalls.registry import SYSCALLS
+from clove.policy import for_level
+from clove.sandbox.limits import NOT_REQUESTED, LimitReport
 from clove.testing import FakeCgroupFS
 
 ROOT = Path("/sys/fs/cgroup")

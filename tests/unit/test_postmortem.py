@@ -17,19 +17,25 @@ import pytest
 
 from clove.config import AgentConfig, PostmortemSection
 from clove.errors import InvalidArguments, NotFound, SandboxError
-from clove.kernel.core.agents import Agent, AgentState, ExitInfo, ExitReason
 from clove.kernel.audit.journal import Category, Journal
 from clove.kernel.audit.verify import canonical_bytes, record_hash
-from clove.kernel.supervision.logs import LogCapture
+from clove.kernel.core.agents import Agent, AgentState, ExitInfo, ExitReason
 from clove.kernel.core.loop import Loop
 from clove.kernel.services.postmortem import bundle as bundle_mod
 from clove.kernel.services.postmortem import service as service_mod
 from clove.kernel.services.postmortem import store
-from clove.kernel.services.postmortem.bundle import BundleJob, bundle_dir_name, fit_newest, prune, write_bundle
+from clove.kernel.services.postmortem.bundle import (
+    BundleJob,
+    bundle_dir_name,
+    fit_newest,
+    prune,
+    write_bundle,
+)
 from clove.kernel.services.postmortem.capture import Death, journal_slice, log_tail, trigger
 from clove.kernel.services.postmortem.service import PostmortemService
+from clove.kernel.supervision.logs import LogCapture
 from clove.kernel.supervision.supervisor import Runtime
-from clove.kernel.syscalls import SYSCALLS
+from clove.kernel.syscalls.registry import SYSCALLS
 
 S = AgentState
 

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from clove.sandbox.backends import detect_backend
 from clove.sandbox.cgroupfs import is_live_kernel
-from clove.sandbox.cgroups import detect_backend, reap_dirs, reap_stale
+from clove.sandbox.reaper import reap_dirs, reap_stale
 from clove.testing import FakeCgroupFS
 from clove.testing.kernel import poll_for
 

@@ -19,9 +19,23 @@ from clove.config import AgentConfig, KernelConfig, RecordingSection
 from clove.errors import Conflict, InvalidArguments, NotFound, PermissionDenied, QuotaExceeded
 from clove.kernel.core.agents import Agent, AgentState
 from clove.kernel.services.recording.file import RotatingJsonl
-from clove.kernel.services.recording.format import canonical, decode, encode, load_entries, parse_entries, select_agents
+from clove.kernel.services.recording.format import (
+    canonical,
+    decode,
+    encode,
+    load_entries,
+    parse_entries,
+    select_agents,
+)
 from clove.kernel.services.recording.recorder import Recorder, RecordingOptions
-from clove.kernel.services.recording.replay import COMPLETED, DIVERGED, REPLAYING, ReplayService, compare, replay_spec
+from clove.kernel.services.recording.replay import (
+    COMPLETED,
+    DIVERGED,
+    REPLAYING,
+    ReplayService,
+    compare,
+    replay_spec,
+)
 from clove.wire import Request
 
 # ---- the codec -----------------------------------------------------------------------------------

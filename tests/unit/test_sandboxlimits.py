@@ -11,8 +11,8 @@ import pytest
 from clove.config import AgentConfig, LimitsSection, load_config
 from clove.errors import InvalidArguments, PermissionDenied
 from clove.kernel.core.agents import Agent
-from clove.policy import for_level
 from clove.kernel.supervision.limits import LimitedConfig, isolation_report, resolve, spawn_storage
+from clove.policy import for_level
 
 MiB = 1 << 20
 

@@ -16,16 +16,16 @@ import pytest
 
 from clove.config import AgentConfig
 from clove.errors import ConfigError, InvalidArguments, QuotaExceeded
-from clove.kernel.core.agents import Agent, AgentTable
 from clove.kernel.audit.settings import AuditConfig
+from clove.kernel.core.agents import Agent, AgentTable
 from clove.kernel.core.channels import Caller
 from clove.kernel.core.events import EventBus
-from clove.policy import for_level
 from clove.kernel.core.sessions import OperatorSessions
 from clove.kernel.services.state import OPERATOR_OWNER, StateService
 from clove.kernel.services.statestore import MAX_KEY_CHARS, Removed, StateStore
-from clove.kernel.syscalls import SYSCALLS
 from clove.kernel.syscalls.base import SyscallContext
+from clove.kernel.syscalls.registry import SYSCALLS
+from clove.policy import for_level
 
 
 class Clock:

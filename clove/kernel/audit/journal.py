@@ -852,7 +852,7 @@ class Journal:
             target = self._last_id
             with self._cond:
                 self._cond.wait_for(
-                    lambda: self._written_id >= target or self._writer_done or self._gap_request is not None,
+                    lambda: self._written_id >= target or self._writer_done or self._gap_request is not None,  # noqa: B023 - waited on within this iteration
                     max(0.0, deadline - time.monotonic()),
                 )
                 if self._written_id >= target:

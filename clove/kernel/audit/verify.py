@@ -26,8 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-
-import orjson
 import logging
 import math
 import os
@@ -38,6 +36,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Final, final
+
+import orjson
 
 __all__ = [
     "DECISIONS",

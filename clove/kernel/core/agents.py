@@ -26,7 +26,6 @@ from typing import Any
 from clove.config import AgentConfig
 from clove.errors import Conflict, InternalError, NotFound
 from clove.policy import Permissions, for_level
-from clove.kernel.supervision.limits import isolation_report
 
 
 class AgentState(str, enum.Enum):
@@ -132,9 +131,9 @@ class Agent:
         return (now if now is not None else time.monotonic()) - self.started_mono
 
     def isolation_report(self) -> dict[str, Any]:
-        """What is really enforced, with where each sandbox limit came from and its ceiling
-        (:func:`clove.kernel.supervision.limits.isolation_report`)."""
-        return isolation_report(self)
+        """What is really enforced, with where each sandbox limit came from and its ceiling,
+        as the supervisor recorded it at the start (a copy)."""
+        return dict(self.isolation)
 
     def summary(self, *, detailed: bool = True) -> dict[str, Any]:
         """The row ``list_agents`` returns."""

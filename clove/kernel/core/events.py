@@ -37,8 +37,8 @@ from clove.errors import InvalidArguments, PermissionDenied, QuotaExceeded
 from clove.kernel.core.waiting import WaitSlot
 
 if TYPE_CHECKING:
+    from clove.kernel.core.deferred import Deferred
     from clove.kernel.core.loop import Loop
-    from clove.kernel.syscalls.base import Deferred
 
 KERNEL_EVENTS: Final = frozenset(
     {"AGENT_SPAWNED", "AGENT_EXITED", "AGENT_RESTARTING", "AGENT_ESCALATED", "MESSAGE_RECEIVED",

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from clove.kernel.core.deferred import Deferred
     from clove.kernel.core.loop import Loop, Timer
-    from clove.kernel.syscalls.base import Deferred
 
 
 class WaitSlot:

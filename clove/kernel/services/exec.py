@@ -51,17 +51,17 @@ from clove.errors import (
     SandboxError,
 )
 from clove.kernel.core.agents import AgentState
+from clove.kernel.core.deferred import Deferred
 from clove.kernel.services.files import operator_identity, when_started
 from clove.sandbox.spec import ExecSpec
-from clove.kernel.syscalls.base import Deferred
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
-    from clove.kernel.kernel import Kernel
-    from clove.sandbox.rootfs import Credentials
     from clove.kernel.core.loop import Timer
+    from clove.kernel.core.principal import Principal
+    from clove.kernel.services.host import ServiceHost
     from clove.sandbox.cgroups import AgentCgroup
-    from clove.kernel.syscalls.base import SyscallContext
+    from clove.sandbox.rootfs import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def host_env(creds: Credentials | None) -> dict[str, str]:
 class ExecService:
     """``kernel.execs``: starts commands through the zygote and answers when they end."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: ServiceHost) -> None:
         self.kernel = kernel
         self.loop = kernel.loop
         self.launcher = kernel.launcher
@@ -212,7 +212,7 @@ class ExecService:
 
     def held(self) -> dict[str, int]:
         return {"exec_jobs": len(self.jobs)}
-    def run(self, ctx: SyscallContext, command: str | list[str], cwd: str | None, timeout: float) -> Deferred:
+    def run(self, ctx: Principal, command: str | list[str], cwd: str | None, timeout: float) -> Deferred:
         """Start ``command`` for the caller; the Deferred resolves with the reply.
 
         :raises PermissionDenied: the program (or the working directory) is not granted.
@@ -233,9 +233,9 @@ class ExecService:
                 f"at most {MAX_JOBS_PER_CALLER} commands per caller may run at once",
                 details={"running": running, "max_running": MAX_JOBS_PER_CALLER},
             )
-        return when_started(ctx, lambda: self._launch(ctx, argv, cwd, timeout))
+        return when_started(self.kernel.supervisor, ctx, lambda: self._launch(ctx, argv, cwd, timeout))
 
-    def _launch(self, ctx: SyscallContext, argv: list[str], cwd: str | None, timeout: float) -> Deferred:
+    def _launch(self, ctx: Principal, argv: list[str], cwd: str | None, timeout: float) -> Deferred:
         job_id = f"x{next(self._ids)}"
         agent = ctx.agent
         cgroup: AgentCgroup | None = None
@@ -461,7 +461,7 @@ def _oom_kills(cgroup: AgentCgroup | None) -> int:
         return 0
 
 
-def attach(kernel: Kernel) -> None:
+def attach(kernel: ServiceHost) -> None:
     """Build the exec service as ``kernel.execs`` and hook it into the kernel: zygote events,
     agent lifecycle, housekeeping and shutdown."""
     service = ExecService(kernel)

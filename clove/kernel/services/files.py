@@ -51,15 +51,16 @@ from clove.errors import (
     QuotaExceeded,
 )
 from clove.kernel.core.agents import AgentState
+from clove.kernel.core.deferred import Deferred
 from clove.sandbox.rootfs import FINAL, Credentials, acting_as, openat2, resolve
-from clove.kernel.syscalls.base import Deferred
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
-    from clove.kernel.kernel import Kernel
-    from clove.policy import Permissions
+    from clove.kernel.core.principal import Principal
     from clove.kernel.core.sessions import OperatorSession
-    from clove.kernel.syscalls.base import SyscallContext
+    from clove.kernel.services.host import ServiceHost
+    from clove.kernel.supervision.supervisor import Supervisor
+    from clove.policy import Permissions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -342,7 +343,7 @@ def operator_view(session: OperatorSession | None) -> View:
 # ---- the service -------------------------------------------------------------------------------
 
 
-def when_started(ctx: SyscallContext, action: Callable[[], T]) -> T | Deferred:
+def when_started(supervisor: Supervisor, ctx: Principal, action: Callable[[], T]) -> T | Deferred:
     """Run ``action`` now, or once the calling agent is known to run.
 
     An agent's first requests can reach the kernel before the zygote's report that it started
@@ -350,7 +351,7 @@ def when_started(ctx: SyscallContext, action: Callable[[], T]) -> T | Deferred:
     failing. Errors ``action`` raises then reject the returned :class:`Deferred`.
     """
     agent = ctx.agent
-    runtime = ctx.kernel.supervisor.runtime(agent) if agent is not None else None
+    runtime = supervisor.runtime(agent) if agent is not None else None
     if agent is None or runtime is None or agent.state is not AgentState.STARTING or agent.pid is not None:
         return action()
     deferred = Deferred()
@@ -382,36 +383,36 @@ def when_started(ctx: SyscallContext, action: Callable[[], T]) -> T | Deferred:
 class FileService:
     """``kernel.files``: the file syscalls' entry points, one view per call."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: ServiceHost) -> None:
         self.kernel = kernel
         self.max_read_bytes = MAX_READ_BYTES
 
-    def view(self, ctx: SyscallContext) -> View:
+    def view(self, ctx: Principal) -> View:
         if ctx.agent is not None:
             return agent_view(ctx.agent, self.kernel.supervisor.work_dir(ctx.agent))
         return operator_view(ctx.session)
 
-    def read(self, ctx: SyscallContext, path: str) -> dict[str, Any] | Deferred:
+    def read(self, ctx: Principal, path: str) -> dict[str, Any] | Deferred:
         def action() -> dict[str, Any]:
             with self.view(ctx) as view:
                 return read_file(view, ctx.perms, path, max_bytes=self.max_read_bytes)
 
-        return when_started(ctx, action)
+        return when_started(self.kernel.supervisor, ctx, action)
 
     def write(
-        self, ctx: SyscallContext, path: str, data: bytes, *, append: bool
+        self, ctx: Principal, path: str, data: bytes, *, append: bool
     ) -> dict[str, Any] | Deferred:
         def action() -> dict[str, Any]:
             with self.view(ctx) as view:
                 return write_file(view, ctx.perms, path, data, append=append)
 
-        return when_started(ctx, action)
+        return when_started(self.kernel.supervisor, ctx, action)
 
-    def directory(self, ctx: SyscallContext, path: str | None) -> str:
+    def directory(self, ctx: Principal, path: str | None) -> str:
         with self.view(ctx) as view:
             return find_directory(view, ctx.perms, path)
 
 
-def attach(kernel: Kernel) -> None:
+def attach(kernel: ServiceHost) -> None:
     """Build the file service as ``kernel.files`` (it keeps no state between calls: no hooks)."""
     kernel.files = FileService(kernel)

@@ -18,186 +18,33 @@ process.
 
 from __future__ import annotations
 
-import base64
-import http.client
 import itertools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol, final
+from typing import TYPE_CHECKING, Any, Final, final
 
-import urllib3
-
-from clove import __version__
 from clove.errors import CloveError, InternalError, OperationTimeout, QuotaExceeded, UpstreamError
+from clove.httpclient import HttpRequest, Transport, Urllib3Transport
+from clove.kernel.core.deferred import Deferred
 from clove.kernel.core.workers import WorkerPool
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
-    from clove.kernel.kernel import Kernel
     from clove.kernel.core.loop import Loop, Timer
     from clove.kernel.core.sessions import OperatorSession
-    from clove.kernel.syscalls.base import Deferred
+    from clove.kernel.services.host import ServiceHost
 
 log = logging.getLogger(__name__)
 
-MAX_RESPONSE_BYTES: Final = 10 * 1024 * 1024
 MAX_IN_FLIGHT: Final = 16
 MAX_PENDING: Final = 256
 WORKERS: Final = 8
-MAX_CONNECT_TIMEOUT: Final = 10.0
 #: The loop answers ``timeout`` this long after the deadline if the worker has not (a worker
 #: stuck in DNS resolution, which no socket timeout covers).
 DEADLINE_GRACE: Final = 0.5
 SHUTDOWN_WAIT: Final = 1.0
-_CHUNK: Final = 64 * 1024
-
-
-# ---- values that cross to the worker threads ---------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
-    """One validated request. ``headers`` are (name, value) pairs as the caller gave them."""
-
-    method: str
-    url: str
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes | None = None
-    timeout: float = 30.0
-    max_response_bytes: int = MAX_RESPONSE_BYTES
-
-
-@dataclass(frozen=True, slots=True)
-class HttpResponse:
-    """What came back: the status, headers (lower-case names, repeated ones joined with ``, ``)
-    and the body exactly as sent (no content decoding)."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def to_reply(self) -> dict[str, Any]:
-        """The syscall's result: the body as text when it is UTF-8, else base64."""
-        try:
-            text, encoding = self.body.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            text, encoding = base64.b64encode(self.body).decode("ascii"), "base64"
-        return {"success": True, "status_code": self.status, "headers": self.headers, "body": text, "encoding": encoding}
-
-
-class Transport(Protocol):
-    """Performs one request, blocking; runs on a worker thread and must be thread-safe."""
-
-    def send(self, request: HttpRequest, deadline: float) -> HttpResponse:
-        """:param deadline: a :func:`time.monotonic` instant by which to give up.
-
-        :raises OperationTimeout: the deadline passed (connecting, sending or reading).
-        :raises UpstreamError: DNS, refused, reset, TLS or protocol failure.
-        :raises QuotaExceeded: the body is larger than ``request.max_response_bytes``.
-        """
-        ...
-
-    def close(self) -> None: ...
-
-
-@final
-class Urllib3Transport:
-    """:class:`Transport` over one thread-safe ``urllib3.PoolManager``: no redirects followed,
-    no proxies from the environment, certificates verified, bodies read with a running cap."""
-
-    def __init__(self, *, pool_size: int = WORKERS) -> None:
-        # No retries: a retry would spend the caller's deadline twice, and a POST is not ours to
-        # repeat. (urllib3 still replaces a pooled connection the server has closed.)
-        self._pool = urllib3.PoolManager(num_pools=32, maxsize=pool_size, block=False, retries=False)
-
-    def send(self, request: HttpRequest, deadline: float) -> HttpResponse:
-        remaining = _remaining(deadline, request)
-        headers = dict(request.headers)
-        if not any(name.lower() == "user-agent" for name in headers):
-            headers["User-Agent"] = f"clove/{__version__}"
-        try:
-            response = self._pool.urlopen(
-                request.method,
-                request.url,
-                body=request.body,
-                headers=headers,
-                redirect=False,
-                retries=False,
-                timeout=urllib3.Timeout(connect=min(remaining, MAX_CONNECT_TIMEOUT), read=remaining),
-                preload_content=False,
-                decode_content=False,
-            )
-        except Exception as err:
-            raise _transport_error(err, request) from None
-        try:
-            body = _read_capped(response, request, deadline)
-        except Exception as err:
-            response.close()  # the rest of the body is not wanted: the connection is closed,
-            response.release_conn()  # and its pool slot handed back (reconnected on next use)
-            raise _transport_error(err, request) from None
-        response.release_conn()
-        names = {name.lower(): response.headers[name] for name in response.headers}
-        return HttpResponse(response.status, names, body)
-
-    def close(self) -> None:
-        self._pool.clear()
-
-
-def _remaining(deadline: float, request: HttpRequest) -> float:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise OperationTimeout(f"HTTP {request.method} took longer than {request.timeout:g} s", details={"timeout": request.timeout})
-    return remaining
-
-
-def _read_capped(response: Any, request: HttpRequest, deadline: float) -> bytes:
-    """Read the body one socket read at a time, each bounded by what is left of the deadline,
-    stopping as soon as it exceeds the cap."""
-    cap = request.max_response_bytes
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        raise _too_big(request, response.status, int(declared))
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        remaining = _remaining(deadline, request)
-        sock = getattr(getattr(response, "connection", None), "sock", None)
-        if sock is not None:
-            sock.settimeout(remaining)
-        chunk = response.read1(_CHUNK)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > cap:
-            raise _too_big(request, response.status, size)
-        chunks.append(chunk)
-
-
-def _too_big(request: HttpRequest, status: int, size: int) -> QuotaExceeded:
-    cap = request.max_response_bytes
-    return QuotaExceeded(
-        f"the response is larger than {cap} bytes", details={"max_bytes": cap, "status_code": status, "received": size}
-    )
-
-
-def _transport_error(err: Exception, request: HttpRequest) -> CloveError:
-    """urllib3's and the socket layer's failures as Clove errors (the timeout family first;
-    ``NewConnectionError`` is a ``ConnectTimeoutError`` in urllib3's tree, yet means refused)."""
-    if isinstance(err, CloveError):
-        return err
-    reason = err.reason if isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason is not None else err
-    details = {"method": request.method, "url": request.url}
-    if isinstance(reason, urllib3.exceptions.NewConnectionError):
-        return UpstreamError(f"could not connect: {reason}", details=details)
-    if isinstance(reason, (urllib3.exceptions.TimeoutError, TimeoutError)):
-        return OperationTimeout(f"HTTP {request.method} took longer than {request.timeout:g} s", details={**details, "timeout": request.timeout})
-    if isinstance(reason, (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)):
-        return UpstreamError(f"HTTP {request.method} failed: {reason}", details=details)
-    if isinstance(reason, (ValueError, UnicodeError)):
-        return UpstreamError(f"HTTP {request.method} could not be sent: {reason}", details=details)
-    return InternalError(f"HTTP {request.method} failed inside the kernel; see the kernel log")
 
 
 # ---- the loop side ----------------------------------------------------------------------------
@@ -277,7 +124,6 @@ class HttpService:
             )
         if len(self._pending) >= self.max_pending:
             raise QuotaExceeded(f"the kernel has {len(self._pending)} HTTP requests in flight", details={"max_pending": self.max_pending})
-        from clove.kernel.syscalls.base import Deferred  # the syscalls package imports this module
 
         key = next(self._keys)
         deferred = Deferred()
@@ -372,7 +218,7 @@ class HttpService:
         self._record(event, code, pending.agent_id, int((time.monotonic() - pending.started) * 1e6), info)
 
 
-def of(kernel: Kernel) -> HttpService:
+def of(kernel: ServiceHost) -> HttpService:
     """The kernel's HTTP service (``kernel.http``).
 
     :raises InternalError: the service was not attached.
@@ -383,7 +229,7 @@ def of(kernel: Kernel) -> HttpService:
     return service
 
 
-def attach(kernel: Kernel) -> None:
+def attach(kernel: ServiceHost) -> None:
     """Build the service (``kernel.http``), journal its records under NETWORK, drop replies
     owed to agents that exit or are removed and to closed operator sessions, stop at shutdown."""
 

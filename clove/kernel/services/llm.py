@@ -24,22 +24,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
+from clove.config import LlmSection
 from clove.errors import CloveError, OperationTimeout
+from clove.kernel.audit.journal import Category
+from clove.kernel.core.deferred import Deferred
 from clove.kernel.core.workers import WorkerPool
 from clove.llm.accounts import Account, AgentLimits, ProviderSlot, build_slots
 from clove.llm.errors import LlmUnavailable
 from clove.llm.gateway import Gateway, GatewaySettings, Job, Verdict
 from clove.llm.recording import Recording, request_details
-from clove.llm.settings import LlmSection
 from clove.llm.types import ChatRequest
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
-    from clove.kernel.kernel import Kernel
     from clove.kernel.core.loop import Loop, Timer
-    from clove.policy import Permissions
     from clove.kernel.core.sessions import OperatorSession
-    from clove.kernel.syscalls.base import Deferred
+    from clove.kernel.services.host import ServiceHost
+    from clove.policy import Permissions
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,6 @@ class LlmService:
         :raises LlmUnavailable, LlmQuotaExceeded, QuotaExceeded, UpstreamError: see
             :meth:`Gateway.submit`; nothing was queued.
         """
-        from clove.kernel.syscalls.base import Deferred  # the syscalls package imports this module
 
         if self.closed:
             raise LlmUnavailable("the kernel is shutting down")
@@ -371,7 +371,7 @@ class LlmService:
         self.recording.close()
 
 
-def of(kernel: Kernel) -> LlmService:
+def of(kernel: ServiceHost) -> LlmService:
     """The kernel's LLM service (``kernel.llm``).
 
     :raises LlmUnavailable: the service was not attached.
@@ -388,12 +388,10 @@ def caller_of(agent: Agent | None, principal: int, perms: Permissions) -> Caller
     return Caller(principal, f"operator-{principal}", None, perms, True)
 
 
-def attach(kernel: Kernel) -> None:
+def attach(kernel: ServiceHost) -> None:
     """Build the service (``kernel.llm``): journal requests under NETWORK and budget warnings
     under RESOURCE (plus a RESOURCE_WARNING event); cancel the requests of agents that exit or
     are removed and of closed operator sessions; follow permission changes; stop at shutdown."""
-    from clove.kernel.audit.journal import Category
-
     settings = kernel.config.llm
 
     def journal(category: str, event: str, code: str, agent_id: int | None, duration_us: int | None, details: dict[str, Any]) -> None:
@@ -417,7 +415,7 @@ def attach(kernel: Kernel) -> None:
     slots = build_slots(settings, now=kernel.loop.clock()) if settings is not None else []
     service = LlmService(loop=kernel.loop, settings=settings, slots=slots, record=record, warn=warn,
                          recording_path=kernel.state_dir / "llm" / "recording.jsonl")  # fmt: skip
-    kernel.llm = service  # type: ignore[attr-defined]
+    kernel.llm = service
 
     def on_lifecycle(event_type: str, agent: Agent, details: dict[str, Any]) -> None:
         if event_type == "agent.exited":

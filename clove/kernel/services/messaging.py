@@ -42,10 +42,10 @@ from clove.kernel.core.waiting import WaitSlot
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
-    from clove.kernel.kernel import Kernel
+    from clove.kernel.core.deferred import Deferred
     from clove.kernel.core.loop import Loop
     from clove.kernel.core.sessions import OperatorSession
-    from clove.kernel.syscalls.base import Deferred
+    from clove.kernel.services.host import ServiceHost
 
 MAX_MESSAGE_BYTES: Final = 256 * 1024
 MAILBOX_MESSAGES: Final = 1000
@@ -365,7 +365,7 @@ class MessagingService:
 class KernelPrincipals:
     """:class:`Principals` over the kernel's agent table and operator sessions."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: ServiceHost) -> None:
         self.kernel = kernel
 
     def is_live(self, principal_id: int) -> bool:
@@ -388,7 +388,7 @@ class KernelPrincipals:
         return agent.name if agent is not None else None
 
 
-def attach(kernel: Kernel) -> None:
+def attach(kernel: ServiceHost) -> None:
     """Build the messaging service, set ``kernel.messaging`` and hook it to agent lifecycles
     and operator sessions."""
     principals = KernelPrincipals(kernel)

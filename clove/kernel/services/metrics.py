@@ -34,13 +34,13 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Final
 
 from clove.errors import InvalidArguments, NotFound, PermissionDenied
-from clove.kernel.core.agents import TERMINAL, Agent
 from clove.kernel.audit.journal import Category
+from clove.kernel.core.agents import TERMINAL, Agent
 from clove.kernel.core.procfs import ProcFS, Rate
 from clove.sandbox.cgroupfs import CgroupFS, RealCgroupFS, read_int, read_keyed
 
 if TYPE_CHECKING:
-    from clove.kernel.kernel import Kernel
+    from clove.kernel.services.host import ServiceHost
     from clove.sandbox.cgroups import AgentCgroup
 
 log = logging.getLogger(__name__)
@@ -381,7 +381,7 @@ class MetricsService:
         self._watches.clear()
 
 
-def attach(kernel: Kernel) -> None:
+def attach(kernel: ServiceHost) -> None:
     """Build the metrics service as ``kernel.metrics`` and sample from housekeeping."""
 
     def journal_warning(agent: Agent, data: dict[str, Any]) -> None:

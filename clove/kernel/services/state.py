@@ -24,8 +24,8 @@ from clove.kernel.audit.journal import Category
 from clove.kernel.services.statestore import PURGE_BATCH, StateStore
 
 if TYPE_CHECKING:
-    from clove.kernel.kernel import Kernel
-    from clove.kernel.syscalls.base import SyscallContext
+    from clove.kernel.core.principal import Principal
+    from clove.kernel.services.host import ServiceHost
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class StateService:
     change is announced as a ``STATE_CHANGED`` event."""
 
     def __init__(
-        self, kernel: Kernel, store: StateStore, *, clock: Callable[[], float] = time.monotonic
+        self, kernel: ServiceHost, store: StateStore, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.kernel = kernel
         self.store = store
@@ -47,13 +47,13 @@ class StateService:
         self._next_purge = 0.0
 
     @staticmethod
-    def owner(ctx: SyscallContext) -> str:
+    def owner(ctx: Principal) -> str:
         """The caller's private-scope name: its agent name, or ``"@operator"``."""
         return ctx.agent.name if ctx.agent is not None else OPERATOR_OWNER
 
     # ---- operations (the syscalls' bodies) ------------------------------------------------
 
-    def put(self, ctx: SyscallContext, key: str, value: Any, scope: str, ttl: float | None) -> dict[str, Any]:
+    def put(self, ctx: Principal, key: str, value: Any, scope: str, ttl: float | None) -> dict[str, Any]:
         owner = self.owner(ctx)
         self.store.store(owner, key, value, scope=scope, ttl=ttl)
         self._changed(
@@ -61,20 +61,20 @@ class StateService:
         )
         return {"success": True, "key": key, "scope": scope}
 
-    def get(self, ctx: SyscallContext, key: str, scope: str | None) -> dict[str, Any]:
+    def get(self, ctx: Principal, key: str, scope: str | None) -> dict[str, Any]:
         found = self.store.fetch(self.owner(ctx), key, scope)
         if found is None:
             return {"success": True, "exists": False, "value": None, "scope": None}
         return {"success": True, "exists": True, "value": found[1], "scope": found[0]}
 
-    def delete(self, ctx: SyscallContext, key: str, scope: str | None) -> dict[str, Any]:
+    def delete(self, ctx: Principal, key: str, scope: str | None) -> dict[str, Any]:
         removed = self.store.delete(self.owner(ctx), key, scope)
         if removed is None:
             return {"success": True, "deleted": False, "scope": None}
         self._changed(key, removed.scope, removed.owner, "delete", ctx.principal_id, ctx.caller.agent_id)
         return {"success": True, "deleted": True, "scope": removed.scope}
 
-    def keys(self, ctx: SyscallContext, prefix: str, scope: str | None) -> dict[str, Any]:
+    def keys(self, ctx: Principal, prefix: str, scope: str | None) -> dict[str, Any]:
         keys, truncated = self.store.keys(self.owner(ctx), prefix, scope)
         return {"success": True, "keys": keys, "count": len(keys), "truncated": truncated}
 
@@ -130,7 +130,7 @@ class StateService:
         return [table.find(name=owner).id] if table.name_in_use(owner) else []
 
 
-def attach(kernel: Kernel) -> None:
+def attach(kernel: ServiceHost) -> None:
     """Open ``<state_dir>/state.db``, set ``kernel.state``, purge in housekeeping, close at
     shutdown."""
     service = StateService(kernel, StateStore(kernel.state_dir / "state.db").open())

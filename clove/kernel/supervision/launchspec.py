@@ -10,8 +10,8 @@ from pathlib import Path
 import clove_sdk
 from clove.config import SandboxSection
 from clove.kernel.core.agents import Agent
-from clove.sandbox.spec import Exposure, SpawnSpec
 from clove.kernel.supervision.limits import spawn_storage
+from clove.sandbox.spec import Exposure, SpawnSpec
 
 
 def interpreter_paths() -> list[str]:

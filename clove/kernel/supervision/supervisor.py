@@ -50,20 +50,21 @@ from clove.errors import (
     SandboxError,
     SpawnFailed,
 )
-from clove.kernel.core.agents import TERMINAL, Agent, AgentState, AgentTable, ExitInfo, ExitReason
-from clove.kernel.core.channels import Channels
-from clove.kernel.supervision.exits import classify_exit, restart_delay, should_restart
 from clove.kernel.audit.journal import Category, Journal
-from clove.kernel.supervision.launchspec import build_spawn_spec, interpreter_paths
-from clove.kernel.supervision.logs import LogCapture
+from clove.kernel.core.agents import LIVE, TERMINAL, Agent, AgentState, AgentTable, ExitInfo, ExitReason
+from clove.kernel.core.channels import Channels
 from clove.kernel.core.loop import Loop, Timer
+from clove.kernel.supervision.exits import classify_exit, restart_delay, should_restart
+from clove.kernel.supervision.launchspec import build_spawn_spec, interpreter_paths
+from clove.kernel.supervision.limits import isolation_report
+from clove.kernel.supervision.logs import LogCapture
+from clove.kernel.supervision.spares import Spares
 from clove.policy import for_level
 from clove.sandbox.cgroups import AgentCgroup, CgroupBackend
 from clove.sandbox.launcher import ZygoteLauncher, close_fds
 from clove.sandbox.limits import LimitReport, Limits
 from clove.sandbox.rlimits import rlimits_for
 from clove.sandbox.spec import SpawnSpec
-from clove.kernel.supervision.spares import Spares
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,7 @@ class Supervisor:
             "cgroup": rt.cgroup.name if rt.cgroup is not None else None,
             "limits": {k: v.to_dict() for k, v in limit_report.items()},
         }
+        agent.isolation = isolation_report(agent)  # with each limit's source and ceiling, and storage
         write_fd = rt.logs.new_pipe()
         self.loop.add_reader(rt.logs.read_fd, functools.partial(self._drain_log, rt.logs))
         launch = build_spawn_spec(
@@ -608,8 +610,6 @@ class Supervisor:
         self._event("agent.permissions", agent, level=agent.permissions.level, permissions=agent.permissions.to_wire())
 
     def children_of(self, agent: Agent) -> list[Agent]:
-        from clove.kernel.core.agents import LIVE
-
         return [a for a in self.table if a.parent_id == agent.id and a.state in LIVE]
 
     def work_dir(self, agent: Agent) -> str:

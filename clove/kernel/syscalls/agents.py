@@ -9,10 +9,11 @@ from typing import Any, final
 from clove.config import RESTART_POLICIES, AgentConfig, parse_cpu, parse_memory, parse_pids, validate_name
 from clove.errors import CloveError, InvalidArguments, PermissionDenied
 from clove.kernel.core.agents import Agent
+from clove.kernel.core.deferred import Deferred
 from clove.kernel.services.devices.settings import grants_from_wire
-from clove.policy import for_level
 from clove.kernel.supervision.limits import resolve as resolve_limits
-from clove.kernel.syscalls.base import Deferred, NoArgs, Syscall, SyscallContext
+from clove.kernel.syscalls.base import NoArgs, Syscall, SyscallContext
+from clove.policy import for_level
 
 _LIMIT_KEYS = ("memory", "cpu", "cpu_quota", "cpu_percent", "pids", "max_pids")
 

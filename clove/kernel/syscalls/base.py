@@ -11,63 +11,31 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 from clove.config import AgentLimits
-from clove.errors import CloveError, InvalidArguments
+from clove.errors import InvalidArguments
 from clove.kernel.core.channels import Caller
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
-    from clove.kernel.kernel import Kernel
-    from clove.policy import Permissions
     from clove.kernel.core.sessions import OperatorSession
-
-
-class Deferred:
-    """A reply that comes later: call :meth:`resolve` or :meth:`reject` exactly once."""
-
-    __slots__ = ("_callback", "_outcome", "done")
-
-    def __init__(self) -> None:
-        self._callback: Callable[[Any, CloveError | None], None] | None = None
-        self._outcome: tuple[Any, CloveError | None] | None = None
-        self.done = False
-
-    def bind(self, callback: Callable[[Any, CloveError | None], None]) -> None:
-        self._callback = callback
-        if self._outcome is not None:  # settled inside execute(), before the dispatcher bound
-            outcome, self._outcome = self._outcome, None
-            callback(*outcome)
-
-    def resolve(self, result: Any) -> None:
-        self._finish(result, None)
-
-    def reject(self, error: CloveError) -> None:
-        self._finish(None, error)
-
-    def _finish(self, result: Any, error: CloveError | None) -> None:
-        if self.done:
-            return
-        self.done = True
-        if self._callback is not None:
-            self._callback(result, error)
-        else:
-            self._outcome = (result, error)
+    from clove.kernel.services.host import ServiceHost
+    from clove.policy import Permissions
 
 
 @dataclass(frozen=True, slots=True)
 class SyscallContext:
-    """Everything a syscall may touch: the kernel's parts and who is calling.
+    """Everything a syscall may touch: the kernel's parts and who is calling (a
+    :class:`~clove.kernel.core.principal.Principal`: what is handed on to services).
 
     :param agent: the calling agent's record (``None`` for operators).
     :param session: the calling operator's session (``None`` for agents).
     :param perms: the caller's permissions (checked again by handlers for paths, commands, URLs).
     """
 
-    kernel: Kernel
+    kernel: ServiceHost
     caller: Caller
     agent: Agent | None
     perms: Permissions

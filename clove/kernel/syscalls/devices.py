@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, final
 
 from clove.errors import InvalidArguments, NotFound
+from clove.kernel.core.deferred import Deferred
 from clove.kernel.services.devices.subscriptions import ReadWant
-from clove.kernel.syscalls.base import Deferred, Syscall, SyscallContext
+from clove.kernel.syscalls.base import Syscall, SyscallContext
 
 if TYPE_CHECKING:
     from clove.kernel.services.devices.broker import DeviceBroker

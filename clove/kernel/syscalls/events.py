@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any, final
 
 from clove.errors import InvalidArguments
-from clove.kernel.syscalls.base import Deferred, Syscall, SyscallContext
+from clove.kernel.core.deferred import Deferred
+from clove.kernel.syscalls.base import Syscall, SyscallContext
 
 MAX_WAIT = 300.0
 

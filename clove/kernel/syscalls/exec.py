@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, final
 
 from clove.errors import InvalidArguments
-from clove.kernel.core.asyncjobs import accept_or_wait
+from clove.kernel.syscalls.asynccalls import accept_or_wait
 from clove.kernel.syscalls.base import Syscall, SyscallContext
 
 OPCODE = "SYS_EXEC"

@@ -18,10 +18,11 @@ from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
 from clove.errors import InvalidArguments, QuotaExceeded
+from clove.httpclient import MAX_RESPONSE_BYTES, HttpRequest
 from clove.kernel.services import http as http_service
-from clove.kernel.core.asyncjobs import accept_or_wait
-from clove.policy import HTTP_METHODS
+from clove.kernel.syscalls.asynccalls import accept_or_wait
 from clove.kernel.syscalls.base import Syscall, SyscallContext
+from clove.policy import HTTP_METHODS
 
 MAX_TIMEOUT: Final = 300.0
 MAX_URL: Final = 8192
@@ -100,7 +101,7 @@ class HttpCall:
     request_id: str | int | None = None
 
 
-def build_request(req: HttpCall, *, max_body: int, max_response: int | None = None) -> http_service.HttpRequest:
+def build_request(req: HttpCall, *, max_body: int, max_response: int | None = None) -> HttpRequest:
     """Validate a call into the request the workers perform (policy is checked separately).
 
     :raises InvalidArguments: see :func:`check_url`, :func:`check_headers`; an unknown method,
@@ -119,8 +120,8 @@ def build_request(req: HttpCall, *, max_body: int, max_response: int | None = No
     body = req.body.encode("utf-8") if isinstance(req.body, str) else req.body
     if body is not None and len(body) > max_body:
         raise QuotaExceeded(f"the request body is larger than {max_body} bytes", details={"max_bytes": max_body, "size": len(body)})
-    cap = http_service.MAX_RESPONSE_BYTES if max_response is None else max_response
-    return http_service.HttpRequest(method, url, check_headers(req.headers), body, timeout, cap)
+    cap = MAX_RESPONSE_BYTES if max_response is None else max_response
+    return HttpRequest(method, url, check_headers(req.headers), body, timeout, cap)
 
 
 @final

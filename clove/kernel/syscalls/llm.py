@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Final, final
 
 from clove.errors import InvalidArguments, PermissionDenied
+from clove.kernel.core.agents import TERMINAL
 from clove.kernel.services import llm as llm_service
-from clove.kernel.core.asyncjobs import accept_or_wait
+from clove.kernel.syscalls.asynccalls import accept_or_wait
 from clove.kernel.syscalls.base import Syscall, SyscallContext, parse_body
 from clove.llm.types import IMAGE_TYPES, THINKING_LEVELS, ChatRequest, Image
 
@@ -165,8 +166,6 @@ class Stats(Syscall):
         if req.agent_id is not None or req.name is not None:
             agents = [table.find(name=req.name, agent_id=req.agent_id)]
         else:
-            from clove.kernel.core.agents import TERMINAL
-
             agents = [a for a in table if a.state not in TERMINAL or a.id in service.gateway.accounts]
         rows = [service.figures(llm_service.caller_of(a, a.id, a.permissions)) for a in agents]
         if req.agent_id is None and req.name is None:

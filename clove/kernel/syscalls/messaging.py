@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
-from clove.kernel.syscalls.base import Deferred, Syscall, SyscallContext
+from clove.kernel.core.deferred import Deferred
+from clove.kernel.syscalls.base import Syscall, SyscallContext
 
 if TYPE_CHECKING:
     from clove.kernel.services.messaging import MessagingService

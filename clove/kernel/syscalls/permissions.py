@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any, final
 
 from clove.errors import PermissionDenied
-from clove.policy import Permissions, for_level
 from clove.kernel.syscalls.base import Syscall, SyscallContext
+from clove.policy import Permissions, for_level
 
 
 @dataclass(frozen=True, slots=True)

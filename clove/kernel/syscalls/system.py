@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any, final
 
 from clove import __version__
-from clove.wire import PROTOCOL
 from clove.kernel.syscalls.base import NoArgs, Syscall, SyscallContext
+from clove.wire import PROTOCOL
 
 
 @final

@@ -56,7 +56,7 @@ from rover_can import (
 )
 
 import clove_sdk.pyserial  # noqa: F401 - registers clove:// URLs with pyserial
-from clove.errors import PermissionDenied
+from clove_sdk.errors import PermissionDenied
 
 EARTH_RADIUS = 6_371_000.0  #: metres (the flat-plane projection around the first fix)
 CONTROL_HZ = 20  #: MotorCommand rate
@@ -375,8 +375,8 @@ class StateWriter(threading.Thread):
         self.snapshot, self.lock, self.stop = snapshot, lock, stop
 
     def run(self) -> None:
-        from clove.errors import CloveError
         from clove_sdk import CloveClient
+        from clove_sdk.errors import CloveError
 
         failing = False
         with CloveClient(timeout=5.0) as client:

@@ -53,7 +53,7 @@ def errno_name(err: OSError) -> str:
 
 def try_device(what: str, call: Callable[[], Any], expected: str = "perm.denied") -> Outcome:
     """Run one device call; a ``perm.denied`` is the refusal we hope for."""
-    from clove.errors import CloveError, PermissionDenied
+    from clove_sdk.errors import CloveError, PermissionDenied
 
     try:
         result = call()
@@ -121,8 +121,8 @@ def hello_as(endpoint: str, other: int, timeout: float = 1.5) -> tuple[str, str]
     """Try to talk to the kernel through another agent's channel: (verdict, how)."""
     import zmq
 
-    from clove import wire
-    from clove.errors import CloveError
+    from clove_sdk import wire
+    from clove_sdk.errors import CloveError
 
     path = endpoint[len("ipc://") :]
     # First the plain socket, which says precisely why it cannot be reached.
@@ -193,7 +193,7 @@ def try_impersonation() -> Outcome:
 
 def try_name(client: Any, victim: str) -> Outcome:
     what = f"claim the name {victim!r}"
-    from clove.errors import CloveError
+    from clove_sdk.errors import CloveError
 
     try:
         reply = client.register_name(victim)

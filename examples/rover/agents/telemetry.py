@@ -55,7 +55,7 @@ class Episodes:
 
 def attempt(episodes: Episodes, call: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> None:
     """Make one SDK call in the original style (a dict with ``success``), logging failures."""
-    from clove.errors import CloveError
+    from clove_sdk.errors import CloveError
 
     try:
         reply = call(*args, **kwargs)
@@ -115,8 +115,8 @@ class OdometryTracker:
 
 def watch_motor_bus(device_name: str, stop: threading.Event) -> None:
     """Thread: frames in, ``rover/odometry`` out once a second, ``MOTOR_FAULT`` per fault."""
-    from clove.errors import CloveError
     from clove_sdk import CloveClient
+    from clove_sdk.errors import CloveError
 
     tracker = OdometryTracker()
     receiving = Episodes(f"{device_name} recv")
@@ -172,8 +172,8 @@ def watch_motor_bus(device_name: str, stop: threading.Event) -> None:
 
 def watch_estop(device_name: str, stop: threading.Event) -> None:
     """Thread: each edge of the estop line becomes an ``ESTOP_EDGE`` event."""
-    from clove.errors import CloveError
     from clove_sdk import CloveClient
+    from clove_sdk.errors import CloveError
 
     receiving, emitting = Episodes(f"{device_name} watch"), Episodes("emit ESTOP_EDGE")
     edges = 0

@@ -43,7 +43,7 @@ from trading_common import (
     stop_on_signals,
 )
 
-from clove.errors import CloveError
+from clove_sdk.errors import CloveError
 
 SYMBOL = os.environ.get("MM_SYMBOL", "ACME")
 SPREAD = float(os.environ.get("MM_SPREAD", "0.06"))

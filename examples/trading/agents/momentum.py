@@ -39,7 +39,7 @@ from trading_common import (
     top_of_book,
 )
 
-from clove.errors import CloveError
+from clove_sdk.errors import CloveError
 
 SYMBOL = os.environ.get("MOMENTUM_SYMBOL", "BOLT")
 N = int(os.environ.get("MOMENTUM_N", "4"))

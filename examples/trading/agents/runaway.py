@@ -49,7 +49,7 @@ from trading_common import (
     top_of_book,
 )
 
-from clove.errors import CloveError
+from clove_sdk.errors import CloveError
 
 SYMBOL = os.environ.get("RUNAWAY_SYMBOL", "ACME")
 OTHER_SYMBOL = os.environ.get("RUNAWAY_OTHER_SYMBOL", "BOLT")

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from clove_driver_can import CanConfig, CanDriver
 
 from clove.drivers import FieldError
+from clove_driver_can import CanConfig, CanDriver
 
 
 def parse(**table: Any) -> CanConfig:

@@ -11,7 +11,6 @@ from typing import Any
 
 import can
 import pytest
-from clove_driver_can import CanConfig, CanDriver
 
 from clove.drivers import Driver
 from clove.errors import (
@@ -23,6 +22,7 @@ from clove.errors import (
     InvalidArguments,
 )
 from clove.testing.drivers import check_driver
+from clove_driver_can import CanConfig, CanDriver
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from clove_driver_can import CanDriver, CanGrant, SendArgs
 
 from clove.drivers import FieldError, TokenBucket
 from clove.drivers.schema import build
 from clove.errors import InvalidArguments, PermissionDenied
+from clove_driver_can import CanDriver, CanGrant, SendArgs
 
 
 def grant(**table: Any) -> CanGrant:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from clove_driver_can import CanDriver
-
 from clove.drivers import load_drivers
 from clove.drivers.registry import ENTRY_POINT_GROUP, installed_drivers
+from clove_driver_can import CanDriver
 
 
 def test_entry_point_is_installed() -> None:

@@ -7,7 +7,6 @@ imports nothing but Clove and the standard library (no ``gpiod``).
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import re
 from dataclasses import dataclass, field

@@ -7,11 +7,11 @@ import sys
 from typing import Any
 
 import pytest
-from clove_driver_gpio import GetArgs, GpioConfig, GpioDriver, GpioGrant, SetArgs
 
 from clove.drivers import FieldError
 from clove.drivers.schema import build
 from clove.errors import InvalidArguments, PermissionDenied
+from clove_driver_gpio import GetArgs, GpioConfig, GpioDriver, GpioGrant, SetArgs
 
 if sys.version_info >= (3, 11):
     import tomllib

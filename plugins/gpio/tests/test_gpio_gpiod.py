@@ -15,11 +15,11 @@ from typing import Any
 
 import gpiod
 import pytest
-from clove_driver_gpio import GpioConfig, GpioDriver
 from gpiod.line import Direction, Edge, Value
 
 from clove.drivers import DeviceUnavailable
 from clove.testing.drivers import check_driver
+from clove_driver_gpio import GpioConfig, GpioDriver
 
 
 class FakeRequest:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from clove_driver_gpio import GpioDriver
-
 from clove.drivers import load_drivers
 from clove.drivers.registry import installed_drivers
+from clove_driver_gpio import GpioDriver
 
 
 def test_the_entry_point_is_installed() -> None:

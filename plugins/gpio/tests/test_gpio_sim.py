@@ -10,11 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from clove_driver_gpio import GpioConfig, GpioDriver
 
 from clove.drivers import DeviceBroken, DeviceUnavailable
 from clove.errors import InvalidArguments
 from clove.testing.drivers import check_driver
+from clove_driver_gpio import GpioConfig, GpioDriver
 
 Rig = Callable[..., tuple[GpioDriver, Any]]
 ReadItems = Callable[..., list[dict[str, Any]]]

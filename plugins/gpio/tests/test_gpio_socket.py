@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from clove_driver_gpio import GpioDriver
-from clove_driver_gpio.sim import SimChipController, SimChipServer, wait_for_server
 
 from clove.drivers import DeviceBroken, DeviceBusy, DeviceUnavailable
 from clove.testing.drivers import check_driver
+from clove_driver_gpio import GpioDriver
+from clove_driver_gpio.sim import SimChipController, SimChipServer, wait_for_server
 
 ReadItems = Callable[..., list[dict[str, Any]]]
 LINES = {"estop": 17, "door": 18, "brake": 27}

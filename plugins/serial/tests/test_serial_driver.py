@@ -12,11 +12,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from clove_driver_serial import SerialConfig, SerialDriver
 
 from clove.errors import DeviceBroken, DeviceBusy, DeviceClosed, DeviceTimeout, DeviceUnavailable
 from clove.testing.drivers import check_driver
 from clove.testing.kernel import poll_for
+from clove_driver_serial import SerialConfig, SerialDriver
 
 
 class Pty:

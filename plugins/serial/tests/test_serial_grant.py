@@ -8,12 +8,12 @@ import sys
 from typing import Any
 
 import pytest
-from clove_driver_serial import SerialConfig, SerialDriver, SerialGrant, WriteArgs
 
 from clove.drivers import FieldError, TokenBucket, load_drivers
 from clove.drivers.base import Driver
 from clove.drivers.schema import build
 from clove.errors import InvalidArguments, PermissionDenied
+from clove_driver_serial import SerialConfig, SerialDriver, SerialGrant, WriteArgs
 
 # ---- config -----------------------------------------------------------------------------------
 

@@ -20,15 +20,15 @@ import zmq
 
 from clove.drivers.grants import DeviceGrant, TokenBucket
 from clove.errors import InvalidArguments, NotFound, PermissionDenied, QuotaExceeded
+from clove.kernel.audit.journal import Category
 from clove.kernel.services.devices.runtime import DeviceRuntime
 from clove.kernel.services.devices.subscriptions import ReadWant, Subscription
-from clove.kernel.audit.journal import Category
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
-    from clove.kernel.kernel import Kernel
+    from clove.kernel.core.deferred import Deferred
     from clove.kernel.services.devices.hostproc import HostProcess
-    from clove.kernel.syscalls.base import Deferred
+    from clove.kernel.services.host import ServiceHost
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: no enum objec
 
 
 class DeviceBroker:
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: ServiceHost) -> None:
         self.kernel = kernel
         self.loop = kernel.loop
         self.backend = kernel.backend
@@ -326,7 +326,7 @@ def _caller(agent: Agent | None, grant: DeviceGrant | None, principal_id: int | 
     return {"agent": agent.name, "agent_id": agent.id, "operator": False, "grant": table}
 
 
-def attach(kernel: Kernel) -> None:
+def attach(kernel: ServiceHost) -> None:
     broker = DeviceBroker(kernel)
     kernel.devices = broker
     broker.start()

@@ -20,7 +20,7 @@ import msgpack
 from clove.errors import DeviceUnavailable, SandboxError
 
 if TYPE_CHECKING:
-    from clove.kernel.services.devices.settings import DeviceSpec
+    from clove.config import DeviceSpec
     from clove.sandbox.cgroups import AgentCgroup, CgroupBackend
 
 log = logging.getLogger(__name__)

@@ -24,10 +24,10 @@ from clove.kernel.services.devices.hostproc import HostProcess
 from clove.kernel.services.devices.subscriptions import Subscription
 
 if TYPE_CHECKING:
+    from clove.config import DeviceSpec
     from clove.drivers.grants import DeviceGrant
-    from clove.kernel.services.devices.settings import DeviceSpec
+    from clove.kernel.core.deferred import Deferred
     from clove.kernel.core.loop import Timer
-    from clove.kernel.syscalls.base import Deferred
 
 log = logging.getLogger(__name__)
 

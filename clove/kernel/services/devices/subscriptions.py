@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from clove.drivers.grants import DeviceGrant
+    from clove.kernel.core.deferred import Deferred
     from clove.kernel.core.loop import Loop, Timer
-    from clove.kernel.syscalls.base import Deferred
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clove.kernel.core.agents import Agent, AgentState, ExitInfo, ExitReason
 from clove.kernel.audit.verify import summarize_args
+from clove.kernel.core.agents import Agent, AgentState, ExitInfo, ExitReason
 
 S = AgentState
 #: Agent journal records that begin an incarnation: the journal slice goes back to the last one.

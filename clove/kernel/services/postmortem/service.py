@@ -27,16 +27,16 @@ from typing import TYPE_CHECKING, Any, Final
 from clove import __version__
 from clove.config import PostmortemSection
 from clove.errors import CloveError
-from clove.kernel.core.agents import Agent, AgentState, ExitInfo
 from clove.kernel.audit.journal import Category, Journal
+from clove.kernel.core.agents import Agent, AgentState, ExitInfo
 from clove.kernel.core.loop import Loop
+from clove.kernel.core.workers import WorkerPool
 from clove.kernel.services.postmortem import store
 from clove.kernel.services.postmortem.bundle import BundleJob, BundleResult, bundle_dir_name, write_bundle
 from clove.kernel.services.postmortem.capture import Death, capture, journal_slice, log_tail, summary, trigger
-from clove.kernel.core.workers import WorkerPool
 
 if TYPE_CHECKING:
-    from clove.kernel.kernel import Kernel
+    from clove.kernel.services.host import ServiceHost
     from clove.kernel.supervision.supervisor import Runtime
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ class PostmortemService:
             log.warning("the post-mortem writer did not stop in time")
 
 
-def attach(kernel: Kernel) -> None:
+def attach(kernel: ServiceHost) -> None:
     """Build the service (``kernel.postmortem``); when ``[postmortem].enabled``, hook it into
     the supervisor (exit hook and lifecycle listener) and into shutdown."""
     settings = kernel.config.postmortem

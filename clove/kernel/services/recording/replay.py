@@ -32,7 +32,7 @@ from clove.kernel.supervision.limits import resolve as resolve_limits
 from clove.wire import Request
 
 if TYPE_CHECKING:
-    from clove.kernel.kernel import Kernel
+    from clove.kernel.services.host import ServiceHost
 
 __all__ = ["Answer", "ReplayService", "SPEEDS", "attach", "compare", "replay_spec"]
 
@@ -117,7 +117,7 @@ class _Track:
 class ReplayService:
     """One replay at a time, of one or more agents of a recording."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: ServiceHost) -> None:
         self.kernel = kernel
         self.state = IDLE
         self.speed = "full"
@@ -259,7 +259,7 @@ class ReplayService:
                 self.kernel.supervisor.kill(track.agent, operator=False)
 
 
-def attach(kernel: Kernel) -> None:
+def attach(kernel: ServiceHost) -> None:
     """Build ``kernel.replay`` and let it hear when its agents exit."""
     service = ReplayService(kernel)
     kernel.replay = service

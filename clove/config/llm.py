@@ -2,6 +2,7 @@
 its plugin's options), and per-agent shares and limits. Parsed by :func:`parse_llm` from
 :func:`clove.config.load_config`, in the same style: frozen dataclasses, and every mistake
 named by file, table and key (``kernel.toml: [llm.providers.local].base_url: required``).
+The gateway that uses them is :mod:`clove.llm` (and the kernel's ``llm`` service).
 
 Parsing loads the allowlisted provider plugins (only those) to check each provider's options.
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from clove.config import _section, _Table, validate_name
+from clove.config.values import Table, validate_name
 from clove.errors import ConfigError
+from clove.llm.options import OptionError, parse_options
+from clove.llm.registry import load_registry
 
 __all__ = ["LlmAgentSettings", "LlmProviderConfig", "LlmSection", "parse_llm"]
 
@@ -72,14 +75,14 @@ _LLM_AGENT_KEYS: Final = ("weight", "budget", "period_budget", "rpm", "tpm")
 _LLM_PROVIDER_KEYS: Final = ("kind", "model", "models", "concurrency", "rpm", "tpm", "timeout")
 
 
-def _count(t: _Table, key: str, default: int | None) -> int | None:
+def _count(t: Table, key: str, default: int | None) -> int | None:
     value: int | None = t.get(key, int, default)
     if value is not None and value < 0:
         raise t.fail(key, f"must be >= 0, got {value!r}")
     return value
 
 
-def _llm_agent(t: _Table, base: LlmAgentSettings) -> LlmAgentSettings:
+def _llm_agent(t: Table, base: LlmAgentSettings) -> LlmAgentSettings:
     settings = LlmAgentSettings(
         weight=t.positive("weight", float, base.weight),
         budget=_count(t, "budget", base.budget),
@@ -99,7 +102,7 @@ def _llm_provider(source: str, name: str, data: Any, registry: Any) -> LlmProvid
         validate_name(name)
     except ValueError as err:
         raise ConfigError(f"{source}: [{where}]: {str(err).replace('agent names', 'provider names')}") from None
-    common = _Table(source, where, {k: v for k, v in data.items() if k in _LLM_PROVIDER_KEYS})
+    common = Table(source, where, {k: v for k, v in data.items() if k in _LLM_PROVIDER_KEYS})
     kind = common.get("kind", str, None)
     if kind is None:
         raise common.fail("kind", f"required: the provider kind (registered: {', '.join(registry.kinds()) or 'none'})")
@@ -111,8 +114,6 @@ def _llm_provider(source: str, name: str, data: Any, registry: Any) -> LlmProvid
     models = common.get("models", list, [])
     if not all(isinstance(m, str) and m for m in models):
         raise common.fail("models", "expected an array of model names")
-    from clove.llm.options import OptionError, parse_options  # plugins own their options' schema
-
     try:
         options = parse_options(registry.get(kind).Options, {k: v for k, v in data.items() if k not in _LLM_PROVIDER_KEYS})
     except OptionError as err:
@@ -139,12 +140,10 @@ def parse_llm(source: str, raw: dict[str, Any]) -> LlmSection | None:
     """
     if "llm" not in raw:
         return None
-    t = _section(source, raw, "llm")
+    t = Table.top(source, raw, "llm")
     plugins = t.get("plugins", list, [])
     if not all(isinstance(p, str) and p for p in plugins):
         raise t.fail("plugins", "expected an array of plugin names (entry points in clove.llm_providers)")
-    from clove.llm.registry import load_registry  # imports only the allowlisted plugins
-
     try:
         registry = load_registry(plugins)
     except ConfigError as err:
@@ -157,7 +156,7 @@ def parse_llm(source: str, raw: dict[str, Any]) -> LlmSection | None:
     if default_provider not in {p.name for p in providers}:
         raise t.fail("default_provider", f"no provider named {default_provider!r} (providers: {', '.join(p.name for p in providers)})")
     defaults_raw = t.get("defaults", dict, {})
-    defaults = _llm_agent(_Table(source, "llm.defaults", defaults_raw), LlmAgentSettings())
+    defaults = _llm_agent(Table(source, "llm.defaults", defaults_raw), LlmAgentSettings())
     agents: dict[str, LlmAgentSettings] = {}
     for name, data in t.get("agents", dict, {}).items():
         if not isinstance(data, dict):
@@ -166,7 +165,7 @@ def parse_llm(source: str, raw: dict[str, Any]) -> LlmSection | None:
             validate_name(name)
         except ValueError as err:
             raise ConfigError(f"{source}: [llm.agents.{name}]: {err}") from None
-        agents[name] = _llm_agent(_Table(source, f"llm.agents.{name}", data), defaults)
+        agents[name] = _llm_agent(Table(source, f"llm.agents.{name}", data), defaults)
     section = LlmSection(
         plugins=tuple(plugins),
         providers=providers,

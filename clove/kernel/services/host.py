@@ -1,0 +1,75 @@
+"""What a service may use of the kernel: one small Protocol, so no service imports the kernel's
+top-level wiring (``clove.kernel.kernel``) and a unit test can hand a service a fake of exactly
+this. :class:`~clove.kernel.kernel.Kernel` satisfies it (mypy checks that where the services are
+attached).
+
+The sibling services are listed too: a service that uses another (exec uses files' views, the
+recorder reads the devices) finds it here, set by that service's ``attach`` at boot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from clove.config import KernelConfig
+    from clove.kernel.audit.journal import Journal
+    from clove.kernel.audit.settings import AuditConfig
+    from clove.kernel.core.asyncjobs import AsyncResults
+    from clove.kernel.core.channels import Channels
+    from clove.kernel.core.events import EventBus
+    from clove.kernel.core.loop import Loop
+    from clove.kernel.core.sessions import OperatorSessions
+    from clove.kernel.services.devices.broker import DeviceBroker
+    from clove.kernel.services.exec import ExecService
+    from clove.kernel.services.files import FileService
+    from clove.kernel.services.http import HttpService
+    from clove.kernel.services.interlocks import Interlocks
+    from clove.kernel.services.llm import LlmService
+    from clove.kernel.services.messaging import MessagingService
+    from clove.kernel.services.metrics import MetricsService
+    from clove.kernel.services.postmortem.service import PostmortemService
+    from clove.kernel.services.recording.recorder import Recorder
+    from clove.kernel.services.recording.replay import ReplayService
+    from clove.kernel.services.state import StateService
+    from clove.kernel.supervision.supervisor import Supervisor
+    from clove.sandbox.cgroups import CgroupBackend
+    from clove.sandbox.launcher import ZygoteLauncher
+
+
+class ServiceHost(Protocol):
+    """The kernel as the services see it."""
+
+    config: KernelConfig
+    state_dir: Path
+    loop: Loop
+    channels: Channels
+    journal: Journal
+    events: EventBus
+    async_results: AsyncResults
+    audit_config: AuditConfig
+    launcher: ZygoteLauncher
+    backend: CgroupBackend | None
+    supervisor: Supervisor
+    sessions: OperatorSessions
+    #: Called with every zygote event the supervisor does not own (``exec_*``).
+    zygote_listeners: list[Callable[[dict[str, Any]], None]]
+    #: Called in order at shutdown, before the journal closes.
+    on_shutdown: list[Callable[[], None]]
+    # The services, each set by its attach() at boot.
+    state: StateService
+    messaging: MessagingService
+    files: FileService
+    execs: ExecService
+    http: HttpService
+    metrics: MetricsService
+    devices: DeviceBroker
+    interlocks: Interlocks
+    recorder: Recorder
+    replay: ReplayService
+    postmortem: PostmortemService
+    llm: LlmService
+
+    def info(self) -> dict[str, Any]:
+        """``kernel.info``: what a post-mortem bundle and metrics report about the kernel."""
