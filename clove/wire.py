@@ -29,6 +29,7 @@ from clove.errors import (
 )
 
 __all__ = [
+    "DEFAULT_SOCKET",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "KIND_REPLY",
     "KIND_REQUEST",
@@ -46,6 +47,8 @@ __all__ = [
     "too_deep",
 ]
 
+#: The kernel's control socket unless ``CLOVE_SOCKET`` or the config says otherwise.
+DEFAULT_SOCKET: Final = "/tmp/clove.sock"
 PROTOCOL: Final = b"CLOVE1"
 KIND_REQUEST: Final = b"REQ"
 KIND_REPLY: Final = b"REP"

@@ -35,8 +35,6 @@ from clove_sdk._permissions import PermissionsMixin
 from clove_sdk._recording import RecordingMixin
 from clove_sdk._state import StateMixin
 
-DEFAULT_SOCKET = "/tmp/clove.sock"
-
 
 def default_endpoint(socket_path: str | None = None) -> str:
     """The endpoint a client with these arguments connects to."""
@@ -44,7 +42,7 @@ def default_endpoint(socket_path: str | None = None) -> str:
         agent = os.environ.get("CLOVE_AGENT_ENDPOINT")
         if agent:
             return agent
-        socket_path = os.environ.get("CLOVE_SOCKET", DEFAULT_SOCKET)
+        socket_path = os.environ.get("CLOVE_SOCKET", wire.DEFAULT_SOCKET)
     return socket_path if socket_path.startswith("ipc://") else f"ipc://{socket_path}"
 
 

@@ -15,11 +15,11 @@ from clove.config.devices import DeviceSpec
 from clove.config.interlocks import InterlockSpec
 from clove.config.llm import LlmSection
 from clove.drivers.grants import DeviceGrant
+from clove.policy import LEVELS as LEVELS  # the permission levels are the policy's
+from clove.wire import DEFAULT_SOCKET as DEFAULT_SOCKET  # where the kernel listens unless told
 
-DEFAULT_SOCKET: Final = "/tmp/clove.sock"
 BACKENDS: Final = ("auto", "cgroup2", "cgroup1", "rlimit", "none")
 RESTART_POLICIES: Final = ("never", "on-failure", "always")
-LEVELS: Final = ("unrestricted", "standard", "sandboxed", "readonly", "minimal")
 #: The top-level tables a config may hold.
 TABLES: Final = ("kernel", "sandbox", "supervisor", "logs", "retention", "postmortem", "recording", "limits", "journal", "agents", "llm", "devices", "interlocks")
 

@@ -14,12 +14,12 @@ Grants are frozen, slotted dataclasses; before Python 3.14 a slotted subclass ca
 from __future__ import annotations
 
 import bisect
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from clove.drivers.schema import invalid
 from clove.errors import PermissionDenied
+from clove.ratelimit import TokenBucket as TokenBucket  # part of the driver contract since v1
 
 __all__ = ["DeviceGrant", "IdRanges", "TokenBucket", "deny"]
 
@@ -111,41 +111,3 @@ class IdRanges:
 
     def __repr__(self) -> str:
         return f"IdRanges({list(self.spec)!r})"
-
-
-class TokenBucket:
-    """``rate`` tokens per second, holding at most ``burst`` (default: a tenth of a second's
-    worth, at least one call)."""
-
-    __slots__ = ("rate", "burst", "_tokens", "_stamp", "_clock")
-
-    def __init__(self, rate: float, burst: float | None = None, *, clock: Any = time.monotonic) -> None:
-        self.rate = rate
-        self.burst = burst if burst is not None else max(1.0, rate / 10)
-        self._tokens = self.burst
-        self._clock = clock
-        self._stamp = clock()
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-
-    def available(self) -> float:
-        self._refill()
-        return self._tokens
-
-    def take(self, amount: float) -> bool:
-        """Take ``amount`` if it is there (a cost larger than the burst is admitted when the
-        bucket is full, then owed, so a large write is slowed rather than refused forever)."""
-        self._refill()
-        if self._tokens >= amount or self._tokens >= self.burst:
-            self._tokens -= amount
-            return True
-        return False
-
-    def retry_after(self, amount: float) -> float:
-        """Seconds until :meth:`take` of ``amount`` would succeed."""
-        self._refill()
-        need = min(amount, self.burst) - self._tokens
-        return max(0.0, need / self.rate)

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import zmq
 
 from clove import wire
-from clove.drivers.grants import TokenBucket
 from clove.errors import CloveError, InternalError, PermissionDenied, ResourceExhausted, UnknownSyscall
 from clove.kernel.audit.journal import Category
 from clove.kernel.audit.redact import redact
@@ -34,6 +33,7 @@ from clove.kernel.services.host import ServiceHost
 from clove.kernel.syscalls.base import Syscall, SyscallContext
 from clove.kernel.syscalls.registry import SYSCALLS
 from clove.policy import Permissions
+from clove.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent

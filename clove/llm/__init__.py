@@ -7,7 +7,7 @@ performs and journals the call (docs/llm.md). This package is the part without t
   plugin discovery (:func:`load_registry`, :data:`hookimpl`, hookspecs in
   :mod:`clove.llm.hookspecs`), for plugin authors;
 * the scheduler (:mod:`~clove.llm.scheduler`), budgets (:mod:`~clove.llm.budget`), per-minute
-  limits (:mod:`~clove.llm.limits`) and the decisions that tie them (:mod:`~clove.llm.gateway`).
+  limits (:mod:`clove.ratelimit`) and the decisions that tie them (:mod:`~clove.llm.gateway`).
 
 A third-party provider::
 

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any, Final
 from clove.errors import CloveError
 from clove.llm.budget import Budget
 from clove.llm.errors import LlmUnavailable
-from clove.llm.limits import TokenBucket
 from clove.llm.provider import Provider
 from clove.llm.scheduler import FairQueue
+from clove.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from clove.config import LlmSection
@@ -56,9 +56,9 @@ def _bucket(old: TokenBucket | None, per_minute: int | None, now: float) -> Toke
         return None
     if old is not None and old.capacity == per_minute:
         return old
-    bucket = TokenBucket(per_minute, now)
+    bucket = TokenBucket.per_minute(per_minute, now)
     if old is not None:  # a changed limit keeps what was used of the old one
-        bucket.level = min(bucket.capacity, old.available(now))
+        bucket.consume(bucket.capacity - min(bucket.capacity, old.available(now)), now)
     return bucket
 
 
@@ -218,7 +218,7 @@ def build_slots(settings: LlmSection, *, now: float) -> list[ProviderSlot]:
             ProviderSlot(
                 name=cfg.name, kind=cfg.kind, model=cfg.model, models=cfg.models, concurrency=cfg.concurrency, timeout=cfg.timeout,
                 provider=provider, error=error,
-                rpm=TokenBucket(cfg.rpm, now) if cfg.rpm else None, tpm=TokenBucket(cfg.tpm, now) if cfg.tpm else None,
+                rpm=TokenBucket.per_minute(cfg.rpm, now) if cfg.rpm else None, tpm=TokenBucket.per_minute(cfg.tpm, now) if cfg.tpm else None,
             )  # fmt: skip
         )
     return slots

@@ -34,8 +34,8 @@ from clove.llm.accounts import Account, AgentLimits, ProviderSlot
 from clove.llm.budget import Check, Reservation
 from clove.llm.errors import LlmQuotaExceeded, LlmUnavailable, ProviderError
 from clove.llm.jobs import GatewaySettings, Job, JobState, Verdict
-from clove.llm.limits import TokenBucket
 from clove.llm.types import ChatResponse
+from clove.ratelimit import TokenBucket
 
 __all__ = ["Gateway", "GatewaySettings", "Job", "JobState", "Verdict", "is_retryable"]
 
@@ -219,10 +219,10 @@ class Gateway:
         job.reservation = account.budget.reserve(job.need, self.period())
         for bucket in (account.rpm, slot.rpm):
             if bucket is not None:
-                bucket.take(1, now)
+                bucket.consume(1, now)
         for bucket in (account.tpm, slot.tpm):
             if bucket is not None:
-                bucket.take(job.need, now)
+                bucket.consume(job.need, now)
         job.state = JobState.RUNNING
         job.attempts += 1
         if job.dispatched is None:

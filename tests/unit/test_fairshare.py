@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from clove.drivers.grants import TokenBucket
 from clove.kernel.core.fairshare import MAX_WEIGHT, MIN_WEIGHT, QUANTUM_NS, Flow, weight_for
+from clove.ratelimit import TokenBucket
 
 
 def serve(flows: dict[str, Flow], cost_ns: dict[str, int], turns: int) -> dict[str, int]:
@@ -67,3 +67,21 @@ def test_the_rate_backstop_says_how_long_to_wait() -> None:
     assert 0.005 < flow.rate_wait() <= 0.011
     now[0] += 0.02
     assert flow.rate_wait() == 0.0
+
+
+def test_the_one_token_bucket_serves_both_ways_of_spending() -> None:
+    now = [0.0]
+    asks = TokenBucket(10.0, 2, clock=lambda: now[0])
+    assert asks.take(2) and not asks.take(1)
+    assert asks.retry_after(1) == 0.1
+    assert asks.take(5) is False  # not full: a large cost waits
+    now[0] += 1.0
+    assert asks.take(5) and asks.available() == -3.0  # full: admitted, then owed
+    plans = TokenBucket.per_minute(60, now=0.0)
+    assert plans.wait(61, 0.0) == float("inf") and plans.wait(60, 0.0) == 0.0
+    plans.consume(60, 0.0)
+    assert plans.wait(1, 0.0) == 1.0
+    plans.give_back(100, 0.5)
+    assert plans.available(0.5) == 60.0
+    never = TokenBucket(0.0, 1, clock=lambda: now[0])
+    assert never.take(1) and never.retry_after(1) == float("inf")

@@ -13,9 +13,9 @@ from clove.llm.accounts import AgentLimits, ProviderSlot
 from clove.llm.budget import Budget, Check
 from clove.llm.errors import LlmQuotaExceeded
 from clove.llm.gateway import Gateway, GatewaySettings, Job, JobState
-from clove.llm.limits import TokenBucket
 from clove.llm.scripted import ScriptedOptions, ScriptedProvider
 from clove.llm.types import ChatRequest, ChatResponse
+from clove.ratelimit import TokenBucket
 
 # ---- the budget alone -----------------------------------------------------------------------------
 
@@ -87,9 +87,9 @@ def test_billing_beyond_a_reservation_is_counted_as_overrun():
 
 
 def test_token_bucket():
-    bucket = TokenBucket(60, now=0.0)
+    bucket = TokenBucket.per_minute(60, now=0.0)
     assert bucket.wait(60, 0.0) == 0 and bucket.wait(61, 0.0) == float("inf")
-    bucket.take(60, 0.0)
+    bucket.consume(60, 0.0)
     assert bucket.wait(1, 0.0) == pytest.approx(1.0)
     assert bucket.wait(1, 0.5) == pytest.approx(0.5)
     bucket.give_back(30, 0.5)
@@ -97,7 +97,7 @@ def test_token_bucket():
     bucket.give_back(100, 1.0)
     assert bucket.available(1.0) == 60
     with pytest.raises(ValueError, match="positive"):
-        TokenBucket(0, 0.0)
+        TokenBucket.per_minute(0, 0.0)
 
 
 # ---- through the gateway ----------------------------------------------------------------------------

@@ -18,10 +18,10 @@ from clove.errors import CloveError, OperationTimeout, QuotaExceeded, UpstreamEr
 from clove.llm.accounts import AgentLimits, ProviderSlot
 from clove.llm.errors import LlmQuotaExceeded, LlmUnavailable, ProviderError, RateLimited, ServerError
 from clove.llm.gateway import Gateway, GatewaySettings, Job, JobState, is_retryable
-from clove.llm.limits import TokenBucket
 from clove.llm.scheduler import FairQueue
 from clove.llm.scripted import ScriptedOptions, ScriptedProvider
 from clove.llm.types import ChatRequest, ChatResponse
+from clove.ratelimit import TokenBucket
 
 
 class FakeClock:
@@ -181,7 +181,7 @@ def slot(name: str = "p", *, concurrency: int = 2, rpm: int | None = None, tpm: 
     provider.close()  # never called: the simulation answers for it
     return ProviderSlot(
         name=name, kind="scripted", model="m", models=(), concurrency=concurrency, timeout=60.0, provider=provider,
-        rpm=TokenBucket(rpm, now) if rpm else None, tpm=TokenBucket(tpm, now) if tpm else None,
+        rpm=TokenBucket.per_minute(rpm, now) if rpm else None, tpm=TokenBucket.per_minute(tpm, now) if tpm else None,
     )  # fmt: skip
 
 

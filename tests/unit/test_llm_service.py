@@ -15,7 +15,7 @@ import pytest
 from clove.config import LlmSection, load_config
 from clove.errors import CloveError, InvalidArguments, OperationTimeout
 from clove.kernel.core.loop import Loop
-from clove.kernel.services.llm import NOT_CONFIGURED, Caller, LlmService
+from clove.kernel.services.llm import NOT_CONFIGURED, LlmService, Thinker
 from clove.kernel.syscalls.llm import Think, ThinkCall, build_request
 from clove.llm.accounts import ProviderSlot, build_slots
 from clove.llm.errors import LlmQuotaExceeded, LlmUnavailable
@@ -62,13 +62,13 @@ class Harness:
             recording_path=tmp_path / "llm" / "recording.jsonl",
         )  # fmt: skip
 
-    def caller(self, principal: int = 7, *, tokens: int | None = None, operator: bool = False, name: str = "worker") -> Caller:
+    def caller(self, principal: int = 7, *, tokens: int | None = None, operator: bool = False, name: str = "worker") -> Thinker:
         perms = for_level("unrestricted" if operator else "standard")
         if tokens is not None:
             perms = perms.with_grants({"llm_tokens": tokens})
-        return Caller(principal, name, None if operator else principal, perms, operator)
+        return Thinker(principal, name, None if operator else principal, perms, operator)
 
-    def think(self, prompt: str, caller: Caller | None = None, *, model: str | None = None, max_tokens: int = 50, timeout: float = 10.0) -> Outcome:
+    def think(self, prompt: str, caller: Thinker | None = None, *, model: str | None = None, max_tokens: int = 50, timeout: float = 10.0) -> Outcome:
         slot, chosen = self.service.route(model)
         request = ChatRequest(prompt=prompt, model=chosen, max_tokens=max_tokens)
         outcome = Outcome()

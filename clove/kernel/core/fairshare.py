@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from clove.drivers.grants import TokenBucket
+from clove.ratelimit import TokenBucket
 
 #: Kernel time credited per turn at weight 1. Small enough that a caller behind a flooding
 #: agent waits at most about this long for its turn; large enough for several cheap calls.

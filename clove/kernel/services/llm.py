@@ -62,7 +62,7 @@ class _Pending:
 
 
 @dataclass(frozen=True, slots=True)
-class Caller:
+class Thinker:
     """Who thinks: the principal, and for agents their id, name and permissions."""
 
     principal: int
@@ -110,7 +110,7 @@ class LlmService:
 
     # ---- limits --------------------------------------------------------------------------------
 
-    def limits_for(self, caller: Caller) -> AgentLimits:
+    def limits_for(self, caller: Thinker) -> AgentLimits:
         """The caller's share and limits: config by name, the ``llm_tokens`` grant as lifetime
         budget, then operator overrides (``llm.budget``). Operators have no per-caller limits
         beyond their own grant."""
@@ -126,7 +126,7 @@ class LlmService:
         override = self.overrides.get(caller.principal)
         return replace(limits, **override) if override else limits
 
-    def refresh(self, caller: Caller) -> Account | None:
+    def refresh(self, caller: Thinker) -> Account | None:
         """Apply the caller's current limits to its account (if it has one); dispatch again."""
         if caller.principal not in self.gateway.accounts:
             return None
@@ -153,7 +153,7 @@ class LlmService:
         offered = sorted({m for slot in providers.values() for m in (slot.model, *slot.models)})
         raise LlmUnavailable(f"no LLM provider offers the model {model!r} (offered: {', '.join(offered)})", details={"model": model, "offered": offered})
 
-    def submit(self, caller: Caller, request: ChatRequest, slot: ProviderSlot, *, timeout: float, extra: dict[str, Any]) -> Deferred:
+    def submit(self, caller: Thinker, request: ChatRequest, slot: ProviderSlot, *, timeout: float, extra: dict[str, Any]) -> Deferred:
         """Queue ``request``; the Deferred settles on the loop thread.
 
         :raises LlmUnavailable, LlmQuotaExceeded, QuotaExceeded, UpstreamError: see
@@ -319,7 +319,7 @@ class LlmService:
 
     # ---- figures -------------------------------------------------------------------------------
 
-    def figures(self, caller: Caller) -> dict[str, Any]:
+    def figures(self, caller: Thinker) -> dict[str, Any]:
         """One caller's row for ``llm.stats``, whether or not it has thought yet."""
         account = self.gateway.accounts.get(caller.principal)
         period = self.settings.period if self.settings is not None else 86400.0
@@ -382,10 +382,10 @@ def of(kernel: ServiceHost) -> LlmService:
     return service
 
 
-def caller_of(agent: Agent | None, principal: int, perms: Permissions) -> Caller:
+def caller_of(agent: Agent | None, principal: int, perms: Permissions) -> Thinker:
     if agent is not None:
-        return Caller(principal, agent.name, agent.id, perms, False)
-    return Caller(principal, f"operator-{principal}", None, perms, True)
+        return Thinker(principal, agent.name, agent.id, perms, False)
+    return Thinker(principal, f"operator-{principal}", None, perms, True)
 
 
 def attach(kernel: ServiceHost) -> None:
