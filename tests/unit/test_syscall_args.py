@@ -10,7 +10,8 @@ import pytest
 from clove.errors import CloveError, InvalidArguments, NotFound
 from clove.kernel.core.deferred import Deferred
 from clove.kernel.syscalls.agents import LogsRequest, SpawnRequest, TargetRequest, limits_from_wire
-from clove.kernel.syscalls.base import NoArgs, Syscall, parse_body
+from clove.kernel.syscalls.base import NoArgs, Syscall
+from clove.schema import parse_body
 
 MiB = 1 << 20
 

@@ -8,15 +8,12 @@ so nothing waits on the loop.
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from clove.config import AgentLimits
-from clove.errors import InvalidArguments
 from clove.kernel.core.channels import Caller
+from clove.schema import parse_body
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
@@ -86,72 +83,3 @@ class Syscall:
         return parse_body(self.Request, body, self.name)
 
 
-@dataclass(frozen=True, slots=True)
-class _Field:
-    name: str
-    hint: Any
-    required: bool
-
-
-_FIELDS: dict[type[Any], tuple[tuple[_Field, ...], frozenset[str]]] = {}
-
-
-def _fields_of(cls: type[Any]) -> tuple[tuple[_Field, ...], frozenset[str]]:
-    """The request class's fields with resolved type hints, and their names: once per class."""
-    cached = _FIELDS.get(cls)
-    if cached is None:
-        hints = typing.get_type_hints(cls)
-        fields = tuple(
-            _Field(f.name, hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-            for f in dataclasses.fields(cls)
-        )
-        cached = _FIELDS[cls] = (fields, frozenset(f.name for f in fields))
-    return cached
-
-
-def _check(value: Any, hint: Any) -> bool:
-    if hint is Any or type(value) is hint:  # the fast, common case (type(True) is bool, not int)
-        return True
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return any(_check(value, arm) for arm in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        return isinstance(value, list) and all(_check(v, item) for v in value)
-    if origin is dict:
-        key, item = typing.get_args(hint) or (Any, Any)
-        return isinstance(value, dict) and all(_check(k, key) and _check(v, item) for k, v in value.items())
-    return isinstance(value, hint)
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_args(hint):  # list[str] has a __name__ too ("list"); say what it holds
-        return str(hint).replace("typing.", "")
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def parse_body(cls: type[Any], body: dict[str, Any], call: str) -> Any:
-    fields, names = _fields_of(cls)
-    if not names.issuperset(body):
-        unknown = min((key for key in body if key not in names), key=str)  # keys may be bytes (msgpack bin)
-        raise InvalidArguments(f"{call}: unknown argument {unknown!r}", details={"argument": unknown, "known": sorted(names)})
-    values = {}
-    for field in fields:
-        if field.name not in body:
-            if field.required:
-                raise InvalidArguments(f"{call}: missing argument {field.name!r}", details={"argument": field.name})
-            continue
-        value = body[field.name]
-        if not _check(value, field.hint):
-            raise InvalidArguments(
-                f"{call}: argument {field.name!r} must be {_describe(field.hint)}, got {type(value).__name__}",
-                details={"argument": field.name, "expected": _describe(field.hint)},
-            )
-        values[field.name] = value
-    return cls(**values)

@@ -17,8 +17,9 @@ from clove.errors import InvalidArguments, PermissionDenied
 from clove.kernel.core.agents import TERMINAL
 from clove.kernel.services import llm as llm_service
 from clove.kernel.syscalls.asynccalls import accept_or_wait
-from clove.kernel.syscalls.base import Syscall, SyscallContext, parse_body
+from clove.kernel.syscalls.base import Syscall, SyscallContext
 from clove.llm.types import IMAGE_TYPES, THINKING_LEVELS, ChatRequest, Image
+from clove.schema import parse_body
 
 MAX_TOKENS_LIMIT: Final = 1_000_000
 #: What the journal's syscall record keeps of these arguments: their size, never the text (the
