@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clove.drivers.grants import IdRanges
-from clove.kernel.audit.verify import AGGREGATED_EVENT
+from clove.kernel.audit.format import AGGREGATED_EVENT
 from hil.bench import AssertionSpec
 
 

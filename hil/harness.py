@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from clove.errors import CloveError, ConfigError
-from clove.kernel.audit.verify import read_journal, verify_journal
+from clove.kernel.audit.files import read_journal
+from clove.kernel.audit.verify import verify_journal
 from clove.testing.kernel import KernelProcess, poll_for
 from hil.assertions import Outcome, RunRecord, check
 from hil.bench import Bench, FaultSpec

@@ -83,7 +83,7 @@ def hil_bench() -> Callable[..., Any]:
 
 @pytest.fixture
 def clove_journal() -> Callable[..., list[dict[str, Any]]]:
-    from clove.kernel.audit.verify import read_journal
+    from clove.kernel.audit.files import read_journal
 
     def records(kernel: Any, **filters: Any) -> list[dict[str, Any]]:
         return list(read_journal(Path(kernel.state_dir) / "journal.jsonl", **filters))

@@ -29,7 +29,7 @@ from clove.kernel.audit.redact import redact
 from clove.kernel.core.channels import Caller
 from clove.kernel.core.deferred import Deferred
 from clove.kernel.core.fairshare import Flow, weight_for
-from clove.kernel.services.host import ServiceHost
+from clove.kernel.services.host import ServiceRegistry
 from clove.kernel.syscalls.base import Syscall, SyscallContext
 from clove.kernel.syscalls.registry import SYSCALLS
 from clove.policy import Permissions
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class DispatchHost(ServiceHost, Protocol):
+class DispatchHost(ServiceRegistry, Protocol):
     """What the dispatcher uses of the kernel: what services see, and the operators' rights."""
 
     operator_permissions: Permissions

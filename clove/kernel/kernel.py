@@ -36,7 +36,8 @@ from clove.kernel.services.postmortem import service as postmortem
 from clove.kernel.services.recording import recorder as recording
 from clove.kernel.services.recording import replay
 from clove.kernel.supervision.limits import resolve as resolve_limits
-from clove.kernel.supervision.supervisor import Supervisor, WatchedFd
+from clove.kernel.supervision.runtime import WatchedFd
+from clove.kernel.supervision.supervisor import Supervisor
 from clove.policy import for_level
 from clove.sandbox import linux
 from clove.sandbox.backends import detect_backend
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from clove.kernel.services.devices.broker import DeviceBroker
     from clove.kernel.services.exec import ExecService
     from clove.kernel.services.files import FileService
-    from clove.kernel.services.host import ServiceHost
+    from clove.kernel.services.host import ServiceRegistry
     from clove.kernel.services.http import HttpService
     from clove.kernel.services.interlocks import Interlocks
     from clove.kernel.services.llm import LlmService
@@ -78,7 +79,7 @@ def _raise_fd_limit() -> None:
 #: The agent services, attached at boot in this order. Each ``attach(kernel)`` builds its
 #: service, sets it on the kernel and registers housekeeping and shutdown hooks; a service sees
 #: the kernel only as a :class:`~clove.kernel.services.host.ServiceHost`.
-SERVICES: tuple[Callable[[ServiceHost], None], ...] = (
+SERVICES: tuple[Callable[[ServiceRegistry], None], ...] = (
     state.attach,
     messaging.attach,
     files.attach,
@@ -149,7 +150,7 @@ class Kernel:
         """
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o711)  # traversable, not listable: agents reach their own dirs only
-        # Not a child subreaper: a dead zygote's orphans go to init (see clove.kernel.supervision.supervisor).
+        # Not a child subreaper: a dead zygote's orphans go to init (see clove.kernel.supervision.adoption).
         # The name tells a booting kernel that this pid's cgroups are live (is_live_kernel).
         with contextlib.suppress(OSError):
             linux.set_process_name("clove-kernel")

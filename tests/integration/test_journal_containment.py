@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from clove.cli.main import main
-from clove.kernel.audit.verify import canonical_bytes, journal_files, read_journal, verify_journal
+from clove.kernel.audit.files import journal_files, read_journal
+from clove.kernel.audit.format import canonical_bytes
+from clove.kernel.audit.verify import verify_journal
 from clove.testing.kernel import poll_for
 from tests.conftest import agent_row, agent_script, read_report, requires_root
 

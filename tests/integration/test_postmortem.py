@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from clove.kernel.audit.verify import record_hash
+from clove.kernel.audit.format import record_hash
 from clove.testing.kernel import poll_for
 from tests.conftest import agent_row, agent_script, requires_root
 

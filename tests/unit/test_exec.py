@@ -126,7 +126,7 @@ class FakeKernel:
         self.async_results = AsyncResults()
         self.zygote_listeners: list[Any] = []
         self.on_shutdown: list[Any] = []
-        self.execs = ExecService(self)  # type: ignore[arg-type]
+        self.execs = ExecService(self, files=self.files)  # type: ignore[arg-type]
 
 
 @pytest.fixture

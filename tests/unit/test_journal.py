@@ -20,10 +20,12 @@ import pytest
 from clove.cli.main import main
 from clove.config import JournalSection
 from clove.errors import InternalError
-from clove.kernel.audit import journal as journal_mod
-from clove.kernel.audit import verify as journal_verify
+from clove.kernel.audit import files as files_mod
+from clove.kernel.audit import space as space_mod
+from clove.kernel.audit import writer as writer_mod
+from clove.kernel.audit.files import journal_files, rotated_name
+from clove.kernel.audit.format import GENESIS_HASH, RECORD_KEYS, canonical_json, record_hash
 from clove.kernel.audit.journal import Category, Journal, read_journal, summarize_args, verify_journal
-from clove.kernel.audit.verify import GENESIS_HASH, RECORD_KEYS, canonical_json, journal_files
 
 _CATEGORIES = [Category(c) for c in ("SECURITY", "AGENT_LIFECYCLE", "IPC", "STATE_STORE", "RESOURCE", "SYSCALL", "NETWORK")]  # fixed: ids in tests depend on it
 
@@ -154,7 +156,7 @@ def test_reopen_continues_ids_and_chain(jpath: Path) -> None:
 def test_reopen_loads_only_the_most_recent_ring(
     jpath: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
-    monkeypatch.setattr(journal_verify, "_TAIL_CHUNK", chunk)  # cross chunk borders while reading back
+    monkeypatch.setattr(files_mod, "_TAIL_CHUNK", chunk)  # cross chunk borders while reading back
     with Journal(jpath) as j:
         fill(j, 50)
     with Journal(jpath, ring_size=5) as j:
@@ -196,7 +198,7 @@ def test_forged_record_with_recomputed_hash_breaks_the_next_link(closed20: Path)
     lines = lines_of(closed20)
     record = json.loads(lines[6])
     record["decision"] = "allowed" if record["decision"] == "denied" else "denied"
-    record["hash"] = journal_verify.record_hash(record)
+    record["hash"] = record_hash(record)
     lines[6] = (canonical_json(record) + "\n").encode()
     write_lines(closed20, lines)
 
@@ -363,7 +365,7 @@ def test_append_does_not_wait_for_a_slow_disk(jpath: Path, monkeypatch: pytest.M
             baseline_journal.append(Category.SYSCALL, "syscall", agent_id=1, args={"i": i})
         baseline = time.perf_counter() - started
 
-    real_write = journal_mod._write_fully
+    real_write = writer_mod._write_fully
     batches: list[int] = []
 
     def slow_write(fd: int, data: bytes) -> None:
@@ -371,7 +373,7 @@ def test_append_does_not_wait_for_a_slow_disk(jpath: Path, monkeypatch: pytest.M
         time.sleep(0.2)  # a disk that takes 0.2 s per write
         real_write(fd, data)
 
-    monkeypatch.setattr(journal_mod, "_write_fully", slow_write)
+    monkeypatch.setattr(writer_mod, "_write_fully", slow_write)
     with Journal(jpath) as j:
         j.append(Category.SYSCALL, "syscall")
         assert poll_for(lambda: len(batches) == 1)  # the writer is now inside a slow write
@@ -392,7 +394,7 @@ def test_append_does_not_wait_for_a_slow_disk(jpath: Path, monkeypatch: pytest.M
 def test_write_error_is_counted_not_raised_and_retried(
     jpath: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real_write = journal_mod._write_fully
+    real_write = writer_mod._write_fully
     disk_full = [True]
 
     def flaky_write(fd: int, data: bytes) -> None:
@@ -401,7 +403,7 @@ def test_write_error_is_counted_not_raised_and_retried(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(fd, data)
 
-    monkeypatch.setattr(journal_mod, "_write_fully", flaky_write)
+    monkeypatch.setattr(writer_mod, "_write_fully", flaky_write)
     caplog.set_level(logging.ERROR, logger="clove.kernel.audit.journal")
     j = Journal(jpath)
     j.open()
@@ -487,7 +489,7 @@ def test_read_journal_filters_and_streams(closed20: Path, caplog: pytest.LogCapt
     lines = lines_of(closed20)
     lines.insert(3, b"{broken\n")
     write_lines(closed20, [*lines, b'{"id":21,"par'])
-    caplog.set_level(logging.WARNING, logger="clove.kernel.audit.verify")
+    caplog.set_level(logging.WARNING, logger="clove.kernel.audit.files")
     assert [r["id"] for r in read_journal(closed20)] == list(range(1, 21))
     assert any("line 4" in r.getMessage() for r in caplog.records)
 
@@ -564,7 +566,7 @@ def test_summarize_args_terminates_on_cycles() -> None:
 def test_records_given_up_after_the_retry_cap_are_named_by_a_gap_record(
     jpath: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write = journal_mod._write_fully
+    real_write = writer_mod._write_fully
     disk_full = [True]
 
     def flaky_write(fd: int, data: bytes) -> None:
@@ -575,10 +577,10 @@ def test_records_given_up_after_the_retry_cap_are_named_by_a_gap_record(
     with Journal(jpath) as j:
         fill(j, 4)
         assert j.flush()
-        monkeypatch.setattr(journal_mod, "_write_fully", flaky_write)
-        monkeypatch.setattr(journal_mod, "_MAX_PENDING_BYTES", 1)  # keep nothing for retry
+        monkeypatch.setattr(writer_mod, "_write_fully", flaky_write)
+        monkeypatch.setattr(writer_mod, "_MAX_PENDING_BYTES", 1)  # keep nothing for retry
         fill(j, 3)  # ids 5..7: the writer gives up on them
-        assert poll_for(lambda: j._gap_request is not None)
+        assert poll_for(lambda: j._writer.gap_requested)
         disk_full[0] = False
         after = j.append(Category.RESOURCE, "after.recovery")  # the loop writes the gap record first
         assert after is not None and after["id"] == 9
@@ -677,7 +679,7 @@ def test_rotation_names_files_by_their_ids_and_chains_across_them(jpath: Path) -
     for file in files:
         records = records_in(file)
         if file != jpath:
-            assert file.name == journal_verify.rotated_name(jpath, records[0]["id"], records[-1]["id"])
+            assert file.name == rotated_name(jpath, records[0]["id"], records[-1]["id"])
             assert file.name == f"journal.{records[0]['id']:012d}-{records[-1]['id']:012d}.jsonl"
         if previous:
             header = records[0]
@@ -794,7 +796,7 @@ def test_verify_reports_a_chain_break_at_a_file_boundary(jpath: Path) -> None:
     lines = lines_of(files[1])
     record = json.loads(lines[-1])
     record["decision"] = "allowed" if record["decision"] == "denied" else "denied"
-    record["hash"] = journal_verify.record_hash(record)  # a careful forger
+    record["hash"] = record_hash(record)  # a careful forger
     lines[-1] = (canonical_json(record) + "\n").encode()
     write_lines(files[1], lines)
     result = verify_journal(jpath)
@@ -839,7 +841,7 @@ def test_a_crash_between_rename_and_the_next_record_is_continued(jpath: Path) ->
         fill(j, 30)
         last, last_hash = j.last_id, j.query()[-1]["hash"]
     first = records_in(jpath)[0]["id"]
-    renamed = jpath.with_name(journal_verify.rotated_name(jpath, first, last))
+    renamed = jpath.with_name(rotated_name(jpath, first, last))
     jpath.rename(renamed)  # the writer renamed the full file and died before opening the next
     with Journal(jpath, settings=small()) as j:
         assert j.last_id == last + 1
@@ -932,7 +934,7 @@ def test_aggregates_are_per_syscall_and_code_and_bounded_in_number(jpath: Path) 
 def test_records_still_unwritable_at_close_get_a_final_gap_record(
     jpath: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real_write = journal_mod._write_fully
+    real_write = writer_mod._write_fully
 
     def small_writes_only(fd: int, data: bytes) -> None:
         if len(data) > 1500:  # the ten records do not fit; one small gap record does
@@ -942,7 +944,7 @@ def test_records_still_unwritable_at_close_get_a_final_gap_record(
     with Journal(jpath, batch=True) as j:
         fill(j, 3)
         assert j.flush()
-        monkeypatch.setattr(journal_mod, "_write_fully", small_writes_only)
+        monkeypatch.setattr(writer_mod, "_write_fully", small_writes_only)
         fill(j, 10)
     assert [r["id"] for r in read_journal(jpath)] == [1, 2, 3, 14]
     gap = list(read_journal(jpath))[-1]
@@ -966,14 +968,14 @@ def test_records_still_unwritable_at_close_get_a_final_gap_record(
 def test_a_journal_whose_first_records_were_lost_verifies_from_its_gap_record(
     jpath: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write = journal_mod._write_fully
+    real_write = writer_mod._write_fully
 
     def small_writes_only(fd: int, data: bytes) -> None:
         if len(data) > 1500:
             raise OSError(errno.EIO, "Input/output error")
         real_write(fd, data)
 
-    monkeypatch.setattr(journal_mod, "_write_fully", small_writes_only)
+    monkeypatch.setattr(writer_mod, "_write_fully", small_writes_only)
     with Journal(jpath, batch=True) as j:
         fill(j, 10)
     result = verify_journal(jpath)
@@ -1001,7 +1003,7 @@ def test_space_low_follows_the_reserve_and_reports_each_change_once(
         calls.append(path)
         return Stats()
 
-    monkeypatch.setattr(journal_mod.os, "statvfs", statvfs)
+    monkeypatch.setattr(space_mod.os, "statvfs", statvfs)
     mono = FakeClock(0.0)
     changes: list[tuple[bool, int | None]] = []
     j = Journal(jpath, settings=small(disk_reserve_bytes=10 << 20), monotonic=mono)
@@ -1034,7 +1036,7 @@ def test_space_low_follows_the_reserve_and_reports_each_change_once(
 
 
 def test_space_low_is_true_at_once_while_writes_fail(jpath: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = journal_mod._write_fully
+    real_write = writer_mod._write_fully
     failing = [True]
 
     def flaky_write(fd: int, data: bytes) -> None:
@@ -1045,7 +1047,7 @@ def test_space_low_is_true_at_once_while_writes_fail(jpath: Path, monkeypatch: p
     mono = FakeClock(0.0)
     with Journal(jpath, settings=small(), monotonic=mono) as j:
         assert not j.space_low
-        monkeypatch.setattr(journal_mod, "_write_fully", flaky_write)
+        monkeypatch.setattr(writer_mod, "_write_fully", flaky_write)
         j.append(Category.SYSCALL, "noop")
         assert poll_for(lambda: j.write_errors >= 1)
         assert j.space_low  # no 0.5 s wait: a failed write refreshes it
@@ -1061,7 +1063,7 @@ def test_every_id_is_on_disk_or_named_lost_under_failing_writes_and_rotation(
     import random
 
     rng = random.Random(7)
-    real_write = journal_mod._write_fully
+    real_write = writer_mod._write_fully
     failing = [False]
 
     def flaky_write(fd: int, data: bytes) -> None:
@@ -1069,9 +1071,9 @@ def test_every_id_is_on_disk_or_named_lost_under_failing_writes_and_rotation(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(fd, data)
 
-    monkeypatch.setattr(journal_mod, "_write_fully", flaky_write)
-    monkeypatch.setattr(journal_mod, "_MAX_PENDING_BYTES", 3000)
-    monkeypatch.setattr(journal_mod, "_RETRY_INTERVAL", 0.01)
+    monkeypatch.setattr(writer_mod, "_write_fully", flaky_write)
+    monkeypatch.setattr(writer_mod, "_MAX_PENDING_BYTES", 3000)
+    monkeypatch.setattr(writer_mod, "_RETRY_INTERVAL", 0.01)
     with Journal(jpath, settings=small(keep_files=1000), batch=True) as j:
         for _ in range(30):
             failing[0] = rng.random() < 0.4
@@ -1080,7 +1082,7 @@ def test_every_id_is_on_disk_or_named_lost_under_failing_writes_and_rotation(
             if not failing[0]:
                 assert j.flush(timeout=5.0)
             else:
-                poll_for(lambda: j._gap_request is not None, 0.1)
+                poll_for(lambda: j._writer.gap_requested, 0.1)
         failing[0] = False
         assert j.flush(timeout=5.0)
         last = j.last_id
@@ -1116,7 +1118,7 @@ def test_write_now_leaves_older_work_to_the_writer_thread(jpath: Path) -> None:
     j = Journal(jpath, batch=True)
     j.open()
     try:
-        with j._write_lock:  # the writer is busy writing
+        with j._writer._write_lock:  # the writer is busy writing
             j.append(Category.SYSCALL, "one")
             assert not j.write_now()
             j.hand_off()  # now the writer holds it: newer lines must not overtake it

@@ -17,8 +17,8 @@ import pytest
 
 from clove.config import AgentConfig, PostmortemSection
 from clove.errors import InvalidArguments, NotFound, SandboxError
+from clove.kernel.audit.format import canonical_bytes, record_hash
 from clove.kernel.audit.journal import Category, Journal
-from clove.kernel.audit.verify import canonical_bytes, record_hash
 from clove.kernel.core.agents import Agent, AgentState, ExitInfo, ExitReason
 from clove.kernel.core.loop import Loop
 from clove.kernel.services.postmortem import bundle as bundle_mod
@@ -34,7 +34,7 @@ from clove.kernel.services.postmortem.bundle import (
 from clove.kernel.services.postmortem.capture import Death, journal_slice, log_tail, trigger
 from clove.kernel.services.postmortem.service import PostmortemService
 from clove.kernel.supervision.logs import LogCapture
-from clove.kernel.supervision.supervisor import Runtime
+from clove.kernel.supervision.runtime import Runtime
 from clove.kernel.syscalls.registry import SYSCALLS
 
 S = AgentState
@@ -348,7 +348,7 @@ class Harness:
         self.journal.append(Category.SYSCALL, "noop", agent_id=self.agent.id, agent_name=self.agent.name, syscall="noop")
 
     def die(self, info: ExitInfo, cgroup: FakeCgroup | None, final: AgentState, *, escalate: bool = False) -> None:
-        """What Supervisor._on_exited does around its exit hook."""
+        """What Supervisor.on_exited does around its exit hook."""
         self.logs.write(b"about to die\n")
         rt = Runtime(home=self.logs.path.parent, endpoint="ipc://x", logs=self.logs, cgroup=cgroup)  # type: ignore[arg-type]
         self.service.on_exit(self.agent, rt, info)

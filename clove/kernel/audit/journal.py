@@ -1,47 +1,53 @@
 """The kernel's audit journal: an append-only, hash-chained JSONL file and a ring of recent records.
 
-Every syscall (allowed or denied) and every agent lifecycle event becomes one record; the format,
-the chain and the offline readers live in :mod:`clove.kernel.audit.verify`, re-exported here.
+Every syscall (allowed or denied) and every agent lifecycle event becomes one record. This module
+is the facade the kernel uses: it builds and chains records, keeps the ring :meth:`Journal.query`
+reads and writes the ``journal.gap`` records, and composes one module per job:
+
+* :mod:`~clove.kernel.audit.handoff`: the loop's batching and group commit;
+* :mod:`~clove.kernel.audit.writer`: the writer thread, which owns the files after ``open()``;
+* :mod:`~clove.kernel.audit.resume`: what ``open()`` finds on disk;
+* :mod:`~clove.kernel.audit.retention`: when to rotate, which rotated files to delete;
+* :mod:`~clove.kernel.audit.denials`: denials counted into ``denials.aggregated`` records;
+* :mod:`~clove.kernel.audit.space`: the disk reserve behind :attr:`Journal.space_low`.
+
+The record format lives in :mod:`~clove.kernel.audit.format`, the files and offline readers in
+:mod:`~clove.kernel.audit.files`, verification in :mod:`~clove.kernel.audit.verify`; the names
+the kernel's callers use are re-exported here.
 
 Threads: :meth:`Journal.append` runs on the kernel's event loop and never touches the disk. It builds
 the record, chains it and hands the encoded line to one writer thread over a
-:class:`queue.SimpleQueue`. The writer owns the file descriptor: it writes whatever is queued in one
-``write`` as soon as it arrives and ``fdatasync``\\ s at most about once a second and on close. The
-ring that :meth:`Journal.query` reads belongs to the loop thread alone; the threads share only the
-queue and a few counters under a condition.
+:class:`queue.SimpleQueue`. The writer owns the file descriptor: it writes whatever is queued in
+one ``write`` as soon as it arrives and ``fdatasync``\\ s at most about once a second and on close.
+The ring, the chain head and every part but the writer belong to the loop thread alone; the
+threads share only the queue and a few counters under a condition (``writer.py`` names them).
 
 Containment (docs/audit.md): the loop decides when the active file is full and queues a rotation
 for the writer, followed by the ``journal.rotated`` record that opens the next file; retention
 deletes the oldest rotated files after a ``journal.retention`` record naming them is on disk.
-Denials beyond a burst are counted, not written one by one, and written as one
-``denials.aggregated`` record per window (:meth:`Journal.tick` closes windows). A record the
-writer cannot write is never dropped silently: the writer gives up on it only past a memory cap
-and asks the loop for a ``journal.gap`` record, which chains from the last record written and
-names the ids lost. :attr:`Journal.space_low` tells the kernel to stop taking new work before
-the disk is full.
+Denials beyond a burst are counted, not written one by one (:meth:`Journal.tick` closes their
+windows). A record the writer cannot write is never dropped silently: the writer gives up on it
+only past a memory cap and asks the loop for a ``journal.gap`` record, which chains from the last
+record written and names the ids lost. :attr:`Journal.space_low` tells the kernel to stop taking
+new work before the disk is full.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import hashlib
 import logging
 import math
-import os
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, cast, final
+from typing import Any, Final, final
 
 from clove.config import JournalSection
-from clove.errors import InternalError
-from clove.kernel.audit.verify import (
+from clove.kernel.audit.denials import Denials
+from clove.kernel.audit.files import read_journal
+from clove.kernel.audit.format import (
     AGGREGATED_EVENT,
     DECISIONS,
     GAP_EVENT,
@@ -49,18 +55,15 @@ from clove.kernel.audit.verify import (
     RETENTION_EVENT,
     ROTATED_EVENT,
     Category,
-    VerifyResult,
     canonical_bytes,
-    clip_text,
-    parse_record,
-    read_journal,
-    read_tail,
-    record_hash,
-    rotated_files,
-    rotated_name,
-    summarize_args,
-    verify_journal,
 )
+from clove.kernel.audit.handoff import HandOff
+from clove.kernel.audit.resume import resume
+from clove.kernel.audit.retention import FileSet, RotatedFile
+from clove.kernel.audit.space import SpaceReserve
+from clove.kernel.audit.summarize import clip_text, summarize_args
+from clove.kernel.audit.verify import VerifyResult, verify_journal
+from clove.kernel.audit.writer import Delete, Item, Rotate, Writer
 
 __all__ = [
     "AGGREGATED_EVENT",
@@ -73,96 +76,11 @@ __all__ = [
     "verify_journal",
 ]
 
-log = logging.getLogger(__name__)
-
 #: :meth:`Journal.query` never returns more records than this.
 MAX_QUERY_LIMIT: Final = 10_000
-#: The event of the record that sums up denials counted instead of written.
-_FSYNC_INTERVAL = 1.0  # seconds between fdatasync calls while records keep arriving
-_RETRY_INTERVAL = 1.0  # seconds between write attempts after a failed write
-_MAX_PENDING_BYTES = 64 * 1024 * 1024  # unwritable records kept for retry before they become a journal.gap
 _CLOSE_TIMEOUT = 5.0
-_MAX_BATCH = 256  # lines batched before a hand-off regardless of time
 _MAX_NAME = 200  # event_type, agent_name, syscall and code are clipped to this many characters
-_SPACE_INTERVAL = 0.5  # seconds between statvfs checks: space_low is read on every agent request
 _TICK_INTERVAL = 0.05  # tick() does its work at most this often (it is called every loop turn)
-_RETENTION_INTERVAL = 60.0  # seconds between keep_days checks (rotations check at once)
-_MAX_DENIAL_KEYS = 32  # (syscall, code) pairs counted apart per agent and window; agents choose syscall names
-_MAX_DELETED_PER_RECORD = 50  # journal.retention names at most this many files (details lists clip at 100)
-_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
-
-
-def _write_fully(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to ``fd``; the writer thread's only write, patched by tests."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:
-            raise OSError(errno.EIO, "write made no progress")
-        view = view[written:]
-
-
-@final
-class _Lines:
-    """Encoded records ``first_id..last_id`` for the writer; ``starts_gap``: the first is a
-    ``journal.gap`` record (the writer, discarding after a drop, writes again from it)."""
-
-    __slots__ = ("data", "first_id", "last_hash", "last_id", "starts_gap")
-
-    def __init__(self, first_id: int, last_id: int, last_hash: str, data: bytes, starts_gap: bool) -> None:
-        self.first_id, self.last_id, self.last_hash = first_id, last_id, last_hash
-        self.data, self.starts_gap = data, starts_gap
-
-
-@final
-class _Rotate:
-    """Sync the active file, rename it to ``name`` and continue in a fresh active file."""
-
-    __slots__ = ("name", "renamed")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.renamed = False  # a failed open after a good rename is retried without renaming
-
-
-@final
-class _Delete:
-    """Retention: sync (the ``journal.retention`` record naming them is before this), then delete."""
-
-    __slots__ = ("names",)
-
-    def __init__(self, names: list[str]) -> None:
-        self.names = names
-
-
-_Item = _Lines | _Rotate | _Delete
-
-
-@dataclass(slots=True)
-class _RotatedFile:
-    name: str
-    first_id: int
-    last_id: int
-    closed_at: float  # wall clock: keep_days counts from here
-
-
-@dataclass(slots=True)
-class _DenialBucket:
-    category: str
-    event_type: str
-    agent_name: str | None
-    first_time: float
-    last_time: float
-    count: int = 0
-    other_syscalls: bool = False  # past _MAX_DENIAL_KEYS: several syscall names share this count
-
-
-@dataclass(slots=True)
-class _DenialWindow:
-    start: float  # monotonic
-    count: int = 0  # denials in this window, written or counted
-    aggregating: bool = False
-    buckets: dict[tuple[str | None, str, str | None], _DenialBucket] = field(default_factory=dict)
 
 
 @final
@@ -174,7 +92,7 @@ class Journal:
     treat them as read-only.
 
     :param path: the active JSONL file, normally ``<state dir>/journal.jsonl``; rotated files
-        go beside it (:func:`~clove.kernel.audit.verify.rotated_name`).
+        go beside it (:func:`~clove.kernel.audit.files.rotated_name`).
     :param ring_size: how many recent records :meth:`query` can see.
     :param clock: returns the epoch seconds stamped on each record.
     :param log: where to log write failures and repairs (default: this module's logger).
@@ -203,52 +121,24 @@ class Journal:
         self._path = Path(path)
         self._clock = clock
         self._monotonic = monotonic
-        self._settings = settings if settings is not None else JournalSection()
+        settings = settings if settings is not None else JournalSection()
         self._log = log if log is not None else logging.getLogger(__name__)
         self._ring: deque[dict[str, Any]] = deque(maxlen=ring_size)
-        self._queue: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Item] | None] = queue.SimpleQueue()
         self._state = "new"  # "new" -> "open" -> "closed"
-        self._fd = -1
-        self._size = 0  # bytes of complete records in the active file; the writer's after open()
         self._last_id = 0
         self._last_hash = GENESIS_HASH
-        self._thread: threading.Thread | None = None
-        self._batching = batch
-        self._batch: list[bytes] = []
-        self._batch_first_id = 0
-        self._outbox: list[_Item] = []  # cut batches and commands, in order, for the next hand-off
-        self._next_lines_gap = False
-        # The loop's view of the files: what it has queued, written or not.
-        self._rotated: list[_RotatedFile] = []
-        self._file_first_id: int | None = None
-        self._file_bytes = 0
-        self._header_bytes = 0  # a file holding only its journal.rotated record is not rotated again
-        self._denials: dict[int | None, _DenialWindow] = {}
         self._tick_due = -math.inf
-        self._retention_due = -math.inf
-        self._space_low = False
-        self._space_free: int | None = None
-        self._space_checked_at = -math.inf
-        self._space_saw_failing = False
         #: Called on the loop thread with ``(low, details)`` each time :attr:`space_low` changes.
         self.on_space_change: Callable[[bool, dict[str, Any]], None] | None = None
-        # The writer thread's own state.
-        self._pending_bytes = 0
-        self._dirty = False
-        self._discarding = False  # after a drop: skip lines until the journal.gap record comes
-        self._writer_failing = False  # the last write, sync or rotation failed (read by the loop)
-        self._cond = threading.Condition()  # guards the fields below
-        self._written_id = 0
-        self._written_hash = GENESIS_HASH
-        self._write_errors = 0
-        self._writer_done = False
-        self._gap_request: tuple[int, str, str] | None = None  # (last id written, its hash, why)
-        self._written_fd = -1  # an eventfd the writer bumps after each write (see written_fd())
-        # Items handed to the writer (loop thread) and finished by it (under _write_lock): equal
-        # when the writer holds nothing, so the loop may write the next lines itself (write_now).
-        self._handed = 0
-        self._done = 0
-        self._write_lock = threading.Lock()
+        # One job each. The writer thread owns the files after open() and shares with the loop
+        # only what writer.py names; the others are the loop thread's alone.
+        self._writer = Writer(self._path, self._queue, self._log)
+        self._handoff = HandOff(self._writer, batching=batch)  # batching and group commit
+        self._files = FileSet(self._path, settings, clock)  # rotation and retention decisions
+        self._denials = Denials(settings, clock=clock, monotonic=monotonic,
+                                append=self._append, summarize=self._summarize)  # fmt: skip
+        self._space = SpaceReserve(self._path, settings, lambda: self._writer.failing, self._log)
 
     @property
     def path(self) -> Path:
@@ -263,12 +153,12 @@ class Journal:
     @property
     def write_errors(self) -> int:
         """How many disk writes or syncs have failed since :meth:`open`."""
-        return self._write_errors
+        return self._writer.write_errors
 
     @property
     def rotated_files(self) -> list[str]:
         """Names of the rotated files the journal keeps (as far as the loop knows), oldest first."""
-        return [rotated.name for rotated in self._rotated]
+        return [rotated.name for rotated in self._files.rotated]
 
     @property
     def space_low(self) -> bool:
@@ -284,15 +174,15 @@ class Journal:
         """
         if self._state == "open":
             now = self._monotonic()
-            if now >= self._space_checked_at + _SPACE_INTERVAL or self._writer_failing != self._space_saw_failing:
+            if self._space.due(now):
                 self._check_space(now)
-        return self._space_low
+        return self._space.low
 
     @property
     def space_free_bytes(self) -> int | None:
         """Free bytes on the journal's filesystem at the last check (``None``: not checked, or
         ``statvfs`` failed)."""
-        return self._space_free
+        return self._space.free_bytes
 
     def open(self) -> None:
         """Create the journal file or continue an existing one, and start the writer thread.
@@ -312,106 +202,19 @@ class Journal:
         """
         if self._state != "new":
             raise RuntimeError(f"journal {self._path} was already opened")
-        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        created = not self._path.exists()
-        fd = os.open(self._path, _OPEN_FLAGS, 0o600)
-        try:
-            dropped = self._load(fd)
-            if created:
-                _fsync_dir(self._path.parent)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-        self._written_id, self._written_hash = self._last_id, self._last_hash
+        found = resume(self._path, self._ring.maxlen or 1, self._log)
+        self._ring.extend(found.records)
+        self._last_id, self._last_hash = found.last_id, found.last_hash
+        self._files.resumed(found.first_id, found.size, found.rotated)
         self._state = "open"
-        repaired_at = self._size  # read before the writer thread owns it
-        self._thread = threading.Thread(target=self._run_writer, name="clove-journal-writer", daemon=True)
-        self._thread.start()
-        if dropped:
+        self._writer.start(found.fd, found.size, self._last_id, self._last_hash)
+        if found.dropped:
             self.append(Category.SECURITY, "journal.tail_repaired", decision="n/a",
-                        details={"dropped_bytes": dropped, "offset": repaired_at})  # fmt: skip
-        if self._file_bytes == 0 and self._rotated:
-            self._append_header(self._rotated[-1])  # every rotated-to file opens with its link back
+                        details={"dropped_bytes": found.dropped, "offset": found.size})  # fmt: skip
+        if self._files.bytes == 0 and self._files.rotated:
+            self._append_header(self._files.rotated[-1])  # every rotated-to file opens with its link back
         self._apply_retention()
         self._check_space(self._monotonic())
-
-    def _load(self, fd: int) -> int:
-        """Lock the file, cut a partial last line, load the ring and the chain head; bytes dropped."""
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InternalError(
-                f"journal {self._path} is in use by another process", details={"path": str(self._path)}
-            ) from None
-        os.fchmod(fd, 0o600)
-        size = os.fstat(fd).st_size
-        want = self._ring.maxlen or 1
-        end, lines = read_tail(fd, size, want)
-        records = self._tail_records(self._path, end, lines)
-        if records:
-            self._file_first_id = _first_id(fd) or records[0]["id"]
-        dropped = size - end
-        if dropped:
-            self._log.warning("journal %s: cut %d bytes of a partial last line at offset %d",
-                              self._path, dropped, end)  # fmt: skip
-            os.ftruncate(fd, end)
-            os.fsync(fd)
-        self._size = self._file_bytes = end
-        for found, first, last in rotated_files(self._path):
-            try:
-                closed_at = found.stat().st_mtime
-            except OSError:
-                continue
-            self._rotated.append(_RotatedFile(found.name, first, last, closed_at))
-        # Fill the ring (and, for an empty active file, find the chain head) from the newest
-        # rotated files: query() sees across a rotation just as before it.
-        for rotated in reversed(self._rotated):
-            if len(records) >= want and records:
-                break
-            older = self._rotated_tail(rotated, want - len(records))
-            records = older + records
-        self._ring.extend(records[-want:])
-        return dropped
-
-    def _tail_records(self, path: Path, end: int, lines: list[bytes]) -> list[dict[str, Any]]:
-        """The records of a file's last lines; the newest becomes the chain head."""
-        if not lines:
-            return []
-        last = parse_record(lines[-1])
-        if last is None or not isinstance(last.get("hash"), str):
-            raise InternalError(
-                f"journal {path}: the last complete line is not a journal record",
-                details={"path": str(path), "offset": end - len(lines[-1]) - 1},
-            )
-        if record_hash(last) != last["hash"]:
-            self._log.warning("journal %s: record %d does not match its hash; run verify", path, last["id"])
-        records = [record for record in map(parse_record, lines) if record is not None]
-        if len(records) < len(lines):
-            self._log.warning("journal %s: skipped %d unreadable recent lines; run verify",
-                              path, len(lines) - len(records))  # fmt: skip
-        if self._last_id == 0:
-            self._last_id, self._last_hash = last["id"], last["hash"]
-        return records
-
-    def _rotated_tail(self, rotated: _RotatedFile, want: int) -> list[dict[str, Any]]:
-        path = self._path.with_name(rotated.name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError as err:
-            self._log.warning("journal %s: cannot read %s: %s", self._path, rotated.name, err)
-            return []
-        try:
-            end, lines = read_tail(fd, os.fstat(fd).st_size, max(1, want))
-        finally:
-            os.close(fd)
-        try:
-            return self._tail_records(path, end, lines)[-max(1, want):]
-        except InternalError:
-            if self._last_id == 0:
-                raise  # the chain head was to come from this file
-            self._log.warning("journal %s: the last line of %s is not a record; run verify", self._path, rotated.name)
-            return []
 
     def append(
         self,
@@ -452,7 +255,7 @@ class Journal:
         category = Category(category)
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {sorted(DECISIONS)}, got {decision!r}")
-        if self._gap_request is not None:
+        if self._writer.gap_requested:
             self._record_gap()
         event_type = clip_text(event_type, _MAX_NAME)
         agent_name = None if agent_name is None else clip_text(agent_name, _MAX_NAME)
@@ -461,7 +264,7 @@ class Journal:
         agent_id = None if agent_id is None else int(agent_id)
         reason = (details or {}).get("reason")
         reason = clip_text(reason, _MAX_NAME) if isinstance(reason, str) else None
-        if decision == "denied" and self._count_denial(category.value, event_type, agent_id, agent_name, syscall, code, reason):
+        if decision == "denied" and self._denials.count(category.value, event_type, agent_id, agent_name, syscall, code, reason):
             return None
         return self._append(
             {
@@ -492,21 +295,13 @@ class Journal:
         """Chain ``fields`` (every key but ``id``, ``prev_hash`` and ``hash``) and queue the line,
         rotating first if the line would take the active file past ``max_file_bytes``."""
         record, line = self._seal(fields)
-        if (
-            self._file_bytes + len(line) > self._settings.max_file_bytes
-            and self._file_bytes > self._header_bytes
-            and not self._next_lines_gap  # a journal.gap record must follow the last record written
-        ):
+        if self._files.full(len(line)) and not self._handoff.gap_next:  # a journal.gap record must follow the last record written
             self._rotate()
             record, line = self._seal(fields)  # after the journal.rotated record: a new id and link
-        if not self._batch:
-            self._batch_first_id = record["id"]
-        self._batch.append(line)
+        hand_now = self._handoff.add(record["id"], record["hash"], line)
         self._last_id, self._last_hash = record["id"], record["hash"]
-        if self._file_first_id is None:
-            self._file_first_id = record["id"]
-        self._file_bytes += len(line)
-        if not self._batching or len(self._batch) >= _MAX_BATCH:
+        self._files.added(record["id"], len(line))
+        if hand_now:
             self.hand_off()
         self._ring.append(record)
         return record
@@ -522,115 +317,33 @@ class Journal:
 
     def _rotate(self) -> None:
         """Close the active file at the last record appended; the next opens a new one."""
-        first = self._file_first_id if self._file_first_id is not None else self._last_id
-        previous = _RotatedFile(rotated_name(self._path, first, self._last_id), first, self._last_id, self._clock())
-        self._command(_Rotate(previous.name))
-        self._rotated.append(previous)
-        self._file_first_id, self._file_bytes, self._header_bytes = None, 0, 0
+        previous = self._files.rotate(self._last_id)
+        self._command(Rotate(previous.name))
         self._append_header(previous)
         self._apply_retention()
 
-    def _append_header(self, previous: _RotatedFile) -> None:
+    def _append_header(self, previous: RotatedFile) -> None:
         """The first record of a new active file: its link back, readable after the previous
         file is deleted (verify takes it as an acknowledged truncation)."""
         self._note(Category.SECURITY, ROTATED_EVENT, {
             "previous_file": previous.name, "previous_first_id": previous.first_id,
             "previous_last_id": self._last_id, "previous_last_hash": self._last_hash,
         })  # fmt: skip
-        self._header_bytes = self._file_bytes
+        self._files.header_added()
 
     def _apply_retention(self) -> None:
         """Delete rotated files past ``keep_files`` or older than ``keep_days``, oldest first:
         a ``journal.retention`` record names them and the writer deletes them once it is synced."""
-        keep_files, keep_days = self._settings.keep_files, self._settings.keep_days
-        doomed = max(0, len(self._rotated) - keep_files)
-        if keep_days > 0:
-            cutoff = self._clock() - keep_days * 86400.0
-            # Only a prefix: deleting a younger file in the middle would look like tampering.
-            while doomed < len(self._rotated) and self._rotated[doomed].closed_at < cutoff:
-                doomed += 1
-        if not doomed:
+        victims = self._files.expire()
+        if not victims:
             return
-        victims, self._rotated = self._rotated[:doomed], self._rotated[doomed:]
-        for start in range(0, len(victims), _MAX_DELETED_PER_RECORD):
-            chunk = victims[start : start + _MAX_DELETED_PER_RECORD]
-            self._note(Category.SECURITY, RETENTION_EVENT, {
-                "deleted": [{"file": v.name, "first_id": v.first_id, "last_id": v.last_id} for v in chunk],
-                "keep_files": keep_files, "keep_days": keep_days,
-            })  # fmt: skip
-        self._command(_Delete([victim.name for victim in victims]))
+        for details in self._files.retention_details(victims):
+            self._note(Category.SECURITY, RETENTION_EVENT, details)
+        self._command(Delete([victim.name for victim in victims]))
 
-    def _command(self, item: _Rotate | _Delete) -> None:
-        self._cut_batch()
-        self._outbox.append(item)
-        if not self._batching:
+    def _command(self, item: Rotate | Delete) -> None:
+        if self._handoff.command(item):
             self.hand_off()
-
-    def _cut_batch(self) -> None:
-        if self._batch:
-            data, self._batch = b"".join(self._batch), []
-            self._outbox.append(_Lines(self._batch_first_id, self._last_id, self._last_hash, data, self._next_lines_gap))
-            self._next_lines_gap = False
-
-    # ---- denial aggregation (loop thread) ------------------------------------------------------
-
-    def _count_denial(self, category: str, event_type: str, agent_id: int | None, agent_name: str | None,
-                      syscall: str | None, code: str, reason: str | None = None) -> bool:  # fmt: skip
-        """Count a denial in its agent's window; ``True`` if it is aggregated, not written.
-        Counts are kept per (syscall, code, reason): a denial's ``details.reason`` (a risk check's
-        name, say) is what an operator asks about, so an aggregate keeps it."""
-        now = self._monotonic()
-        window = self._denials.get(agent_id)
-        if window is not None and now >= window.start + self._settings.denial_window:
-            window = self._roll_window(agent_id, window, now)
-        if window is None:
-            window = self._denials[agent_id] = _DenialWindow(start=now)
-        window.count += 1
-        if not window.aggregating:
-            if window.count <= self._settings.denial_burst:
-                return False
-            window.aggregating = True
-        key = (syscall, code, reason)
-        bucket = window.buckets.get(key)
-        other = False
-        if bucket is None and len(window.buckets) >= _MAX_DENIAL_KEYS:
-            key, other = (None, code, None), True  # an agent inventing syscall names gets one count per code
-            bucket = window.buckets.get(key)
-        wall = float(self._clock())
-        if bucket is None:
-            bucket = window.buckets[key] = _DenialBucket(category, event_type, agent_name, wall, wall)
-        bucket.count += 1
-        bucket.last_time = wall
-        bucket.other_syscalls |= other
-        return True
-
-    def _roll_window(self, agent_id: int | None, window: _DenialWindow, now: float) -> _DenialWindow | None:
-        """Write the ended window's aggregates; the agent's next window, or ``None`` if idle."""
-        self._flush_denials(agent_id, window)
-        span = self._settings.denial_window
-        end = window.start + span
-        if window.count == 0:
-            del self._denials[agent_id]
-            return None
-        follows = now < end + span  # the next window has begun, not passed: a flood carries over
-        nxt = _DenialWindow(start=end if follows else now, aggregating=follows and window.count > self._settings.denial_burst)
-        self._denials[agent_id] = nxt
-        return nxt
-
-    def _flush_denials(self, agent_id: int | None, window: _DenialWindow) -> None:
-        for (syscall, code, reason), bucket in window.buckets.items():
-            details: dict[str, Any] = {"count": bucket.count, "first_time": bucket.first_time, "last_time": bucket.last_time,
-                                       "window_s": self._settings.denial_window, "burst": self._settings.denial_burst,
-                                       "event_type": bucket.event_type}  # fmt: skip
-            if bucket.other_syscalls:
-                details["other_syscalls"] = True
-            if reason is not None:
-                details["reason"] = reason
-            self._append({"timestamp": float(self._clock()), "category": bucket.category, "event_type": AGGREGATED_EVENT,
-                          "agent_id": agent_id, "agent_name": bucket.agent_name, "syscall": syscall, "args": None,
-                          "decision": "denied", "code": code, "duration_us": None,
-                          "details": self._summarize(details, 2000, 100, 6)})  # fmt: skip
-        window.buckets.clear()
 
     # ---- periodic work and the disk reserve ------------------------------------------------------
 
@@ -645,43 +358,23 @@ class Journal:
         """
         if self._state != "open":
             return
-        if self._gap_request is not None:
+        if self._writer.gap_requested:
             self._record_gap()
         now = self._monotonic() if now is None else now
         if now < self._tick_due:
             return
         self._tick_due = now + _TICK_INTERVAL
-        if self._denials:
-            span = self._settings.denial_window
-            for agent_id, window in list(self._denials.items()):
-                if now >= window.start + span:
-                    self._roll_window(agent_id, window, now)
-        if now >= self._space_checked_at + _SPACE_INTERVAL or self._writer_failing != self._space_saw_failing:
+        self._denials.roll_ended(now)
+        if self._space.due(now):
             self._check_space(now)
-        if self._settings.keep_days > 0 and now >= self._retention_due:
-            self._retention_due = now + _RETENTION_INTERVAL
+        if self._files.retention_due(now):
             self._apply_retention()
 
     def _check_space(self, now: float) -> None:
-        self._space_checked_at = now
-        failing = self._space_saw_failing = self._writer_failing
-        try:
-            stats = os.statvfs(self._path.parent)
-            self._space_free = stats.f_bavail * stats.f_frsize
-        except OSError as err:
-            self._log.warning("journal %s: statvfs failed: %s", self._path, err)
-            self._space_free = None
-        reserve = self._settings.disk_reserve_bytes
-        low = failing or (self._space_free is not None and self._space_free < reserve)
-        if low == self._space_low:
+        details = self._space.check(now)
+        if details is None:
             return
-        self._space_low = low
-        details = {"low": low, "free_bytes": self._space_free, "reserve_bytes": reserve,
-                   "writer_failing": failing, "path": str(self._path.parent)}  # fmt: skip
-        (self._log.error if low else self._log.warning)(
-            "journal %s: %s (%s bytes free, reserve %d, writer %s)", self._path,
-            "space low: agents' new work is refused" if low else "space ok again",
-            self._space_free, reserve, "failing" if failing else "ok")  # fmt: skip
+        low = self._space.low
         self._note(Category.RESOURCE, "journal.space_low" if low else "journal.space_ok", details)
         if self.on_space_change is not None:
             try:
@@ -697,17 +390,15 @@ class Journal:
         It chains from the last record on disk, so the chain stays verifiable; every record
         appended since then (the writer discards them until this one) is named lost.
         """
-        with self._cond:
-            request, self._gap_request = self._gap_request, None
+        request = self._writer.take_gap_request()
         if request is None:
             return
         written_id, written_hash, reason = request
         first, last = written_id + 1, self._last_id
         if last < first:
             return
-        self._cut_batch()  # lines before it go to the writer, which discards them
+        self._handoff.start_gap()  # lines before it go to the writer, which discards them
         self._last_hash = written_hash
-        self._next_lines_gap = True
         self._note(Category.SECURITY, GAP_EVENT, {"first_id": first, "last_id": last, "count": last - first + 1,
                                                   "reason": reason})  # fmt: skip
         self._log.error("journal %s: records %d..%d were lost (%s); journal.gap record %d names them",
@@ -767,30 +458,24 @@ class Journal:
     def written_id(self) -> int:
         """The id of the newest record the writer has handed to the OS (``write`` returned: it
         survives a crash of this process; ``fdatasync`` follows within about a second)."""
-        return self._written_id
+        return self._writer.written_id
 
     def written_fd(self) -> int:
         """An eventfd that becomes readable each time the writer has written records, so the
         loop can release replies it held until their records were written (group commit).
         Created on first use; closed by :meth:`close`."""
-        if self._written_fd < 0:
-            self._written_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        return self._written_fd
+        return self._writer.written_fd()
 
     @property
     def batch_pending(self) -> bool:
         """Records appended but not yet handed to the writer thread."""
-        return bool(self._batch or self._outbox)
+        return self._handoff.pending
 
     def hand_off(self) -> None:
         """Give the batched lines (and any rotation or deletion among them) to the writer thread
         in one piece (one wake-up)."""
         if self._state == "open":
-            self._cut_batch()
-            if self._outbox:
-                items, self._outbox = self._outbox, []
-                self._handed += len(items)
-                self._queue.put(items)
+            self._handoff.hand_off(self._queue)
 
     def write_now(self) -> bool:
         """Write the records appended so far on the calling (loop) thread, if the writer thread
@@ -801,37 +486,10 @@ class Journal:
             ``False`` when that is up to the writer thread (it is busy, a rotation or deletion
             is due, writes are failing): :meth:`hand_off`, and wait for :meth:`written_fd`.
         """
-        if self._state != "open" or self._gap_request is not None or self._writer_failing:
+        if self._state != "open" or self._writer.gap_requested or self._writer.failing:
             return False
-        self._cut_batch()
-        if not self._outbox:
-            return self._written_id >= self._last_id
-        if not all(isinstance(item, _Lines) for item in self._outbox):
-            return False
-        if not self._write_lock.acquire(blocking=False):
-            return False  # the writer is writing or syncing: never wait for it on the loop
-        try:
-            if self._done != self._handed or self._discarding:
-                return False
-            lines = cast("list[_Lines]", self._outbox)
-            data = lines[0].data if len(lines) == 1 else b"".join(line.data for line in lines)
-            try:
-                _write_fully(self._fd, data)
-            except OSError as err:
-                self._write_failed(f"write failed ({err}); the writer thread retries")
-                return False
-            self._outbox = []
-            self._size += len(data)
-            wake_writer = not self._dirty  # it syncs within _FSYNC_INTERVAL once it knows
-            self._dirty = True
-            with self._cond:
-                self._written_id, self._written_hash = lines[-1].last_id, lines[-1].last_hash
-                self._cond.notify_all()
-        finally:
-            self._write_lock.release()
-        if wake_writer:
-            self._queue.put([])
-        return True
+        written = self._handoff.write_now(self._queue)
+        return self._writer.written_id >= self._last_id if written is None else written
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every record appended so far has been written to the file.
@@ -843,22 +501,15 @@ class Journal:
             example while the disk is full, or if the writer thread has stopped.
         """
         if self._state != "open":
-            return self._written_id >= self._last_id
+            return self._writer.written_id >= self._last_id
         deadline = time.monotonic() + timeout
         while True:
-            if self._gap_request is not None:
+            if self._writer.gap_requested:
                 self._record_gap()
             self.hand_off()
-            target = self._last_id
-            with self._cond:
-                self._cond.wait_for(
-                    lambda: self._written_id >= target or self._writer_done or self._gap_request is not None,  # noqa: B023 - waited on within this iteration
-                    max(0.0, deadline - time.monotonic()),
-                )
-                if self._written_id >= target:
-                    return True
-                if self._writer_done or self._gap_request is None or time.monotonic() >= deadline:
-                    return False
+            written = self._writer.wait_written(self._last_id, deadline)
+            if written is not None:
+                return written
 
     def close(self) -> None:
         """Write the open denial aggregates and what is queued, sync, stop the writer thread and
@@ -870,33 +521,25 @@ class Journal:
         if self._state != "open":
             self._state = "closed"
             return
-        for agent_id, window in list(self._denials.items()):
-            self._flush_denials(agent_id, window)
-        self._denials.clear()
-        if self._gap_request is not None:
+        self._denials.flush_all()
+        if self._writer.gap_requested:
             self._record_gap()
         self.hand_off()
         self._state = "closed"
         self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(_CLOSE_TIMEOUT)
-            if self._thread.is_alive():
-                self._log.error("journal %s: writer thread did not stop within %.0f s",
-                                self._path, _CLOSE_TIMEOUT)  # fmt: skip
-                return  # the thread still owns the descriptor
-        if self._written_id < self._last_id:
+        if not self._writer.join(_CLOSE_TIMEOUT):
+            self._log.error("journal %s: writer thread did not stop within %.0f s",
+                            self._path, _CLOSE_TIMEOUT)  # fmt: skip
+            return  # the thread still owns the descriptor
+        if self._writer.written_id < self._last_id:
             self._write_final_gap()
-        os.close(self._fd)
-        self._fd = -1
-        if self._written_fd >= 0:
-            os.close(self._written_fd)
-            self._written_fd = -1
+        self._writer.close_files()
 
     def _write_final_gap(self) -> None:
         """At close, with the writer stopped: one small ``journal.gap`` record for what it could
         not write, chained from the last record on disk (a nearly full disk may take it)."""
-        first, last = self._written_id + 1, self._last_id
-        self._last_hash = self._written_hash
+        first, last = self._writer.written_id + 1, self._last_id
+        self._last_hash = self._writer.written_hash
         record, line = self._seal({
             "timestamp": float(self._clock()), "category": Category.SECURITY.value, "event_type": GAP_EVENT,
             "agent_id": None, "agent_name": None, "syscall": None, "args": None, "decision": "n/a", "code": "ok",
@@ -904,14 +547,12 @@ class Journal:
             "details": {"first_id": first, "last_id": last, "count": last - first + 1, "reason": "not written when the journal closed"},
         })  # fmt: skip
         try:
-            _write_fully(self._fd, line)
-            os.fdatasync(self._fd)
+            self._writer.write_final(line, record["id"], record["hash"])
         except OSError as err:
-            self._write_failed(f"records {first}..{last} are lost and the journal.gap record naming them "
-                               f"could not be written either ({err})")  # fmt: skip
+            self._writer.write_failed(f"records {first}..{last} are lost and the journal.gap record naming them "
+                                      f"could not be written either ({err})")  # fmt: skip
             return
-        self._last_id = self._written_id = record["id"]
-        self._last_hash = self._written_hash = record["hash"]
+        self._last_id, self._last_hash = record["id"], record["hash"]
         self._ring.append(record)
         self._log.error("journal %s: records %d..%d could not be written; journal.gap record %d names them",
                         self._path, first, last, record["id"])  # fmt: skip
@@ -922,208 +563,3 @@ class Journal:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def _run_writer(self) -> None:
-        try:
-            self._write_loop()
-        except Exception:
-            self._log.exception("journal %s: writer thread failed; records are no longer written", self._path)
-        finally:
-            with self._cond:
-                self._writer_done = True
-                self._cond.notify_all()
-
-    def _write_loop(self) -> None:
-        """The writer thread: the only code that touches the files after :meth:`open`."""
-        pending: deque[_Item] = deque()
-        retry_at = 0.0
-        synced_at = time.monotonic()
-        stopping = False
-        while not stopping:
-            deadlines = ([retry_at] if pending else []) + ([synced_at + _FSYNC_INTERVAL] if self._dirty else [])
-            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            stopping = self._drain(pending, timeout)
-            if pending and (stopping or time.monotonic() >= retry_at):
-                with self._write_lock:
-                    written = self._write_pending(pending)
-                if not written:
-                    retry_at = time.monotonic() + _RETRY_INTERVAL
-            if self._dirty and (stopping or time.monotonic() - synced_at >= _FSYNC_INTERVAL):
-                with self._write_lock:  # write_now() may set _dirty meanwhile: not lost
-                    try:
-                        os.fdatasync(self._fd)
-                    except OSError as err:
-                        self._write_failed(f"fdatasync failed ({err})")
-                    self._dirty, synced_at = False, time.monotonic()
-        lines = [item for item in pending if isinstance(item, _Lines)]
-        if lines:  # close() names them in a journal.gap record if it can
-            self._log.error("journal %s: records %d..%d could not be written before close",
-                            self._path, lines[0].first_id, lines[-1].last_id)  # fmt: skip
-
-    def _drain(self, pending: deque[_Item], timeout: float | None) -> bool:
-        """Move everything queued onto ``pending``, waiting up to ``timeout`` for the first item.
-
-        :returns: ``True`` if :meth:`close` asked the writer to stop.
-        """
-        stop = False
-        try:
-            item = self._queue.get(timeout=timeout)
-            while True:
-                if item is None:
-                    stop = True
-                else:
-                    pending.extend(item)
-                    self._pending_bytes += sum(len(part.data) for part in item if isinstance(part, _Lines))
-                item = self._queue.get_nowait()
-        except queue.Empty:
-            return stop
-
-    def _write_pending(self, pending: deque[_Item]) -> bool:
-        """Write the pending lines (consecutive ones in one go) and carry out the rotations and
-        deletions between them, in order. On a failed write keep the rest for a retry, unless
-        that passes :data:`_MAX_PENDING_BYTES`: then give up on the lines and ask for a gap record.
-
-        :returns: ``True`` once nothing is pending.
-        """
-        while pending:
-            head = pending[0]
-            if isinstance(head, _Rotate):
-                if not self._rotate_file(head):
-                    return False
-                pending.popleft()
-                self._done += 1
-                continue
-            if isinstance(head, _Delete):
-                self._delete_files(head)
-                pending.popleft()
-                self._done += 1
-                continue
-            if self._discarding and not head.starts_gap:
-                pending.popleft()  # chained to records already lost: the journal.gap record names it
-                self._pending_bytes -= len(head.data)
-                self._done += 1
-                continue
-            self._discarding = False
-            chunks: list[_Lines] = []
-            for item in pending:
-                if not isinstance(item, _Lines):
-                    break
-                chunks.append(item)
-            data = chunks[0].data if len(chunks) == 1 else b"".join(chunk.data for chunk in chunks)
-            try:
-                _write_fully(self._fd, data)
-            except OSError as err:
-                count = chunks[-1].last_id - chunks[0].first_id + 1
-                self._write_failed(f"write failed ({err}); {count} records kept for retry")
-                if self._pending_bytes > _MAX_PENDING_BYTES:
-                    self._give_up(pending, f"write failed: {err}")
-                return False
-            for _ in chunks:
-                pending.popleft()
-            self._done += len(chunks)
-            self._pending_bytes -= len(data)
-            self._size += len(data)
-            self._dirty = True
-            self._writer_failing = False
-            with self._cond:
-                self._written_id, self._written_hash = chunks[-1].last_id, chunks[-1].last_hash
-                self._cond.notify_all()
-            if self._written_fd >= 0:
-                with contextlib.suppress(OSError):  # closed at shutdown: nobody waits any more
-                    os.eventfd_write(self._written_fd, 1)
-        return True
-
-    def _give_up(self, pending: deque[_Item], reason: str) -> None:
-        """Drop the pending lines (memory is bounded) and ask the loop for a ``journal.gap``
-        record; later lines chain to the dropped ones, so they are discarded until it comes.
-        Rotations stay queued; deletions go (their journal.retention record is among the lost)."""
-        lines = [item for item in pending if isinstance(item, _Lines)]
-        kept = [item for item in pending if isinstance(item, _Rotate)]
-        self._done += len(pending) - len(kept)
-        pending.clear()
-        pending.extend(kept)
-        self._pending_bytes = 0
-        self._discarding = True
-        with self._cond:
-            self._gap_request = (self._written_id, self._written_hash, reason)
-            self._cond.notify_all()
-        self._log.error("journal %s: gave up on records %d..%d after repeated write failures; a journal.gap record will name them",
-                        self._path, lines[0].first_id, lines[-1].last_id)  # fmt: skip
-
-    def _rotate_file(self, item: _Rotate) -> bool:
-        """Sync the active file, rename it to its rotated name, open a fresh active file."""
-        try:
-            if not item.renamed:
-                os.fdatasync(self._fd)  # a rotated file is complete on disk under its final name
-                try:
-                    os.rename(self._path, self._path.with_name(item.name))
-                except FileNotFoundError:
-                    self._log.error("journal %s: vanished before its rotation to %s", self._path, item.name)
-                item.renamed = True
-            fd = os.open(self._path, _OPEN_FLAGS, 0o600)
-        except OSError as err:
-            self._write_failed(f"rotation to {item.name} failed ({err})")
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            self._log.error("journal %s: cannot lock the new file: %s", self._path, err)
-        os.close(self._fd)
-        self._fd, self._size, self._dirty = fd, 0, False
-        try:
-            _fsync_dir(self._path.parent)
-        except OSError as err:
-            self._log.error("journal %s: cannot sync its directory after a rotation: %s", self._path, err)
-        return True
-
-    def _delete_files(self, item: _Delete) -> None:
-        """Retention: the record naming the files is written; make it durable, then delete."""
-        try:
-            os.fdatasync(self._fd)
-        except OSError as err:
-            self._write_failed(f"fdatasync failed ({err}); keeping {', '.join(item.names)}")
-            return
-        for name in item.names:
-            try:
-                os.unlink(self._path.with_name(name))
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                self._log.error("journal %s: cannot delete %s: %s", self._path, name, err)
-        try:
-            _fsync_dir(self._path.parent)
-        except OSError as err:
-            self._log.error("journal %s: cannot sync its directory after deleting: %s", self._path, err)
-
-    def _write_failed(self, message: str) -> None:
-        self._writer_failing = True
-        with self._cond:
-            self._write_errors += 1
-        self._log.error("journal %s: %s", self._path, message)
-        try:  # never leave half a line behind, or the next write would glue onto it
-            if os.fstat(self._fd).st_size > self._size:
-                os.ftruncate(self._fd, self._size)
-        except OSError as trunc_err:
-            self._log.error("journal %s: cannot cut a partial write: %s", self._path, trunc_err)
-
-
-def _first_id(fd: int) -> int | None:
-    """The id of a file's first record (``None`` if its first line is not one)."""
-    data, offset = b"", 0
-    while b"\n" not in data and len(data) < (16 << 20):
-        chunk = os.pread(fd, 64 * 1024, offset)
-        if not chunk:
-            return None
-        data += chunk
-        offset += len(chunk)
-    record = parse_record(data.split(b"\n", 1)[0])
-    return None if record is None else int(record["id"])
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a newly created file's directory entry durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

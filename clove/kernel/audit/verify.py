@@ -1,237 +1,40 @@
-"""The journal's record format and its offline readers.
+"""Verification of a journal's hash chain across its files: :func:`verify_journal`.
 
-One record is one line of canonical JSON (:func:`canonical_json`: keys sorted, no spaces, UTF-8)
-holding exactly the keys in :data:`RECORD_KEYS`. ``hash`` is the SHA-256 of the canonical JSON of
-the record without ``hash``; ``prev_hash`` is the previous record's ``hash``, :data:`GENESIS_HASH`
-for id 1, and ids count up from 1 without gaps. :func:`verify_journal` recomputes that chain and
-names the first record that breaks it; :func:`read_journal` streams records for the CLI, and
-:func:`read_tail` reads only the end of a file (the kernel continues the chain from it).
-
-The journal is a set of files (docs/audit.md): the active ``journal.jsonl`` and the rotated
-``journal.<first id>-<last id>.jsonl`` beside it (ids zero-padded to 12 digits, so ``ls`` sorts
-them). The chain runs on across files: a rotated-to file opens with a ``journal.rotated`` record
+The chain (:mod:`clove.kernel.audit.format`) runs on across files
+(:mod:`clove.kernel.audit.files`): a rotated-to file opens with a ``journal.rotated`` record
 naming its predecessor, a deleted old file is named by a ``journal.retention`` record, and records
 the kernel could not write are named by a ``journal.gap`` record that chains from the last record
-written. :func:`verify_journal` checks the whole set and tells these recorded events apart from
-breaks nobody recorded.
+written. :func:`verify_journal` recomputes the chain over the whole set, names the first record
+that breaks it, and tells these recorded events apart from breaks nobody recorded.
 
-This module is pure and thread-free, so the CLI can read a journal without the kernel's writer
-(:mod:`clove.kernel.audit.journal`). It also holds :func:`summarize_args`, which bounds what a record may
-carry. A chain cannot reveal records cut from the *end* of a file; compare :func:`verify_journal`'s
-``last_id`` with the last id the kernel reported to catch that.
+Pure and thread-free, so the CLI can verify a journal without the kernel. A chain cannot reveal
+records cut from the *end* of a file; compare :func:`verify_journal`'s ``last_id`` with the last id
+the kernel reported to catch that.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import logging
-import math
-import os
-import re
-from collections import deque
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, final
 
 import orjson
 
-__all__ = [
-    "DECISIONS",
-    "GAP_EVENT",
-    "GENESIS_HASH",
-    "RECORD_KEYS",
-    "RETENTION_EVENT",
-    "ROTATED_EVENT",
-    "Category",
-    "JournalGap",
-    "VerifyProblem",
-    "VerifyResult",
-    "canonical_json",
-    "clip_text",
-    "journal_files",
-    "parse_record",
-    "read_journal",
-    "read_tail",
-    "record_hash",
-    "rotated_files",
-    "rotated_name",
-    "summarize_args",
-    "verify_journal",
-]
+from clove.kernel.audit.files import journal_files
+from clove.kernel.audit.format import (
+    GAP_EVENT,
+    GENESIS_HASH,
+    RECORD_KEYS,
+    RETENTION_EVENT,
+    ROTATED_EVENT,
+    canonical_bytes,
+    record_hash,
+)
 
-log = logging.getLogger(__name__)
+__all__ = ["JournalGap", "VerifyProblem", "VerifyResult", "verify_journal"]
 
-#: ``prev_hash`` of the first record.
-GENESIS_HASH: Final = "0" * 64
-#: The event type of a record that counts denials instead of listing them (see journal.py).
-AGGREGATED_EVENT: Final = "denials.aggregated"
-#: The exact keys of every record.
-RECORD_KEYS: Final = frozenset(
-    {"id", "timestamp", "category", "event_type", "agent_id", "agent_name", "syscall", "args",
-     "decision", "code", "duration_us", "details", "prev_hash", "hash"}
-)  # fmt: skip
-#: The values of a record's ``decision``.
-DECISIONS: Final = frozenset({"allowed", "denied", "n/a"})
-#: The first record of a rotated-to file: ``details`` name the previous file and its last id and hash.
-ROTATED_EVENT: Final = "journal.rotated"
-#: Rotated files deleted by retention: ``details.deleted`` lists ``{file, first_id, last_id}``.
-RETENTION_EVENT: Final = "journal.retention"
-#: Records the writer could not write: ``details`` hold ``first_id, last_id, count, reason``.
-GAP_EVENT: Final = "journal.gap"
-#: The active file's name when a directory is given.
-ACTIVE_NAME: Final = "journal.jsonl"
-
-_ROTATED = re.compile(r"^(?P<stem>.+)\.(?P<first>[0-9]+)-(?P<last>[0-9]+)\.jsonl$")
 _MAX_PROBLEMS = 100  # problems listed by verify_journal; more are only counted
-
-_TAIL_CHUNK = 64 * 1024
-# orjson, not the stdlib encoder: a record encodes in ~2 µs instead of ~20 µs, and the kernel
-# encodes one per syscall on its loop. Keys sorted, no spaces, UTF-8 (not \u-escaped).
-_CANONICAL = orjson.OPT_SORT_KEYS
-
-
-class Category(str, Enum):
-    """The record categories, Clove's original audit vocabulary."""
-
-    SECURITY = "SECURITY"
-    AGENT_LIFECYCLE = "AGENT_LIFECYCLE"
-    IPC = "IPC"
-    STATE_STORE = "STATE_STORE"
-    RESOURCE = "RESOURCE"
-    SYSCALL = "SYSCALL"
-    NETWORK = "NETWORK"
-    DEVICE = "DEVICE"
-
-
-def canonical_json(record: Mapping[str, Any]) -> str:
-    """The one serialisation of a record: sorted keys, no spaces, non-ASCII kept as UTF-8."""
-    return canonical_bytes(record).decode()
-
-
-def canonical_bytes(record: Mapping[str, Any]) -> bytes:
-    """:func:`canonical_json`, encoded (what the journal writes and hashes)."""
-    return orjson.dumps(record, option=_CANONICAL)
-
-
-def record_hash(record: Mapping[str, Any]) -> str:
-    """Hex SHA-256 of the canonical JSON of ``record`` without its ``hash`` key.
-
-    Records written by :class:`~clove.kernel.audit.journal.Journal` never hold unpaired surrogates;
-    ``surrogatepass`` only keeps a tampered line that does from crashing the verifier.
-    """
-    body = {key: value for key, value in record.items() if key != "hash"}
-    try:
-        return hashlib.sha256(canonical_bytes(body)).hexdigest()
-    except (TypeError, orjson.JSONEncodeError):  # a tampered line with unencodable content
-        return ""
-
-
-def parse_record(raw: bytes) -> dict[str, Any] | None:
-    """Decode one journal line; ``None`` if it is not a JSON object with an integer ``id``."""
-    try:
-        record = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(record, dict) or type(record.get("id")) is not int:
-        return None
-    return record
-
-
-def summarize_args(args: Any, *, max_str: int = 200, max_items: int = 20, max_depth: int = 4) -> Any:
-    """A bounded, JSON-safe summary of syscall arguments for the journal.
-
-    Strings longer than ``max_str`` end in ``"…(+N chars)"``; bytes become ``"<N bytes>"``; lists,
-    tuples and sets keep ``max_items`` items plus a ``"…(+N items)"`` marker; mappings keep
-    ``max_items`` entries plus a ``"…"`` entry; containers nested deeper than ``max_depth`` become
-    ``"<dict of N items>"``; dataclass instances become mappings of their fields; non-finite floats
-    and very large ints become strings; anything else becomes its ``repr``, clipped. Unpaired
-    surrogates are escaped, so the result always encodes as UTF-8.
-
-    :param args: anything, typically a decoded request body or a request dataclass.
-    :returns: ``None``, ``bool``, ``int``, ``float``, ``str``, or lists and str-keyed dicts of those.
-    """
-    return _summarize(args, max_str, max_items, max_depth, 0)
-
-
-_SCALARS = (type(None), bool, float)
-
-
-def _summarize(value: Any, max_str: int, max_items: int, max_depth: int, depth: int) -> Any:
-    kind = type(value)
-    if kind is str and len(value) <= max_str and value.isascii():
-        return value  # the common case, checked first: short plain strings need no work
-    if kind is dict and len(value) <= max_items and depth < max_depth:
-        return {
-            (k if type(k) is str and len(k) <= max_str and k.isascii() else clip_text(k if isinstance(k, str) else _safe_repr(k), max_str)): (
-                v if (type(v) is str and len(v) <= max_str and v.isascii()) or type(v) in (bool, type(None))
-                else _summarize(v, max_str, max_items, max_depth, depth + 1)
-            )
-            for k, v in value.items()
-        }  # fmt: skip
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        bits = value.bit_length()
-        return int(value) if bits <= 63 else f"<int of {bits} bits>"  # JSON readers lose precision past 2**53 anyway
-    if isinstance(value, float):
-        return float(value) if math.isfinite(value) else repr(float(value))
-    if isinstance(value, str):
-        return clip_text(value, max_str)
-    if isinstance(value, (bytes, bytearray)):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, memoryview):
-        return f"<{value.nbytes} bytes>"
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = {field.name: getattr(value, field.name, None) for field in dataclasses.fields(value)}
-    if isinstance(value, (Mapping, list, tuple, set, frozenset, deque)):
-        count = len(value)
-        if depth >= max_depth:
-            what = "dict" if isinstance(value, Mapping) else type(value).__name__
-            return f"<{what} of {count} item{'' if count == 1 else 's'}>"
-        more = count - max_items
-        if isinstance(value, Mapping):
-            out: dict[str, Any] = {}
-            for index, (key, item) in enumerate(value.items()):
-                if index >= max_items:
-                    out["…"] = f"+{more} more items"
-                    break
-                name = clip_text(key if isinstance(key, str) else _safe_repr(key), max_str)
-                out[name] = _summarize(item, max_str, max_items, max_depth, depth + 1)
-            return out
-        items: list[Any] = []
-        for index, item in enumerate(value):
-            if index >= max_items:
-                items.append(f"…(+{more} items)")
-                break
-            items.append(_summarize(item, max_str, max_items, max_depth, depth + 1))
-        return items
-    return clip_text(_safe_repr(value), max_str)
-
-
-def _safe_repr(value: object) -> str:
-    try:
-        return repr(value)
-    except Exception:  # a broken __repr__ must not break the audit trail
-        return f"<unrepresentable {type(value).__name__}>"
-
-
-def clip_text(text: str, limit: int) -> str:
-    """``text`` as a plain, UTF-8-safe str: at most ``limit`` characters, then ``"…(+N chars)"``."""
-    if type(text) is str and len(text) <= limit and text.isascii():
-        return text
-    text = str.__str__(text)  # a plain str, also for str subclasses such as str-valued Enums
-    extra = len(text) - limit
-    if extra > 0:
-        text = f"{text[:limit]}…(+{extra} chars)"
-    try:
-        text.encode()
-    except UnicodeEncodeError:  # unpaired surrogates, e.g. from a "\ud800" escape in a JSON body
-        text = text.encode("utf-8", "backslashreplace").decode()
-    return text
 
 
 @final
@@ -318,48 +121,6 @@ class VerifyResult:
         """How many records the recorded gaps name."""
         return sum(gap.count for gap in self.gaps)
 
-
-def rotated_name(active: Path | str, first_id: int, last_id: int) -> str:
-    """The name a full active file is renamed to: ``journal.jsonl`` holding ids 1..4711 becomes
-    ``journal.000000000001-000000004711.jsonl`` (zero-padded so a plain ``ls`` sorts by id)."""
-    stem = Path(active).name.removesuffix(".jsonl")
-    return f"{stem}.{first_id:012d}-{last_id:012d}.jsonl"
-
-
-def rotated_files(active: Path | str) -> list[tuple[Path, int, int]]:
-    """The rotated files beside the active file ``active``: ``(path, first_id, last_id)`` from
-    their names, oldest first. An unreadable directory has none."""
-    active = Path(active)
-    stem = active.name.removesuffix(".jsonl")
-    try:
-        names = os.listdir(active.parent)
-    except OSError:
-        return []
-    found = []
-    for name in names:
-        match = _ROTATED.match(name)
-        if match is not None and match["stem"] == stem:
-            found.append((active.parent / name, int(match["first"]), int(match["last"])))
-    found.sort(key=lambda item: (item[1], item[2]))
-    return found
-
-
-def journal_files(path: Path | str) -> list[Path]:
-    """The files a journal path stands for, oldest first.
-
-    A directory stands for its ``journal.jsonl``; an active file (``NAME.jsonl``) for its rotated
-    predecessors ``NAME.<first>-<last>.jsonl`` and then itself (if it exists, or if there is
-    nothing else); a rotated file, or any other file, for itself alone.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / ACTIVE_NAME
-    if not path.name.endswith(".jsonl") or _ROTATED.match(path.name):
-        return [path]
-    files = [found for found, _, _ in rotated_files(path)]
-    if path.exists() or not files:
-        files.append(path)
-    return files
 
 
 def verify_journal(path: Path | str) -> VerifyResult:
@@ -534,104 +295,3 @@ def _canonical_line(record: dict[str, Any]) -> bytes:
         return canonical_bytes(record) + b"\n"
     except (TypeError, orjson.JSONEncodeError):
         return b""
-
-
-def read_journal(
-    path: Path | str,
-    *,
-    category: str | None = None,
-    agent_id: int | None = None,
-    agent_name: str | None = None,
-    since_id: int = 0,
-    limit: int | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Stream records from a journal, oldest first, that match every given filter.
-
-    ``path`` is read as :func:`journal_files` says: the active file brings the rotated files
-    before it (those wholly at or below ``since_id`` are skipped unread). Safe to run while the
-    kernel appends (a file rotated away mid-read is read under its new name, or skipped if
-    retention deleted it). Unreadable lines are skipped with a warning (:func:`verify_journal` says
-    what is wrong with them); a partial last line is ignored.
-
-    :param since_id: only records with a larger id.
-    :param limit: stop after this many records (``None``: no limit).
-    :raises OSError: a file cannot be read.
-    """
-    if limit is not None and limit <= 0:
-        return
-    wanted = category.value if isinstance(category, Category) else category
-    count = 0
-    files = journal_files(path)
-    last = files[-1]
-    active = last if last.name.endswith(".jsonl") and _ROTATED.match(last.name) is None else None
-    done: set[str] = set()
-    while files:
-        file = files.pop(0)
-        if file == active:
-            # Files rotated away since we listed them hold records older than the new active file's.
-            newer = [found for found, _, last in rotated_files(active) if found.name not in done and last > since_id]
-            if newer:
-                files = [*newer, active]
-                continue
-        done.add(file.name)
-        match = _ROTATED.match(file.name)
-        if match is not None and int(match["last"]) <= since_id:
-            continue
-        try:
-            stream = file.open("rb")
-        except FileNotFoundError:
-            if match is None:
-                raise
-            continue  # deleted by retention while we read the files before it
-        with stream:
-            for line_no, raw in enumerate(stream, start=1):
-                if not raw.endswith(b"\n"):
-                    break  # being written right now, or a crash remnant
-                record = parse_record(raw)
-                if record is None:
-                    log.warning("journal %s: line %d is not a record; skipped", file, line_no)
-                    continue
-                if (
-                    record["id"] <= since_id
-                    or (wanted is not None and record.get("category") != wanted)
-                    or (agent_id is not None and record.get("agent_id") != agent_id)
-                    or (agent_name is not None and record.get("agent_name") != agent_name)
-                ):
-                    continue
-                yield record
-                count += 1
-                if limit is not None and count >= limit:
-                    return
-
-
-def read_tail(fd: int, size: int, want_lines: int) -> tuple[int, list[bytes]]:
-    """Read a journal backwards: where its last complete line ends, and its last complete lines.
-
-    Reads only what it needs, in chunks from the end, so a huge journal opens quickly.
-
-    :param fd: an open descriptor of the file (read with :func:`os.pread`; its offset is untouched).
-    :param size: the file size.
-
-    :returns: ``(end, lines)``: bytes past ``end`` are a partial line; ``lines`` holds up to
-        ``want_lines`` complete lines before ``end``, oldest first, without their newlines.
-    """
-    end, pos = 0, size
-    while pos > 0:
-        start = max(0, pos - _TAIL_CHUNK)
-        newline = os.pread(fd, pos - start, start).rfind(b"\n")
-        if newline >= 0:
-            end = start + newline + 1
-            break
-        pos = start
-    chunks: list[bytes] = []
-    newlines, pos = 0, end
-    while pos > 0 and newlines <= want_lines:
-        start = max(0, pos - _TAIL_CHUNK)
-        chunk = os.pread(fd, pos - start, start)
-        chunks.append(chunk)
-        newlines += chunk.count(b"\n")
-        pos = start
-    lines = b"".join(reversed(chunks)).split(b"\n")[:-1]
-    if pos > 0:
-        lines = lines[1:]  # the window began in the middle of a line
-    return end, lines[-want_lines:]

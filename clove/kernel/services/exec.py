@@ -52,14 +52,14 @@ from clove.errors import (
 )
 from clove.kernel.core.agents import AgentState
 from clove.kernel.core.deferred import Deferred
-from clove.kernel.services.files import operator_identity, when_started
+from clove.kernel.services.files import FileService, operator_identity, when_started
 from clove.sandbox.spec import ExecSpec
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
     from clove.kernel.core.loop import Timer
     from clove.kernel.core.principal import Principal
-    from clove.kernel.services.host import ServiceHost
+    from clove.kernel.services.host import ServiceHost, ServiceRegistry
     from clove.sandbox.cgroups import AgentCgroup
     from clove.sandbox.rootfs import Credentials
 
@@ -199,8 +199,9 @@ def host_env(creds: Credentials | None) -> dict[str, str]:
 class ExecService:
     """``kernel.execs``: starts commands through the zygote and answers when they end."""
 
-    def __init__(self, kernel: ServiceHost) -> None:
+    def __init__(self, kernel: ServiceHost, *, files: FileService) -> None:
         self.kernel = kernel
+        self.files = files  # the views a command's working directory is resolved in
         self.loop = kernel.loop
         self.launcher = kernel.launcher
         self.jobs: dict[str, Job] = {}
@@ -245,13 +246,13 @@ class ExecService:
                     f"agent {agent.name!r} is {agent.state.value}; commands run only inside a running agent",
                     details={"agent_id": agent.id, "state": agent.state.value},
                 )
-            workdir = self.kernel.files.directory(ctx, cwd)
+            workdir = self.files.directory(ctx, cwd)
             spec = ExecSpec(job=job_id, argv=tuple(argv), cwd=workdir, agent_key=agent.key)
             runtime = self.kernel.supervisor.runtime(agent)
             cgroup = runtime.cgroup if runtime is not None else None
         else:
             creds, _ = operator_identity(ctx.session)
-            workdir = self.kernel.files.directory(ctx, cwd)
+            workdir = self.files.directory(ctx, cwd)
             spec = ExecSpec(
                 job=job_id,
                 argv=tuple(argv),
@@ -461,10 +462,10 @@ def _oom_kills(cgroup: AgentCgroup | None) -> int:
         return 0
 
 
-def attach(kernel: ServiceHost) -> None:
+def attach(kernel: ServiceRegistry) -> None:
     """Build the exec service as ``kernel.execs`` and hook it into the kernel: zygote events,
     agent lifecycle, housekeeping and shutdown."""
-    service = ExecService(kernel)
+    service = ExecService(kernel, files=kernel.files)
     kernel.execs = service
     kernel.zygote_listeners.append(service.on_zygote_event)
     kernel.supervisor.listeners.append(service.on_lifecycle)

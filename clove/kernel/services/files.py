@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
     from clove.kernel.core.principal import Principal
     from clove.kernel.core.sessions import OperatorSession
-    from clove.kernel.services.host import ServiceHost
+    from clove.kernel.services.host import ServiceHost, ServiceRegistry
     from clove.kernel.supervision.supervisor import Supervisor
     from clove.policy import Permissions
 
@@ -413,6 +413,6 @@ class FileService:
             return find_directory(view, ctx.perms, path)
 
 
-def attach(kernel: ServiceHost) -> None:
+def attach(kernel: ServiceRegistry) -> None:
     """Build the file service as ``kernel.files`` (it keeps no state between calls: no hooks)."""
     kernel.files = FileService(kernel)

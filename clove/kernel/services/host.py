@@ -3,8 +3,10 @@ top-level wiring (``clove.kernel.kernel``) and a unit test can hand a service a 
 this. :class:`~clove.kernel.kernel.Kernel` satisfies it (mypy checks that where the services are
 attached).
 
-The sibling services are listed too: a service that uses another (exec uses files' views, the
-recorder reads the devices) finds it here, set by that service's ``attach`` at boot."""
+A service never reaches a sibling through the kernel: :class:`ServiceHost` does not list them.
+Only a service's ``attach`` sees :class:`ServiceRegistry`, where each service is set at boot,
+and hands a service the siblings it uses (exec gets the file service, interlocks the device
+broker, the recorder a question for replay)."""
 
 from __future__ import annotations
 
@@ -57,7 +59,15 @@ class ServiceHost(Protocol):
     zygote_listeners: list[Callable[[dict[str, Any]], None]]
     #: Called in order at shutdown, before the journal closes.
     on_shutdown: list[Callable[[], None]]
-    # The services, each set by its attach() at boot.
+
+    def info(self) -> dict[str, Any]:
+        """``kernel.info``: what a post-mortem bundle and metrics report about the kernel."""
+
+
+class ServiceRegistry(ServiceHost, Protocol):
+    """The kernel as the services' ``attach`` functions (and the syscalls) see it: the host and
+    where each service is set at boot."""
+
     state: StateService
     messaging: MessagingService
     files: FileService
@@ -70,6 +80,3 @@ class ServiceHost(Protocol):
     replay: ReplayService
     postmortem: PostmortemService
     llm: LlmService
-
-    def info(self) -> dict[str, Any]:
-        """``kernel.info``: what a post-mortem bundle and metrics report about the kernel."""

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
     from clove.kernel.core.loop import Loop, Timer
     from clove.kernel.core.sessions import OperatorSession
-    from clove.kernel.services.host import ServiceHost
+    from clove.kernel.services.host import ServiceHost, ServiceRegistry
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def of(kernel: ServiceHost) -> HttpService:
     return service
 
 
-def attach(kernel: ServiceHost) -> None:
+def attach(kernel: ServiceRegistry) -> None:
     """Build the service (``kernel.http``), journal its records under NETWORK, drop replies
     owed to agents that exit or are removed and to closed operator sessions, stop at shutdown."""
 

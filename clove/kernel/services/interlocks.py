@@ -37,7 +37,8 @@ from clove.kernel.audit.journal import Category
 from clove.kernel.core.deferred import Deferred
 
 if TYPE_CHECKING:
-    from clove.kernel.services.host import ServiceHost
+    from clove.kernel.services.devices.broker import DeviceBroker
+    from clove.kernel.services.host import ServiceHost, ServiceRegistry
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,16 @@ log = logging.getLogger(__name__)
 class Interlocks:
     """The kernel's interlocks: watch triggers, engage, persist, release."""
 
-    def __init__(self, kernel: ServiceHost, specs: tuple[InterlockSpec, ...]) -> None:
+    def __init__(self, kernel: ServiceHost, specs: tuple[InterlockSpec, ...], *, devices: DeviceBroker) -> None:
         self.kernel = kernel
+        self.devices = devices
         self.specs = {s.name: s for s in specs}
         self.engaged: dict[str, dict[str, Any]] = {}
         self.history: list[dict[str, Any]] = []
         self._path = Path(kernel.state_dir) / "interlocks.json"
 
     def start(self) -> None:
-        broker = self.kernel.devices
+        broker = self.devices
         for spec in self.specs.values():
             if spec.trigger_device is not None:
                 broker.runtime(spec.trigger_device).watchers.append(functools.partial(self._on_items, spec))
@@ -126,7 +128,7 @@ class Interlocks:
 
     def _perform(self, record: dict[str, Any], action: Action) -> dict[str, Any]:
         done: dict[str, Any] = {"action": action.describe(), "status": "pending"}
-        broker = self.kernel.devices
+        broker = self.devices
         try:
             if action.kind == "call":
                 assert action.device is not None and action.op is not None  # noqa: S101 - parsed so
@@ -180,7 +182,7 @@ class Interlocks:
         record = self.engaged.pop(name, None)
         if record is None:
             raise Conflict(f"interlock {name!r} is not engaged", details={"interlock": name})
-        for runtime in self.kernel.devices.devices.values():
+        for runtime in self.devices.devices.values():
             runtime.restrictions.pop(name, None)
         self._save()
         record = {**record, "released_at": time.time()}
@@ -204,7 +206,7 @@ class Interlocks:
         return out
 
 
-def attach(kernel: ServiceHost) -> None:
-    interlocks = Interlocks(kernel, kernel.config.interlocks)
+def attach(kernel: ServiceRegistry) -> None:
+    interlocks = Interlocks(kernel, kernel.config.interlocks, devices=kernel.devices)
     kernel.interlocks = interlocks
     interlocks.start()

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
     from clove.kernel.core.loop import Loop, Timer
     from clove.kernel.core.sessions import OperatorSession
-    from clove.kernel.services.host import ServiceHost
+    from clove.kernel.services.host import ServiceHost, ServiceRegistry
     from clove.policy import Permissions
 
 log = logging.getLogger(__name__)
@@ -388,7 +388,7 @@ def caller_of(agent: Agent | None, principal: int, perms: Permissions) -> Thinke
     return Thinker(principal, f"operator-{principal}", None, perms, True)
 
 
-def attach(kernel: ServiceHost) -> None:
+def attach(kernel: ServiceRegistry) -> None:
     """Build the service (``kernel.llm``): journal requests under NETWORK and budget warnings
     under RESOURCE (plus a RESOURCE_WARNING event); cancel the requests of agents that exit or
     are removed and of closed operator sessions; follow permission changes; stop at shutdown."""

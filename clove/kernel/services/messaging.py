@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from clove.kernel.core.deferred import Deferred
     from clove.kernel.core.loop import Loop
     from clove.kernel.core.sessions import OperatorSession
-    from clove.kernel.services.host import ServiceHost
+    from clove.kernel.services.host import ServiceHost, ServiceRegistry
 
 MAX_MESSAGE_BYTES: Final = 256 * 1024
 MAILBOX_MESSAGES: Final = 1000
@@ -388,7 +388,7 @@ class KernelPrincipals:
         return agent.name if agent is not None else None
 
 
-def attach(kernel: ServiceHost) -> None:
+def attach(kernel: ServiceRegistry) -> None:
     """Build the messaging service, set ``kernel.messaging`` and hook it to agent lifecycles
     and operator sessions."""
     principals = KernelPrincipals(kernel)

@@ -40,7 +40,7 @@ from clove.kernel.core.procfs import ProcFS, Rate
 from clove.sandbox.cgroupfs import CgroupFS, RealCgroupFS, read_int, read_keyed
 
 if TYPE_CHECKING:
-    from clove.kernel.services.host import ServiceHost
+    from clove.kernel.services.host import ServiceRegistry
     from clove.sandbox.cgroups import AgentCgroup
 
 log = logging.getLogger(__name__)
@@ -381,7 +381,7 @@ class MetricsService:
         self._watches.clear()
 
 
-def attach(kernel: ServiceHost) -> None:
+def attach(kernel: ServiceRegistry) -> None:
     """Build the metrics service as ``kernel.metrics`` and sample from housekeeping."""
 
     def journal_warning(agent: Agent, data: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from clove.kernel.services.statestore import PURGE_BATCH, StateStore
 
 if TYPE_CHECKING:
     from clove.kernel.core.principal import Principal
-    from clove.kernel.services.host import ServiceHost
+    from clove.kernel.services.host import ServiceHost, ServiceRegistry
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class StateService:
         return [table.find(name=owner).id] if table.name_in_use(owner) else []
 
 
-def attach(kernel: ServiceHost) -> None:
+def attach(kernel: ServiceRegistry) -> None:
     """Open ``<state_dir>/state.db``, set ``kernel.state``, purge in housekeeping, close at
     shutdown."""
     service = StateService(kernel, StateStore(kernel.state_dir / "state.db").open())

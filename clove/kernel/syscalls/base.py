@@ -18,7 +18,7 @@ from clove.schema import parse_body
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
     from clove.kernel.core.sessions import OperatorSession
-    from clove.kernel.services.host import ServiceHost
+    from clove.kernel.services.host import ServiceRegistry
     from clove.policy import Permissions
 
 
@@ -32,7 +32,7 @@ class SyscallContext:
     :param perms: the caller's permissions (checked again by handlers for paths, commands, URLs).
     """
 
-    kernel: ServiceHost
+    kernel: ServiceRegistry
     caller: Caller
     agent: Agent | None
     perms: Permissions

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
     from clove.kernel.core.deferred import Deferred
     from clove.kernel.services.devices.hostproc import HostProcess
-    from clove.kernel.services.host import ServiceHost
+    from clove.kernel.services.host import ServiceHost, ServiceRegistry
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def _caller(agent: Agent | None, grant: DeviceGrant | None, principal_id: int | 
     return {"agent": agent.name, "agent_id": agent.id, "operator": False, "grant": table}
 
 
-def attach(kernel: ServiceHost) -> None:
+def attach(kernel: ServiceRegistry) -> None:
     broker = DeviceBroker(kernel)
     kernel.devices = broker
     broker.start()

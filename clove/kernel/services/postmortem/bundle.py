@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import orjson
 
-from clove.kernel.audit.verify import canonical_bytes
+from clove.kernel.audit.format import canonical_bytes
 
 #: Bumped when the layout or the summary's meaning changes.
 FORMAT: Final = 1

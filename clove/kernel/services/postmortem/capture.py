@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clove.kernel.audit.verify import summarize_args
+from clove.kernel.audit.summarize import summarize_args
 from clove.kernel.core.agents import Agent, AgentState, ExitInfo, ExitReason
 
 S = AgentState

@@ -36,8 +36,8 @@ from clove.kernel.services.postmortem.bundle import BundleJob, BundleResult, bun
 from clove.kernel.services.postmortem.capture import Death, capture, journal_slice, log_tail, summary, trigger
 
 if TYPE_CHECKING:
-    from clove.kernel.services.host import ServiceHost
-    from clove.kernel.supervision.supervisor import Runtime
+    from clove.kernel.services.host import ServiceRegistry
+    from clove.kernel.supervision.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class PostmortemService:
             log.warning("the post-mortem writer did not stop in time")
 
 
-def attach(kernel: ServiceHost) -> None:
+def attach(kernel: ServiceRegistry) -> None:
     """Build the service (``kernel.postmortem``); when ``[postmortem].enabled``, hook it into
     the supervisor (exit hook and lifecycle listener) and into shutdown."""
     settings = kernel.config.postmortem

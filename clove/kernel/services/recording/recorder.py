@@ -36,7 +36,7 @@ from clove.kernel.services.recording.format import FORMAT_VERSION, dumps, encode
 from clove.wire import Request
 
 if TYPE_CHECKING:
-    from clove.kernel.services.host import ServiceHost
+    from clove.kernel.services.host import ServiceRegistry
 
 __all__ = ["Pending", "Recorder", "RecordingOptions", "attach", "spec_entry"]
 
@@ -344,7 +344,7 @@ class Recorder:
         return {"recording_bytes": self._bytes.get(agent_id, 0)}
 
 
-def attach(kernel: ServiceHost) -> None:
+def attach(kernel: ServiceRegistry) -> None:
     """Build ``kernel.recorder``; start recording at boot when ``[recording].enabled``."""
     section = kernel.config.recording
     limits = kernel.config.limits

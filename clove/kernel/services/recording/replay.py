@@ -32,7 +32,7 @@ from clove.kernel.supervision.limits import resolve as resolve_limits
 from clove.wire import Request
 
 if TYPE_CHECKING:
-    from clove.kernel.services.host import ServiceHost
+    from clove.kernel.services.host import ServiceHost, ServiceRegistry
 
 __all__ = ["Answer", "ReplayService", "SPEEDS", "attach", "compare", "replay_spec"]
 
@@ -259,7 +259,7 @@ class ReplayService:
                 self.kernel.supervisor.kill(track.agent, operator=False)
 
 
-def attach(kernel: ServiceHost) -> None:
+def attach(kernel: ServiceRegistry) -> None:
     """Build ``kernel.replay`` and let it hear when its agents exit."""
     service = ReplayService(kernel)
     kernel.replay = service
