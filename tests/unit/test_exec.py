@@ -21,7 +21,9 @@ from clove.kernel.core.channels import Caller
 from clove.kernel.core.deferred import Deferred
 from clove.kernel.core.loop import Loop
 from clove.kernel.services import exec as exec_service
-from clove.kernel.services.exec import ExecService, Output, launch_error, plan_command
+from clove.kernel.services.exec import ExecService, plan_command
+from clove.kernel.services.execerrors import launch_error
+from clove.kernel.services.execjobs import Output
 from clove.kernel.syscalls.base import SyscallContext
 from clove.kernel.syscalls.exec import Exec, ExecRequest
 from clove.policy import Permissions, for_level

@@ -17,7 +17,8 @@ from clove.config import AgentConfig
 from clove.errors import Conflict, InvalidArguments, NotFound, PermissionDenied, QuotaExceeded
 from clove.kernel.core.agents import Agent
 from clove.kernel.services import files
-from clove.kernel.services.files import View, agent_view, read_file, write_file
+from clove.kernel.services.files import read_file, write_file
+from clove.kernel.services.fileviews import View, agent_view
 from clove.kernel.syscalls.files import _content_bytes
 from clove.policy import for_level
 from clove.sandbox.rootfs import Credentials, acting_as, resolve

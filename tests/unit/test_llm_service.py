@@ -15,7 +15,8 @@ import pytest
 from clove.config import LlmSection, load_config
 from clove.errors import CloveError, InvalidArguments, OperationTimeout
 from clove.kernel.core.loop import Loop
-from clove.kernel.services.llm import NOT_CONFIGURED, LlmService, Thinker
+from clove.kernel.services.llm import NOT_CONFIGURED, LlmService
+from clove.kernel.services.llmrequests import Thinker
 from clove.kernel.syscalls.llm import Think, ThinkCall, build_request
 from clove.llm.accounts import ProviderSlot, build_slots
 from clove.llm.errors import LlmQuotaExceeded, LlmUnavailable

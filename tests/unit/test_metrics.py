@@ -15,7 +15,8 @@ from clove.errors import InvalidArguments, NotFound, PermissionDenied
 from clove.kernel.core.agents import Agent, AgentState, AgentTable
 from clove.kernel.core.channels import Caller
 from clove.kernel.core.procfs import CLOCK_TICKS, PAGE_SIZE, CpuTimes, ProcessSample, ProcFS, Rate
-from clove.kernel.services.metrics import MetricsService, read_cgroup, resolve_cgroup_path
+from clove.kernel.services.metrics import MetricsService
+from clove.kernel.services.metricscgroup import read_cgroup, resolve_cgroup_path
 from clove.kernel.syscalls.base import SyscallContext
 from clove.kernel.syscalls.registry import SYSCALLS
 from clove.policy import for_level

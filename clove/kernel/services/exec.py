@@ -18,18 +18,20 @@ that must hold should not grant ``sh``. The working directory (default: the agen
 an operator's own) is resolved in the caller's view and checked like a read path.
 
 **Output and time.** stdout and stderr arrive on two non-blocking pipes read by the loop, kept
-apart, each capped at :data:`MAX_OUTPUT` bytes (``truncated``; the rest is drained and dropped so
+apart, each capped at :data:`.execjobs.MAX_OUTPUT` bytes (``truncated``; the rest is drained and dropped so
 the command never blocks). At the timeout the zygote SIGKILLs the command's process group, its
 session and its descendants, and the reply says ``timed_out``. When the command's main process
 exits, what is left of its process group is killed too; a process that left both its group and
 its session and lost its parent escapes those kills (inside an agent it still dies with the
 agent). When an agent exits, its running commands are killed and answered with ``conflict``.
+
+The records of running commands and their output capture are in :mod:`.execjobs`; the error
+for a command that could not start, from the zygote's report, in :mod:`.execerrors`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import logging
 import os
@@ -38,26 +40,20 @@ import re
 import shlex
 import signal
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from clove.errors import (
-    CloveError,
-    Conflict,
-    InvalidArguments,
-    NotFound,
-    PermissionDenied,
-    QuotaExceeded,
-    SandboxError,
-)
+from clove.errors import CloveError, Conflict, InvalidArguments, QuotaExceeded, SandboxError
 from clove.kernel.core.agents import AgentState
 from clove.kernel.core.deferred import Deferred
-from clove.kernel.services.files import FileService, operator_identity, when_started
+from clove.kernel.services.execerrors import agent_exited, launch_error
+from clove.kernel.services.execjobs import MAX_OUTPUT, READ_CHUNK, Job, Output, oom_kills
+from clove.kernel.services.files import FileService
+from clove.kernel.services.fileviews import operator_identity
+from clove.kernel.services.started import when_started
 from clove.sandbox.spec import ExecSpec
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
-    from clove.kernel.core.loop import Timer
     from clove.kernel.core.principal import Principal
     from clove.kernel.services.host import ServiceHost, ServiceRegistry
     from clove.sandbox.cgroups import AgentCgroup
@@ -65,7 +61,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_OUTPUT: Final = 1 << 20
 MAX_TIMEOUT: Final = 3600.0
 MAX_JOBS_PER_CALLER: Final = 16
 MAX_JOBS: Final = 256
@@ -74,8 +69,6 @@ MAX_JOBS: Final = 256
 KILL_GRACE: Final = 2.0
 #: After the exit, how long pipes still held by an escaped process may delay the reply.
 EOF_GRACE: Final = 0.5
-READ_CHUNK: Final = 65536
-READS_PER_TURN: Final = 16
 SHELL: Final = "/bin/sh"
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOUSEKEEPING_EVERY: Final = 0.5
@@ -113,72 +106,6 @@ def plan_command(command: str | list[str]) -> tuple[list[str], list[str]]:
     return [SHELL, "-c", command], programs
 
 
-class Output:
-    """One captured stream: the read end of a non-blocking pipe, kept up to ``limit`` bytes."""
-
-    __slots__ = ("fd", "data", "truncated", "limit")
-
-    def __init__(self, fd: int, limit: int = MAX_OUTPUT) -> None:
-        self.fd = fd
-        self.data = bytearray()
-        self.truncated = False
-        self.limit = limit
-
-    def drain(self, max_reads: int = READS_PER_TURN) -> bool:
-        """Read what the pipe holds now (at most ``max_reads`` chunks, so one chatty command
-        cannot hold the loop); False once the pipe is at EOF."""
-        for _ in range(max_reads):
-            try:
-                chunk = os.read(self.fd, READ_CHUNK)
-            except BlockingIOError:
-                return True
-            except OSError:
-                return False
-            if not chunk:
-                return False
-            room = self.limit - len(self.data)
-            if room > 0:
-                self.data += chunk[:room]
-            if len(chunk) > room:
-                self.truncated = True
-        return True
-
-    @property
-    def open(self) -> bool:
-        return self.fd >= 0
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def text(self) -> str:
-        return bytes(self.data).decode("utf-8", errors="replace")
-
-
-@dataclass(eq=False)
-class Job:
-    """One running command."""
-
-    id: str
-    principal_id: int
-    argv: list[str]
-    deferred: Deferred
-    out: Output
-    err: Output
-    agent: Agent | None = None
-    cgroup: AgentCgroup | None = None
-    oom_before: int = 0
-    zygote_pid: int | None = None
-    started: float = field(default_factory=time.monotonic)
-    pid: int | None = None
-    exit: dict[str, Any] | None = None
-    timed_out: bool = False
-    done: bool = False
-    timeout_timer: Timer | None = None
-    grace_timer: Timer | None = None
-
-
 def host_env(creds: Credentials | None) -> dict[str, str]:
     """The environment of an operator's command: a login-like minimum, not the kernel's own."""
     uid = creds.uid if creds is not None else os.geteuid()
@@ -208,11 +135,11 @@ class ExecService:
         self._ids = itertools.count(1)
         self._checked_at = 0.0
 
-    # ---- starting ----------------------------------------------------------------------------
-
-
     def held(self) -> dict[str, int]:
         return {"exec_jobs": len(self.jobs)}
+
+    # ---- starting ----------------------------------------------------------------------------
+
     def run(self, ctx: Principal, command: str | list[str], cwd: str | None, timeout: float) -> Deferred:
         """Start ``command`` for the caller; the Deferred resolves with the reply.
 
@@ -283,7 +210,7 @@ class ExecService:
             err=Output(err_r),
             agent=agent,
             cgroup=cgroup,
-            oom_before=_oom_kills(cgroup),
+            oom_before=oom_kills(cgroup),
             zygote_pid=self.launcher.pid,
             principal_id=ctx.principal_id,
         )
@@ -340,7 +267,7 @@ class ExecService:
             return
         for job in [j for j in self.jobs.values() if j.agent is agent]:
             self._kill(job)
-            self._finish(job, None if job.exit is not None else _agent_exited(agent))
+            self._finish(job, None if job.exit is not None else agent_exited(agent))
 
     # ---- answering ---------------------------------------------------------------------------
 
@@ -363,7 +290,7 @@ class ExecService:
             # Its agent is dying (the end of the agent's pid namespace kills the command first, and
             # joining a dying sandbox fails): the kernel may not have heard of the exit yet, but
             # the agent's process is gone.
-            error = _agent_exited(job.agent)
+            error = agent_exited(job.agent)
         if error is None and report.get("error") and not job.timed_out:
             error = launch_error(job.argv[0], report)
         if error is not None:
@@ -386,7 +313,7 @@ class ExecService:
         }
         if sig is not None:
             reply["signal"] = int(sig)
-            if sig == signal.SIGKILL and job.cgroup is not None and _oom_kills(job.cgroup) > job.oom_before:
+            if sig == signal.SIGKILL and job.cgroup is not None and oom_kills(job.cgroup) > job.oom_before:
                 reply["oom_killed"] = True
         return reply
 
@@ -415,33 +342,6 @@ class ExecService:
             self._finish(job, Conflict("the kernel is stopping"))
 
 
-def launch_error(program: str, report: dict[str, Any]) -> CloveError:
-    """The error for a command that could not be started, from the zygote's report."""
-    stage, number, message = report.get("stage"), report.get("errno"), str(report.get("error"))
-    details = {"stage": stage, "error": message, "program": program}
-    if stage == "lookup":
-        return Conflict("the agent is not running", details=details)
-    if stage in ("exec", "cwd") and number in (errno.ENOENT, errno.ENOTDIR):
-        what = f"command not found: {program}" if stage == "exec" else "the working directory is gone"
-        return NotFound(what, details=details)
-    if stage in ("exec", "cwd") and number in (errno.EACCES, errno.EPERM):
-        what = (
-            f"{program} may not be executed" if stage == "exec" else "the working directory is not accessible"
-        )
-        return PermissionDenied(f"{what} by the caller's user", details=details)
-    if stage == "cwd" and number == errno.ESTALE:
-        return Conflict("the working directory moved while the command started", details=details)
-    if stage == "exec" and number == errno.ENOEXEC:
-        return InvalidArguments(f"{program} is not an executable format", details=details)
-    if stage == "fork" and number == errno.EAGAIN:
-        return QuotaExceeded("no process left under the agent's pids limit", details=details)
-    return SandboxError(f"the command could not be started ({stage}: {message})", details=details)
-
-
-def _agent_exited(agent: Agent) -> Conflict:
-    return Conflict(f"agent {agent.name!r} exited while the command ran", details={"agent_id": agent.id})
-
-
 def _alive(pid: int | None) -> bool:
     """``pid`` exists and is not a zombie."""
     if pid is None:
@@ -451,15 +351,6 @@ def _alive(pid: int | None) -> bool:
             return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
     except (OSError, IndexError):
         return False
-
-
-def _oom_kills(cgroup: AgentCgroup | None) -> int:
-    if cgroup is None:
-        return 0
-    try:
-        return cgroup.oom_kills()
-    except (OSError, CloveError):
-        return 0
 
 
 def attach(kernel: ServiceRegistry) -> None:

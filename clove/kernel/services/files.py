@@ -2,11 +2,8 @@
 a path is resolved in the caller's own view of the filesystem, checked against the caller's
 grants, and opened with the caller's own Unix permissions.
 
-**Whose filesystem.** An agent sees its sandbox: ``/tmp`` is its private tmpfs and the rest is
-its read-only mount view. The kernel reaches that view through ``/proc/<agent pid>/root`` (the
-process is pinned by a ``/proc/<pid>`` directory fd and checked to run as the agent's uid, so a
-reused pid cannot stand in for it). An operator sees the host. Relative paths start at the
-agent's work dir, or at the operator process's working directory.
+**Whose filesystem.** An agent sees its sandbox, an operator the host: see
+:mod:`.fileviews` for the views and how the kernel reaches an agent's.
 
 **Resolution** walks the path one component at a time below that root
 (:func:`~clove.sandbox.rootfs.resolve`): each step is one ``fstatat``/``openat2`` on a
@@ -34,12 +31,9 @@ from __future__ import annotations
 
 import base64
 import errno
-import logging
 import os
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 from clove.errors import (
     CloveError,
@@ -50,65 +44,17 @@ from clove.errors import (
     PermissionDenied,
     QuotaExceeded,
 )
-from clove.kernel.core.agents import AgentState
-from clove.kernel.core.deferred import Deferred
-from clove.sandbox.rootfs import FINAL, Credentials, acting_as, openat2, resolve
+from clove.kernel.services.fileviews import View, agent_view, operator_view
+from clove.kernel.services.started import when_started
+from clove.sandbox.rootfs import FINAL, acting_as, openat2, resolve
 
 if TYPE_CHECKING:
-    from clove.kernel.core.agents import Agent
+    from clove.kernel.core.deferred import Deferred
     from clove.kernel.core.principal import Principal
-    from clove.kernel.core.sessions import OperatorSession
     from clove.kernel.services.host import ServiceHost, ServiceRegistry
-    from clove.kernel.supervision.supervisor import Supervisor
     from clove.policy import Permissions
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
 MAX_READ_BYTES: Final = 16 << 20
-MAX_PATH: Final = 4096
-
-
-# ---- views -------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class View:
-    """One caller's filesystem: its root (an ``O_PATH`` fd the view owns), the directory
-    relative paths start from, and the credentials every access uses."""
-
-    root_fd: int
-    cwd: str | None
-    creds: Credentials | None = None
-    who: str = "caller"
-
-    def close(self) -> None:
-        if self.root_fd >= 0:
-            os.close(self.root_fd)
-            self.root_fd = -1
-
-    def __enter__(self) -> View:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def absolute(self, path: str) -> str:
-        """``path`` made absolute in this view (not resolved).
-
-        :raises InvalidArguments: empty, too long, a NUL byte, or relative with no base.
-        """
-        if not path or len(path) > MAX_PATH or "\x00" in path:
-            raise InvalidArguments("path must be 1-4096 characters without NUL", details={"argument": "path"})
-        if path.startswith("/"):
-            return path
-        if self.cwd is None:
-            raise InvalidArguments(
-                f"relative path {path!r}, but the {self.who}'s working directory is unknown: "
-                "give an absolute path",
-                details={"argument": "path", "path": path},
-            )
-        return self.cwd.rstrip("/") + "/" + path
 
 
 def fs_error(err: OSError, path: str, who: str = "caller") -> CloveError:
@@ -251,133 +197,7 @@ def find_directory(view: View, perms: Permissions, path: str | None) -> str:
     return resolved
 
 
-# ---- whose view --------------------------------------------------------------------------------
-
-
-def _status_ids(proc_fd: int) -> tuple[list[int], list[int], list[int]]:
-    """Uid, Gid and Groups of the process behind a ``/proc/<pid>`` fd."""
-    fd = os.open("status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
-    try:
-        text = os.read(fd, 1 << 16).decode(errors="replace")
-    finally:
-        os.close(fd)
-    found: dict[str, list[int]] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("Uid", "Gid", "Groups"):
-            found[key] = [int(v) for v in value.split()]
-    return found.get("Uid", []), found.get("Gid", []), found.get("Groups", [])
-
-
-def agent_view(agent: Agent, work_dir: str) -> View:
-    """The agent's own filesystem (its mount namespace), as its uid.
-
-    :raises Conflict: the agent has no running process.
-    """
-    not_running = Conflict(
-        f"agent {agent.name!r} is not running ({agent.state.value}); "
-        "its files are reachable only while it runs",
-        details={"agent_id": agent.id, "state": agent.state.value},
-    )
-    if agent.pid is None:
-        raise not_running
-    if not agent.spec.sandboxed or agent.uid is None:
-        return View(os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), work_dir, None, who="agent")
-    try:
-        proc_fd = os.open(f"/proc/{agent.pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise not_running from None
-    try:
-        # The /proc/<pid> fd pins that very process: if it died and the pid was reused, these
-        # fail rather than describe the newcomer. Only the agent's processes run as its uid.
-        root_fd = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_fd)
-        try:
-            uids, _, _ = _status_ids(proc_fd)
-        except OSError:
-            os.close(root_fd)
-            raise
-        if not uids or any(u != agent.uid for u in uids):
-            os.close(root_fd)
-            raise not_running
-    except (FileNotFoundError, ProcessLookupError, PermissionError):  # gone, or a zombie
-        raise not_running from None
-    finally:
-        os.close(proc_fd)
-    return View(root_fd, work_dir, Credentials(agent.uid, agent.uid, ()), who="agent")
-
-
-def operator_identity(session: OperatorSession | None) -> tuple[Credentials | None, str | None]:
-    """An operator's credentials (from the control socket's peer credentials and its process's
-    groups) and working directory; ``None`` for what is unknown or needs no switch."""
-    if session is None or session.uid is None:
-        return None, None
-    gid = session.gid if session.gid is not None else session.uid
-    groups: tuple[int, ...] = (gid,)
-    cwd: str | None = None
-    if session.pid is not None:
-        try:
-            proc_fd = os.open(f"/proc/{session.pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            proc_fd = -1
-        if proc_fd >= 0:
-            try:
-                uids, _, proc_groups = _status_ids(proc_fd)
-                if uids and uids[0] == session.uid:  # still the process that connected
-                    groups = tuple(proc_groups)
-                    cwd = os.readlink("cwd", dir_fd=proc_fd)
-            except OSError:
-                pass
-            finally:
-                os.close(proc_fd)
-    if os.geteuid() != 0 or session.uid == os.geteuid():
-        return None, cwd
-    return Credentials(session.uid, gid, groups), cwd
-
-
-def operator_view(session: OperatorSession | None) -> View:
-    """The host's filesystem, with the operator's own permissions."""
-    creds, cwd = operator_identity(session)
-    return View(os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), cwd, creds, who="operator")
-
-
 # ---- the service -------------------------------------------------------------------------------
-
-
-def when_started(supervisor: Supervisor, ctx: Principal, action: Callable[[], T]) -> T | Deferred:
-    """Run ``action`` now, or once the calling agent is known to run.
-
-    An agent's first requests can reach the kernel before the zygote's report that it started
-    (the agent is still ``starting``, its pid unknown): those wait for that report instead of
-    failing. Errors ``action`` raises then reject the returned :class:`Deferred`.
-    """
-    agent = ctx.agent
-    runtime = supervisor.runtime(agent) if agent is not None else None
-    if agent is None or runtime is None or agent.state is not AgentState.STARTING or agent.pid is not None:
-        return action()
-    deferred = Deferred()
-
-    def started(_agent: Agent, error: CloveError | None) -> None:
-        if error is not None:
-            deferred.reject(error)
-            return
-        try:
-            result = action()
-        except CloveError as err:
-            deferred.reject(err)
-            return
-        except Exception:
-            log.exception("a request waiting for its agent's start failed")
-            deferred.reject(InternalError("the request failed inside the kernel; see the kernel log"))
-            return
-        if isinstance(result, Deferred):
-            result.bind(
-                lambda value, err: deferred.reject(err) if err is not None else deferred.resolve(value)
-            )
-        else:
-            deferred.resolve(result)
-
-    runtime.start_waiters.append(started)
-    return deferred
 
 
 class FileService:

@@ -7,6 +7,7 @@ nothing with the loop but the pool's queues and wake-up pipe (as in
 :mod:`clove.kernel.services.http`). The decisions (queues, budgets, limits, retries) are
 :class:`clove.llm.gateway.Gateway`'s; this module adds the kernel around them: Deferreds,
 deadlines, callers going away, the journal, RESOURCE_WARNING events and the recording file.
+Who thinks, the limits the config gives it and the reply are :mod:`.llmrequests`'s.
 
 Without an ``[llm]`` table the service exists but is disabled: ``think`` answers
 ``llm.unavailable`` and everything else carries on.
@@ -29,6 +30,8 @@ from clove.errors import CloveError, OperationTimeout
 from clove.kernel.audit.journal import Category
 from clove.kernel.core.deferred import Deferred
 from clove.kernel.core.workers import WorkerPool
+from clove.kernel.services.llmrequests import Thinker, configured_limits, think_reply
+from clove.kernel.services.llmrequests import caller_of as caller_of  # the syscalls use llm.caller_of
 from clove.llm.accounts import Account, AgentLimits, ProviderSlot, build_slots
 from clove.llm.errors import LlmUnavailable
 from clove.llm.gateway import Gateway, GatewaySettings, Job, Verdict
@@ -40,7 +43,6 @@ if TYPE_CHECKING:
     from clove.kernel.core.loop import Loop, Timer
     from clove.kernel.core.sessions import OperatorSession
     from clove.kernel.services.host import ServiceHost, ServiceRegistry
-    from clove.policy import Permissions
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +61,6 @@ class _Pending:
     job: Job
     deferred: Deferred
     timer: Timer | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Thinker:
-    """Who thinks: the principal, and for agents their id, name and permissions."""
-
-    principal: int
-    name: str
-    agent_id: int | None
-    perms: Permissions
-    is_operator: bool
 
 
 @final
@@ -114,15 +105,9 @@ class LlmService:
         """The caller's share and limits: config by name, the ``llm_tokens`` grant as lifetime
         budget, then operator overrides (``llm.budget``). Operators have no per-caller limits
         beyond their own grant."""
-        settings = self.settings
-        if settings is None:
+        if self.settings is None:
             return AgentLimits()
-        if caller.is_operator:
-            limits = AgentLimits(weight=settings.defaults.weight, budget=caller.perms.llm_tokens)
-        else:
-            own = settings.agent(caller.name)
-            budget = caller.perms.llm_tokens if caller.perms.llm_tokens is not None else own.budget
-            limits = AgentLimits(weight=own.weight, budget=budget, period_budget=own.period_budget, rpm=own.rpm, tpm=own.tpm)
+        limits = configured_limits(self.settings, caller)
         override = self.overrides.get(caller.principal)
         return replace(limits, **override) if override else limits
 
@@ -230,31 +215,11 @@ class LlmService:
             self._journal(job, "timeout", "timeout", verdict)  # the caller had its timeout already
         elif verdict.kind == "ok":
             self._journal(job, "ok", "ok", verdict)
-            pending.deferred.resolve(self._reply(job, verdict))
+            pending.deferred.resolve(think_reply(job, verdict, self.loop.clock()))
         else:
             error = verdict.error or LlmUnavailable("the LLM request failed")
             self._journal(job, "failed", error.code, verdict)
             pending.deferred.reject(error)
-
-    def _reply(self, job: Job, verdict: Verdict) -> dict[str, Any]:
-        response = verdict.response
-        assert response is not None  # noqa: S101 - an "ok" verdict has one
-        reply: dict[str, Any] = {
-            "success": True,
-            "content": response.content,
-            "tokens": verdict.billed,
-            "prompt_tokens": verdict.prompt_tokens,
-            "completion_tokens": verdict.completion_tokens,
-            "model": response.model,
-            "provider": job.provider,
-            "finish_reason": response.finish_reason,
-            "attempts": job.attempts,
-            "queue_wait_ms": round(((job.dispatched or job.accepted) - job.accepted) * 1000, 3),
-            "latency_ms": round((self.loop.clock() - job.attempt_started) * 1000, 3),
-        }
-        if response.reasoning is not None:
-            reply["reasoning"] = response.reasoning
-        return reply
 
     def _failed(self, job: Job, error: CloveError) -> None:
         """The gateway failed a queued job on its own (refused at dispatch, provider down)."""
@@ -380,12 +345,6 @@ def of(kernel: ServiceHost) -> LlmService:
     if not isinstance(service, LlmService):
         raise LlmUnavailable("the LLM gateway is not running")
     return service
-
-
-def caller_of(agent: Agent | None, principal: int, perms: Permissions) -> Thinker:
-    if agent is not None:
-        return Thinker(principal, agent.name, agent.id, perms, False)
-    return Thinker(principal, f"operator-{principal}", None, perms, True)
 
 
 def attach(kernel: ServiceRegistry) -> None:

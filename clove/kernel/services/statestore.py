@@ -2,20 +2,10 @@
 quotas, in one SQLite file. No kernel here: :class:`StateStore` takes an owner name and a clock,
 so unit tests drive it directly; :mod:`clove.kernel.services.state` puts it on the kernel.
 
-Layout: the persisted scopes live in the file's ``kv`` table (``owner`` is ``''`` for global,
-the owner's name for a private scope); the session scope lives in the same schema in an
-attached ``:memory:`` database, so it vanishes with the process and every query has one shape::
-
-    kv(owner TEXT, key TEXT, value BLOB, size INT, expires_at REAL, writer TEXT)
-       PRIMARY KEY (owner, key)   INDEX kv_expiry (expires_at)
-
-Every operation is at most three indexed statements (point lookups, a range on the primary
-key, a seek on ``kv_expiry``); nothing on the request path scans a table. The file runs in WAL mode
-with ``synchronous=NORMAL``: a commit is an append to the WAL without an fsync, so a store costs
-a few microseconds instead of a disk flush on the kernel's loop. A kernel crash (SIGKILL,
-OOM) loses nothing committed, since the WAL is already in the OS; a power cut can lose the
-last commits since the previous checkpoint, but never corrupts the file. The connection holds
-an exclusive lock for its life (``locking_mode=EXCLUSIVE``): one kernel per state dir.
+The file's layout (one ``kv`` table, its session twin in an attached ``:memory:`` database),
+its journal mode and its opening are :mod:`clove.kernel.services.stateschema`'s. Every
+operation is at most three indexed statements (point lookups, a range on the primary key, a seek
+on ``kv_expiry``); nothing on the request path scans a table.
 """
 
 from __future__ import annotations
@@ -32,7 +22,8 @@ from typing import Any, Final
 
 import msgpack
 
-from clove.errors import ConfigError, InternalError, InvalidArguments, QuotaExceeded
+from clove.errors import InternalError, InvalidArguments, QuotaExceeded
+from clove.kernel.services.stateschema import open_database
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +36,10 @@ MAX_KEYS_PER_OWNER: Final = 10_000
 MAX_BYTES_PER_OWNER: Final = 64 << 20
 MAX_LIST: Final = 10_000
 PURGE_BATCH: Final = 500
-SCHEMA_VERSION: Final = 1
 # Greater than every key of at most MAX_KEY_CHARS characters that starts with a given prefix:
 # SQLite compares TEXT as UTF-8 bytes, which orders like code points, and U+10FFFF is the top.
 _TOP: Final = "\U0010ffff" * (MAX_KEY_CHARS + 1)
 
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS {db}.kv (
-    owner TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value BLOB NOT NULL,
-    size INTEGER NOT NULL,
-    expires_at REAL,
-    writer TEXT NOT NULL,
-    PRIMARY KEY (owner, key)
-);
-CREATE INDEX IF NOT EXISTS {db}.kv_expiry ON kv (expires_at);
-"""
 _LIVE: Final = "(expires_at IS NULL OR expires_at > ?)"
 
 
@@ -175,28 +153,14 @@ class StateStore:
     # ---- open and close -------------------------------------------------------------------
 
     def open(self) -> StateStore:
-        """Open (or create) the file. A file that is not a database is renamed aside, with an
-        error in the log, and a new one started: the kernel boots either way.
+        """Open (or create) the file (:func:`.stateschema.open_database`) and count what each
+        writer holds. A file that is not a database is renamed aside, with an error in the log,
+        and a new one started: the kernel boots either way.
 
         :raises ConfigError: the file cannot be opened (permissions, locked, disk full) or was
             written by a newer schema; nothing is changed then.
         """
-        try:
-            self._db = self._connect()
-        except (OSError, sqlite3.OperationalError) as err:  # not ours to fix: say so and stop
-            raise ConfigError(
-                f"{self.path}: cannot open the state store: {err}", details={"path": str(self.path)}
-            ) from None
-        except sqlite3.DatabaseError as err:  # not a database, or a corrupt one
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error(
-                "state store %s is unreadable (%s); moved aside to %s, starting empty", self.path, err, aside
-            )
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(f"{self.path}{suffix}")
-                if src.exists():
-                    src.rename(f"{aside}{suffix}")
-            self._db = self._connect()
+        self._db = open_database(self.path)
         self._usage = {
             writer: [int(keys), int(size)]
             for writer, keys, size in self._db.execute(
@@ -205,37 +169,6 @@ class StateStore:
         }
         self._refresh_next_expiry()
         return self
-
-    def _connect(self) -> sqlite3.Connection:
-        # Private scopes are in here: the file (and the WAL file, which SQLite creates with
-        # the database's mode) is the kernel's alone, whatever the umask.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-        finally:
-            os.close(fd)
-        # Autocommit: one write, one commit. Exclusive locking, set before WAL mode: the WAL
-        # index lives in this process's memory (no shm file, no fcntl per transaction, half
-        # the cost of a commit), and a second kernel on the same state dir is refused at open.
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=1.0)
-        try:
-            db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"{self.path}: state store schema {version} is newer than this Clove's"
-                    f" ({SCHEMA_VERSION})",
-                    details={"path": str(self.path), "schema": version},
-                )
-            db.execute("ATTACH DATABASE ':memory:' AS mem")
-            db.executescript(_SCHEMA.format(db="main") + _SCHEMA.format(db="mem"))
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except BaseException:
-            db.close()
-            raise
-        return db
 
     def close(self) -> None:
         """Close the file (the WAL is checkpointed into it). Safe to call twice."""
