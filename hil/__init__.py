@@ -2,9 +2,10 @@
 benches that wire them into a deployment, fault plans and assertions (docs/hil.md).
 
 - ``hil.simbus``: a CAN bus spanning processes (python-can interface ``simbus``), with faults;
-- ``hil.motor``, ``hil.world``: the rover's motor controller node (signals in ``rover.dbc``) and
-  the 2-D world it drives;
-- ``hil.gps``: an NMEA GPS and a command/response device on pseudo-terminals;
+- ``hil.motor``, ``hil.world``: the rover's motor controller node (signals in ``rover.dbc``, its
+  frames in ``hil.motor_frames``) and the 2-D world it drives;
+- ``hil.gps``: an NMEA GPS and a command/response device on pseudo-terminals (``hil.ptydevice``:
+  the pty under both; ``hil.nmea``: the sentences);
 - ``hil.replay``: record and replay bus traffic in python-can log formats;
 - ``hil.exchange``: a FIX 4.4 venue (price-time order books, a liquidity bot, faults);
 - ``hil.bench``, ``hil.sims``, ``hil.harness``, ``hil.assertions``, ``hil.view``: bench files, the

@@ -60,8 +60,8 @@ esi)``. Topics ``P`` (connection probes) and ``S`` (bus state) never reach users
 **Modules.** :mod:`hil.simbus.channel` (channel names, socket paths, :class:`SimBusError`),
 :mod:`hil.simbus.wire` (the frame encoding), :mod:`hil.simbus.hub` (:class:`SimBusHub`, the
 relay), :mod:`hil.simbus.control` (:class:`Faults`, :class:`HubStats`, the control client
-:class:`SimBusControl`), :mod:`hil.simbus.bus` (:class:`SimBus`, the python-can interface) and
-:mod:`hil.simbus.cli` (``python -m hil.simbus``).
+:class:`SimBusControl` and the hub's side of the control socket), :mod:`hil.simbus.bus`
+(:class:`SimBus`, the python-can interface) and :mod:`hil.simbus.cli` (``python -m hil.simbus``).
 """
 
 from __future__ import annotations

@@ -1,24 +1,27 @@
 """The fault/control channel of a simbus hub: the :class:`Faults` it applies, the :class:`HubStats`
-it counts, and :class:`SimBusControl`, the client of its control socket (``<channel>.ctl``).
+it counts, :class:`SimBusControl`, the client of its control socket (``<channel>.ctl``), and
+:class:`ControlServer`, the hub's side of that socket.
 
 A request is a msgpack map ``{"op": ..., ...}`` (ops ``get``, ``set``, ``clear``,
 ``inject_error``, ``ping``); the reply is ``{"ok": True, "faults": {...}, "stats": {...}}`` or
-``{"ok": False, "error": "..."}``. The hub (:class:`hil.simbus.hub.SimBusHub`) serves it.
+``{"ok": False, "error": "..."}``. The hub (:class:`hil.simbus.hub.SimBusHub`) serves it with a
+:class:`ControlServer`, in its loop.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 import zmq
 
 from hil.simbus.channel import SimBusError, SimBusPaths, simbus_paths
-from hil.simbus.wire import CAN_ERR_BUSERROR, CAN_ERR_PROT, CRC_ERROR_DATA
+from hil.simbus.wire import CAN_ERR_BUSERROR, CAN_ERR_PROT, CRC_ERROR_DATA, NOBLOCK, error_frame
 
 
 @dataclass
@@ -146,3 +149,78 @@ class SimBusControl:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class _ControlledHub(Protocol):
+    """What a :class:`ControlServer` changes and reports: the hub's faults (changed in place) and
+    its counters."""
+
+    faults: Faults
+    stats: HubStats
+
+
+class ControlServer:
+    """The hub's side of the control socket: answers every request waiting on it.
+
+    :param hub: whose ``faults`` are changed (in place: whoever holds them sees the change) and
+        whose ``faults`` and ``stats`` every reply carries.
+    :param emit: delivers an (error) frame to every node, as the hub delivers frames.
+    :param sync_bus_off: tells the nodes the bus state when ``faults.bus_off`` changed.
+    """
+
+    def __init__(self, hub: _ControlledHub, emit: Callable[[bytes], None],
+                 sync_bus_off: Callable[[], None]) -> None:
+        self._hub = hub
+        self._emit = emit
+        self._sync_bus_off = sync_bus_off
+
+    def serve(self, ctl: zmq.Socket[bytes]) -> None:
+        """Answer the requests waiting on ``ctl`` (a REP socket; never blocks)."""
+        while True:
+            try:
+                raw = ctl.recv(NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                request = msgpack.unpackb(raw)
+                if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+                    raise ValueError("a control request is a map with a string 'op'")
+                reply = self.handle(request)
+            except Exception as exc:
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            ctl.send(msgpack.packb(reply))
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Apply one request; returns the reply.
+
+        :raises ValueError: an unknown op or a bad argument.
+        """
+        hub = self._hub
+        op = request["op"]
+        if op == "set":
+            changes = request.get("faults")
+            if not isinstance(changes, dict):
+                raise ValueError("'set' takes a map 'faults'")
+            self._apply_faults(hub.faults.updated(changes))
+        elif op == "clear":
+            self._apply_faults(Faults())
+        elif op == "inject_error":
+            count = int(request.get("count", 1))
+            error_class = int(request.get("error_class", CAN_ERR_PROT | CAN_ERR_BUSERROR))
+            data = bytes(request.get("data", CRC_ERROR_DATA))
+            if not 1 <= count <= 10_000:
+                raise ValueError(f"count is 1..10000, got {count}")
+            if not 0 <= error_class <= 0x1FFFFFFF or len(data) > 8:
+                raise ValueError("an error frame has a 29-bit error class and at most 8 data bytes")
+            for _ in range(count):
+                self._emit(error_frame(error_class, data))
+            hub.stats.errors_injected += count
+        elif op not in ("get", "ping"):
+            raise ValueError(f"unknown op {op!r}; known: get, set, clear, inject_error, ping")
+        return {"ok": True, "faults": asdict(hub.faults), "stats": asdict(hub.stats)}
+
+    def _apply_faults(self, new: Faults) -> None:
+        faults = self._hub.faults
+        for f in fields(new):  # in place: whoever holds hub.faults sees the change
+            setattr(faults, f.name, getattr(new, f.name))
+        self._sync_bus_off()

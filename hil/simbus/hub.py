@@ -1,6 +1,7 @@
 """The simbus hub: the process (or thread) that relays one channel's frames between its nodes,
-applying the :class:`~hil.simbus.control.Faults` in force, serving the control socket and
-optionally capturing what it delivers to a python-can log file (see :mod:`hil.simbus`).
+applying the :class:`~hil.simbus.control.Faults` in force, serving the control socket (with a
+:class:`~hil.simbus.control.ControlServer`) and optionally capturing what it delivers to a
+python-can log file (see :mod:`hil.simbus`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from types import TracebackType
 from typing import Any
 
 import can
-import msgpack
 import zmq
 
 from hil.simbus.channel import (
@@ -30,7 +30,7 @@ from hil.simbus.channel import (
     simbus_paths,
     validate_channel,
 )
-from hil.simbus.control import Faults, HubStats, SimBusControl
+from hil.simbus.control import ControlServer, Faults, HubStats, SimBusControl
 from hil.simbus.wire import (
     CAN_ERR_BUSERROR,
     CAN_ERR_BUSOFF,
@@ -291,6 +291,7 @@ class SimBusHub:
         poller.register(self._wake_r, zmq.POLLIN)
         delayed = self._delayed
         on_frame = self._on_frame
+        control = ControlServer(self, self._emit, self._sync_bus_off)
         batch = self.BATCH
         idle_ms = max(1, int(self.IDLE_TICK * 1000))
         self._sync_bus_off()
@@ -321,7 +322,7 @@ class SimBusHub:
                     except zmq.Again:
                         break
             if ctl in ready:
-                self._serve_control(ctl)
+                control.serve(ctl)
             if self.faults.bus_off != self._announced_bus_off:
                 self._sync_bus_off()
             if delayed:
@@ -379,49 +380,3 @@ class SimBusHub:
         self._xpub.send(status_frame(bus_off))
         self.stats.errors_injected += 1
         self._emit(error_frame(CAN_ERR_BUSOFF if bus_off else CAN_ERR_RESTARTED, bytes(8)))
-
-    # ---- control socket -------------------------------------------------------------------------
-
-    def _serve_control(self, ctl: zmq.Socket[bytes]) -> None:
-        while True:
-            try:
-                raw = ctl.recv(NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                request = msgpack.unpackb(raw)
-                if not isinstance(request, dict) or not isinstance(request.get("op"), str):
-                    raise ValueError("a control request is a map with a string 'op'")
-                reply = self._control_op(request)
-            except Exception as exc:
-                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            ctl.send(msgpack.packb(reply))
-
-    def _control_op(self, request: dict[str, Any]) -> dict[str, Any]:
-        op = request["op"]
-        if op == "set":
-            changes = request.get("faults")
-            if not isinstance(changes, dict):
-                raise ValueError("'set' takes a map 'faults'")
-            self._apply_faults(self.faults.updated(changes))
-        elif op == "clear":
-            self._apply_faults(Faults())
-        elif op == "inject_error":
-            count = int(request.get("count", 1))
-            error_class = int(request.get("error_class", CAN_ERR_PROT | CAN_ERR_BUSERROR))
-            data = bytes(request.get("data", CRC_ERROR_DATA))
-            if not 1 <= count <= 10_000:
-                raise ValueError(f"count is 1..10000, got {count}")
-            if not 0 <= error_class <= 0x1FFFFFFF or len(data) > 8:
-                raise ValueError("an error frame has a 29-bit error class and at most 8 data bytes")
-            for _ in range(count):
-                self._emit(error_frame(error_class, data))
-            self.stats.errors_injected += count
-        elif op not in ("get", "ping"):
-            raise ValueError(f"unknown op {op!r}; known: get, set, clear, inject_error, ping")
-        return {"ok": True, "faults": asdict(self.faults), "stats": asdict(self.stats)}
-
-    def _apply_faults(self, new: Faults) -> None:
-        for f in fields(new):  # in place: whoever holds hub.faults sees the change
-            setattr(self.faults, f.name, getattr(new, f.name))
-        self._sync_bus_off()

@@ -40,6 +40,11 @@ if TYPE_CHECKING:
     from clove.sandbox.launcher import ZygoteLauncher
 
 
+#: How a service journals one of its own records (event, code, agent id, duration in µs,
+#: details): the kernel's http and llm services are handed one at attach.
+Journaling = Callable[[str, str, "int | None", int, "dict[str, Any]"], None]
+
+
 class ServiceHost(Protocol):
     """The kernel as the services see it."""
 

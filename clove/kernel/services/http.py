@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
     from clove.kernel.core.loop import Loop, Timer
     from clove.kernel.core.sessions import OperatorSession
-    from clove.kernel.services.host import ServiceHost, ServiceRegistry
+    from clove.kernel.services.host import Journaling, ServiceHost, ServiceRegistry
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,6 @@ SHUTDOWN_WAIT: Final = 1.0
 
 
 #: ``record(event_type, code, agent_id, duration_us, details)``: journal one NETWORK record.
-Recorder = Callable[[str, str, "int | None", int, "dict[str, Any]"], None]
 
 
 @dataclass(eq=False, slots=True)
@@ -76,7 +74,7 @@ class HttpService:
         *,
         loop: Loop,
         transport: Transport,
-        record: Recorder | None = None,
+        record: Journaling | None = None,
         workers: int = WORKERS,
         max_in_flight: int = MAX_IN_FLIGHT,
         max_pending: int = MAX_PENDING,

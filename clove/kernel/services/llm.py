@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
     from clove.kernel.core.loop import Loop, Timer
     from clove.kernel.core.sessions import OperatorSession
-    from clove.kernel.services.host import ServiceHost, ServiceRegistry
+    from clove.kernel.services.host import Journaling, ServiceHost, ServiceRegistry
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ MAX_WORKERS: Final = 64
 NOT_CONFIGURED: Final = "the LLM gateway is not configured: the kernel's config has no [llm] table (docs/llm.md)"
 
 #: ``record(event_type, code, agent_id, duration_us, details)``: journal one record.
-Recorder = Callable[[str, str, "int | None", int, "dict[str, Any]"], None]
 
 
 @dataclass(eq=False, slots=True)
@@ -73,7 +72,7 @@ class LlmService:
         loop: Loop,
         settings: LlmSection | None,
         slots: list[ProviderSlot],
-        record: Recorder | None = None,
+        record: Journaling | None = None,
         warn: Callable[[Account, dict[str, Any]], None] | None = None,
         recording_path: Path | None = None,
         wall: Callable[[], float] = time.time,

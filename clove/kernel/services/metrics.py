@@ -36,6 +36,7 @@ from clove.sandbox.cgroupfs import CgroupFS, RealCgroupFS
 
 if TYPE_CHECKING:
     from clove.kernel.services.host import ServiceRegistry
+    from clove.kernel.supervision.supervisor import Supervisor
     from clove.sandbox.cgroups import AgentCgroup
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class MetricsService:
 
     def __init__(
         self,
-        supervisor: Any,
+        supervisor: Supervisor,
         *,
         emit: Callable[..., Any] | None = None,
         journal_warning: Callable[[Agent, dict[str, Any]], None] | None = None,

@@ -4,6 +4,7 @@ entry point ``exchange``.
 
 - :mod:`~clove_driver_exchange.driver`: the driver (ops submit_order, cancel, orders, positions,
   set_state, status; a stream of execution reports and market data);
+  :mod:`~clove_driver_exchange.reports`: what the venue says, applied to the driver's state;
 - :mod:`~clove_driver_exchange.risk`: the risk engine; :mod:`~clove_driver_exchange.journal`: the
   durable order journal; :mod:`~clove_driver_exchange.fix`: the FIX session engine.
 """

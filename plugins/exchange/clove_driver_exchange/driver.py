@@ -7,7 +7,8 @@ trading state) → the order journal (durable before anything leaves) → NewOrd
 venue session. Execution reports come back on the session's reader thread: journaled first, then
 applied to the risk engine and the order book, then streamed to the agent that owns the order
 (stream items carry ``"to"``: the kernel delivers them to that agent only). Market data updates
-the risk engine's reference prices and streams to agents granted the symbol.
+the risk engine's reference prices and streams to agents granted the symbol. That side is
+:class:`~clove_driver_exchange.reports.VenueReports`.
 
 Restarts: the journal rebuilds orders, fills and trading states; the session's sequence store
 makes the venue resend what it reported while the host was away (duplicates are skipped by
@@ -35,18 +36,17 @@ from clove.drivers import Caller, Driver, NoArgs, operation
 from clove.errors import DeviceBroken, DeviceUnavailable, NotFound, PermissionDenied
 from clove_driver_exchange.config import CancelArgs, ExchangeConfig, ExchangeGrant, StateArgs, SubmitArgs
 from clove_driver_exchange.fix import messages as fixmsg
-from clove_driver_exchange.fix.messages import Message, MsgType, Tag
 from clove_driver_exchange.fix.session import FixSession
 from clove_driver_exchange.fix.store import SeqStore
 from clove_driver_exchange.fix.transport import FixConnection, connect
 from clove_driver_exchange.journal import JournaledOrder, OrderJournal, Replayed, apply
+from clove_driver_exchange.reports import VenueReports
 from clove_driver_exchange.risk import Limits, Order, RiskEngine, TradingState
 
 __all__ = ["ExchangeDriver"]
 
 log = logging.getLogger(__name__)
 
-_STATUS = {"0": "new", "1": "partially_filled", "2": "filled", "4": "canceled", "6": "pending_cancel", "8": "rejected", "C": "expired", "A": "pending_new"}
 _SIDES = {"1": "buy", "2": "sell"}
 _OPERATOR = "operator"
 
@@ -75,8 +75,8 @@ class ExchangeDriver(Driver):
         self._risk: RiskEngine | None = None
         self._session: FixSession | None = None
         self._conn: FixConnection | None = None
+        self._reports: VenueReports | None = None  # what the venue says: applied there
         self._lost: str | None = None
-        self._reconciling: set[str] | None = None
         self._ids = itertools.count(1)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.counters = {"orders": 0, "denied": 0, "cancels": 0, "reports": 0, "fills": 0, "duplicates": 0}
@@ -94,13 +94,14 @@ class ExchangeDriver(Driver):
         self._book = self._journal.replay()
         self._risk = RiskEngine(self.config.limits(), instruments=self.config.symbols, max_reference_age_s=self.config.max_reference_age_s)
         self._restore_risk()
+        self._reports = VenueReports(self._lock, self._journal, self._book, self._risk, self.counters, self._emit)
         self._session = FixSession(
             "initiator",
             self.config.sender_comp_id,
             self.config.target_comp_id,
             SeqStore(os.path.join(directory, "fix-session.json"), fsync=self.config.fsync),
             heartbeat_s=self.config.heartbeat_s,
-            on_app_message=self._on_app,
+            on_app_message=self._reports.on_app,
             username=self.config.username,
             password=self.config.password,
             cancel_on_disconnect=self.config.cancel_on_disconnect,
@@ -150,9 +151,8 @@ class ExchangeDriver(Driver):
 
     def _reconcile(self) -> None:
         """Ask the venue for every open order; what we think is open and it does not is done."""
-        assert self._session is not None  # noqa: S101
-        with self._lock:
-            self._reconciling = {cid for cid, o in self._book.orders.items() if o.open}
+        assert self._session is not None and self._reports is not None  # noqa: S101
+        self._reports.start_reconcile()
         self._session.send_app(*fixmsg.order_mass_status_request(f"recon-{uuid.uuid4().hex[:8]}"))
 
     def _close(self) -> None:
@@ -325,108 +325,6 @@ class ExchangeDriver(Driver):
                 "references": {s: self._risk.reference(s) for s in self.config.symbols},
                 "counters": dict(self.counters),
             }
-
-    # ---- what the venue says (the session's reader thread) --------------------------------------
-
-    def _on_app(self, msg: Message) -> None:
-        try:
-            if msg.msg_type == MsgType.EXECUTION_REPORT:
-                self._on_report(msg)
-            elif msg.msg_type == MsgType.ORDER_CANCEL_REJECT:
-                self._on_cancel_reject(msg)
-            elif msg.msg_type == MsgType.MARKET_DATA_SNAPSHOT:
-                self._on_market_data(msg)
-        except Exception:  # noqa: BLE001 - one bad report must not stop the session's thread
-            log.exception("venue message not applied: %r", msg)
-
-    def _on_report(self, msg: Message) -> None:
-        assert self._journal is not None and self._risk is not None  # noqa: S101
-        exec_type = msg.get(Tag.EXEC_TYPE) or ""
-        client_id = msg.get(Tag.CL_ORD_ID) or ""
-        if exec_type in ("4",) and msg.get(Tag.ORIG_CL_ORD_ID):
-            client_id = msg.get(Tag.ORIG_CL_ORD_ID) or client_id  # a cancel's report names the cancel request
-        exec_id = msg.get(Tag.EXEC_ID) or ""
-        status = _STATUS.get(msg.get(Tag.ORD_STATUS) or "", "unknown")
-        last_qty = msg.get_float(Tag.LAST_QTY) or 0.0 if exec_type == "F" else 0.0
-        last_px = msg.get_float(Tag.LAST_PX) or 0.0
-        with self._lock:
-            if exec_type == "I":  # mass status: this order is open at the venue
-                if self._reconciling is not None:
-                    self._reconciling.discard(client_id)
-                if msg.get(Tag.LAST_RPT_REQUESTED) == "Y":
-                    self._finish_reconcile()
-                return
-            if exec_id and exec_id in self._book.exec_ids:
-                self.counters["duplicates"] += 1
-                return
-            order = self._book.orders.get(client_id)
-            entry = self._journal.append(
-                "exec", client_id=client_id, exec_id=exec_id, exec_type=exec_type, status=status, order_id=msg.get(Tag.ORDER_ID),
-                last_qty=last_qty, last_px=last_px, text=msg.get(Tag.TEXT),
-            )  # fmt: skip
-            apply(self._book, entry)
-            self.counters["reports"] += 1
-            if order is None:
-                return
-            if exec_type == "0":
-                self._risk.on_ack(client_id, msg.get(Tag.ORDER_ID))
-            if last_qty:
-                self.counters["fills"] += 1
-                self._risk.on_fill(client_id, last_qty, last_px)
-            if status in ("filled", "canceled", "rejected", "expired"):
-                self._risk.on_done(client_id)
-        self._emit(
-            {
-                "type": "exec", "to": order.agent, "client_id": client_id, "order_id": msg.get(Tag.ORDER_ID), "exec_id": exec_id,
-                "exec_type": exec_type, "status": status, "symbol": order.symbol, "side": order.side, "qty": order.qty,
-                "last_qty": last_qty, "last_px": last_px, "cum_qty": order.cum_qty, "leaves_qty": order.leaves,
-                "avg_px": order.avg_px, "text": msg.get(Tag.TEXT), "ts": time.time(),
-            }  # fmt: skip
-        )
-
-    def _finish_reconcile(self) -> None:
-        """Orders we thought open that the venue does not list were finished while we were away
-        (their fills, if any, came in the venue's resend): close them as canceled."""
-        assert self._journal is not None and self._risk is not None  # noqa: S101
-        missing = self._reconciling or set()
-        self._reconciling = None
-        for client_id in sorted(missing):
-            order = self._book.orders.get(client_id)
-            if order is None or not order.open:
-                continue
-            entry = self._journal.append("exec", client_id=client_id, exec_id=f"reconcile-{client_id}", exec_type="4", status="canceled", text="not open at the venue after reconnect")
-            apply(self._book, entry)
-            self._risk.on_done(client_id)
-        self._journal.append("reconciled", missing=sorted(missing))
-
-    def _on_cancel_reject(self, msg: Message) -> None:
-        client_id = msg.get(Tag.ORIG_CL_ORD_ID) or ""
-        with self._lock:
-            order = self._book.orders.get(client_id)
-        if order is not None:
-            self._emit({"type": "cancel_reject", "to": order.agent, "client_id": client_id, "text": msg.get(Tag.TEXT), "ts": time.time()})
-
-    def _on_market_data(self, msg: Message) -> None:
-        assert self._risk is not None  # noqa: S101
-        symbol = msg.get(Tag.SYMBOL) or ""
-        best: dict[str, float | None] = {"bid": None, "ask": None, "last": None}
-        for entry in msg.groups.get(Tag.NO_MD_ENTRIES, []):
-            kind, px = entry.get(Tag.MD_ENTRY_TYPE), entry.get(Tag.MD_ENTRY_PX)
-            if px is None:
-                continue
-            price = float(px)
-            if kind == "0" and (best["bid"] is None or price > best["bid"]):
-                best["bid"] = price
-            elif kind == "1" and (best["ask"] is None or price < best["ask"]):
-                best["ask"] = price
-            elif kind == "2":
-                best["last"] = price
-        bid, ask = best["bid"], best["ask"]
-        reference = (bid + ask) / 2 if bid is not None and ask is not None else best["last"]
-        if reference is not None:
-            with self._lock:
-                self._risk.set_reference(symbol, reference)
-        self._emit({"type": "md", "symbol": symbol, **best, "ts": time.time()})
 
     def status(self) -> dict[str, Any]:
         """For the host's heartbeat (``clove devices``)."""

@@ -12,60 +12,25 @@ possibly a stuck-at fault. Two sides use it:
   "busy"), drives outputs to their initial values, applies ``active_low``, filters edges and
   debounces like the kernel, and queues edges behind a pipe so ``fileno()`` can be polled.
 
-Choices, kept close to the kernel's: only inputs report edges (gpiod refuses edge detection on
-outputs), so setting an output never produces a watch event; a debounced edge is reported once
-the level has been stable for the debounce period, stamped with the time of the change.
+The request lives in :mod:`clove_driver_gpio.simrequest` (with the choices it makes, kept close
+to the kernel's), the line record and :class:`SimChipError` in :mod:`clove_driver_gpio.simlines`;
+both names are importable from here as before.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final, final
+from typing import Any, final
 
-from clove_driver_gpio.lines import Edge, LineSpec
+from clove_driver_gpio.lines import LineSpec
+from clove_driver_gpio.simlines import SimChipError, SimLine, as_level
+from clove_driver_gpio.simrequest import EDGE_QUEUE as EDGE_QUEUE  # public, not in __all__ (as before)
+from clove_driver_gpio.simrequest import SimRequest
 
 __all__ = ["SimChip", "SimChipError", "SimRequest"]
-
-#: Edges a request queues before the oldest are dropped (counted in ``SimRequest.dropped``).
-EDGE_QUEUE: Final = 4096
-
-
-class SimChipError(Exception):
-    """A refusal from the simulated chip.
-
-    :param kind: ``"invalid"`` (a bad name, value or use), ``"busy"`` (the line is held by
-        another request), ``"unavailable"`` (no such line, or wired the other way) or
-        ``"released"`` (the request was released).
-    """
-
-    def __init__(self, message: str, kind: str = "invalid") -> None:
-        super().__init__(message)
-        self.message = message
-        self.kind = kind
-
-
-@dataclass(slots=True)
-class _Line:
-    name: str
-    offset: int
-    output: bool
-    active_low: bool
-    level: int
-    stuck: bool = False
-    commanded: int | None = None
-    holder: SimRequest | None = None
-
-
-def _bit(key: str, value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
-        return value
-    raise SimChipError(f"{key}: a level is 0 or 1, got {value!r}")
 
 
 @final
@@ -103,8 +68,8 @@ class SimChip:
         self.label = label
         self._clock = clock
         self._lock = threading.Lock()
-        self._by_name: dict[str, _Line] = {}
-        self._by_offset: dict[int, _Line] = {}
+        self._by_name: dict[str, SimLine] = {}
+        self._by_offset: dict[int, SimLine] = {}
         for name, offset in lines.items():
             if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
                 raise SimChipError(f"line {name!r}: an offset is an int >= 0, got {offset!r}")
@@ -113,8 +78,8 @@ class SimChip:
                     f"offset {offset} is used by both {self._by_offset[offset].name!r} and {name!r}"
                 )
             low = name in active_low
-            level = _bit(f"initial.{name}", initial[name]) if name in initial else int(low)
-            self._by_offset[offset] = self._by_name[name] = _Line(name, offset, name in outputs, low, level)
+            level = as_level(f"initial.{name}", initial[name]) if name in initial else int(low)
+            self._by_offset[offset] = self._by_name[name] = SimLine(name, offset, name in outputs, low, level)
         self._history: deque[dict[str, Any]] = deque(maxlen=history_size)
         self._requests: set[SimRequest] = set()
 
@@ -128,7 +93,7 @@ class SimChip:
 
         :raises SimChipError: an unknown line, a bad level, or an output.
         """
-        level = _bit(name, level)
+        level = as_level(name, level)
         with self._lock:
             line = self._input(name)
             if not line.stuck:
@@ -158,7 +123,7 @@ class SimChip:
             if level is None:
                 line.stuck = False
                 return
-            level = _bit(name, level)
+            level = as_level(name, level)
             line.stuck = False
             self._change(line, level)
             line.stuck = True
@@ -227,7 +192,7 @@ class SimChip:
         if not specs:
             raise SimChipError("a request needs at least one line")
         with self._lock:
-            held: dict[int, _Line] = {}
+            held: dict[int, SimLine] = {}
             for spec in specs:
                 line = self._by_offset.get(spec.offset)
                 if line is None:
@@ -257,13 +222,13 @@ class SimChip:
                 line.holder = request
                 if spec.direction == "output":
                     self._command(
-                        line, _bit(f"initial of offset {spec.offset}", spec.initial) ^ spec.active_low, now
+                        line, as_level(f"initial of offset {spec.offset}", spec.initial) ^ spec.active_low, now
                     )
             return request
 
     # ---- internals (callers hold self._lock) ------------------------------------------------------
 
-    def _line(self, name: str) -> _Line:
+    def _line(self, name: str) -> SimLine:
         line = self._by_name.get(name)
         if line is None:
             raise SimChipError(
@@ -271,20 +236,20 @@ class SimChip:
             )
         return line
 
-    def _input(self, name: str) -> _Line:
+    def _input(self, name: str) -> SimLine:
         line = self._line(name)
         if line.output:
             raise SimChipError(f"line {name!r} is an output: the driver drives it (stuck() can force it)")
         return line
 
-    def _change(self, line: _Line, level: int) -> None:
+    def _change(self, line: SimLine, level: int) -> None:
         if level == line.level:
             return
         line.level = level
         if line.holder is not None:
             line.holder._on_level(line.offset, level, self._clock())
 
-    def _command(self, line: _Line, level: int, ts: float) -> None:
+    def _command(self, line: SimLine, level: int, ts: float) -> None:
         """A driver drives an output; a change of command goes into the history."""
         if line.commanded != level:
             self._history.append(
@@ -305,129 +270,3 @@ class SimChip:
         for line in self._by_offset.values():
             if line.holder is request:
                 line.holder = None
-
-
-@final
-class SimRequest:
-    """Lines held on a :class:`SimChip`: the simulated counterpart of ``gpiod.LineRequest``
-    (and a :class:`~clove_driver_gpio.lines.Lines` backend). Made by :meth:`SimChip.request_lines`."""
-
-    simulated = True
-    kind = "sim"
-
-    def __init__(self, chip: SimChip, specs: list[LineSpec], lines: dict[int, _Line], consumer: str) -> None:
-        self.chip = chip
-        self.consumer = consumer
-        self.dropped = 0
-        self._lock = chip._lock
-        self._specs = {spec.offset: spec for spec in specs}
-        self._lines = lines
-        self._reported = {off: line.level ^ self._specs[off].active_low for off, line in lines.items()}
-        self._pending: dict[int, threading.Timer] = {}
-        self._edges: deque[Edge] = deque()
-        self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._closed = False
-
-    @property
-    def offsets(self) -> list[int]:
-        return list(self._specs)
-
-    def get(self, offsets: list[int]) -> list[int]:
-        with self._lock:
-            self._check_open()
-            return [
-                self._lines[self._spec(off).offset].level ^ self._specs[off].active_low for off in offsets
-            ]
-
-    def set(self, values: dict[int, int]) -> None:
-        with self._lock:
-            self._check_open()
-            for off, value in values.items():
-                if self._spec(off).direction != "output":
-                    raise SimChipError(f"offset {off} is an input; only outputs can be set")
-                _bit(f"offset {off}", value)
-            now = self.chip._clock()
-            for off, value in values.items():
-                self.chip._command(self._lines[off], value ^ self._specs[off].active_low, now)
-
-    def read_edges(self, max_events: int | None = None) -> list[Edge]:
-        """Queued edges (never blocks); ``[]`` when there are none."""
-        with self._lock:
-            if self._closed:
-                raise SimChipError("the line request was released", "released")
-            count = len(self._edges) if max_events is None else min(max_events, len(self._edges))
-            edges = [self._edges.popleft() for _ in range(count)]
-            if not self._edges:
-                self._drain()
-            return edges
-
-    def fileno(self) -> int:
-        return -1 if self._closed else self._rfd
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for timer in self._pending.values():
-                timer.cancel()
-            self._pending.clear()
-            self.chip._release(self)
-            os.close(self._wfd)
-            os.close(self._rfd)
-
-    # ---- called by the chip, under its lock -------------------------------------------------------
-
-    def _on_level(self, offset: int, level: int, ts: float) -> None:
-        spec = self._specs[offset]
-        if spec.direction != "input" or self._closed:
-            return
-        if spec.debounce_ms <= 0:
-            self._report(offset, level ^ spec.active_low, ts)
-            return
-        old = self._pending.pop(offset, None)
-        if old is not None:
-            old.cancel()
-        timer = threading.Timer(spec.debounce_ms / 1000.0, self._settle, (offset, ts))
-        timer.daemon = True
-        self._pending[offset] = timer
-        timer.start()
-
-    def _settle(self, offset: int, ts: float) -> None:
-        """A debounce period ended with no further change: report where the line settled."""
-        with self._lock:
-            if self._closed or self._pending.get(offset) is not threading.current_thread():
-                return
-            del self._pending[offset]
-            self._report(offset, self._lines[offset].level ^ self._specs[offset].active_low, ts)
-
-    def _report(self, offset: int, logical: int, ts: float) -> None:
-        if logical == self._reported[offset]:
-            return
-        self._reported[offset] = logical
-        edge = self._specs[offset].edge
-        if edge != "both" and (edge == "rising") != bool(logical):
-            return
-        if len(self._edges) >= EDGE_QUEUE:
-            self._edges.popleft()
-            self.dropped += 1
-        self._edges.append(Edge(offset, bool(logical), ts))
-        with contextlib.suppress(BlockingIOError):  # a full pipe is readable already
-            os.write(self._wfd, b"\0")
-
-    def _drain(self) -> None:
-        try:
-            while os.read(self._rfd, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def _spec(self, offset: int) -> LineSpec:
-        spec = self._specs.get(offset)
-        if spec is None:
-            raise SimChipError(f"offset {offset} is not in this request")
-        return spec
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise SimChipError("the line request was released", "released")

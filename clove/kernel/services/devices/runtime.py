@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from clove.drivers.grants import DeviceGrant
     from clove.kernel.core.deferred import Deferred
     from clove.kernel.core.loop import Timer
+    from clove.kernel.services.devices.broker import DeviceBroker
+    from clove.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ STABLE_AFTER_S = 10.0
 class DeviceRuntime:
     """Driven by the broker: :meth:`start`, :meth:`on_message`, :meth:`on_exit`, :meth:`tick`."""
 
-    def __init__(self, spec: DeviceSpec, broker: Any) -> None:
+    def __init__(self, spec: DeviceSpec, broker: DeviceBroker) -> None:
         self.spec = spec
         self.name = spec.name
         self.broker = broker
@@ -60,7 +62,7 @@ class DeviceRuntime:
         self.on_up: list[Callable[[], None]] = []
         #: Engaged interlocks' limits on every agent's grant: interlock name → allowed ops.
         self.restrictions: dict[str, frozenset[str]] = {}
-        self.buckets: dict[tuple[int, str], Any] = {}
+        self.buckets: dict[tuple[int, str], TokenBucket] = {}
         self._pending: dict[int, tuple[Deferred, Timer, str]] = {}
         self._ids = itertools.count(1)
         self._last_beat = 0.0

@@ -2,11 +2,16 @@
 (initiator) and the simulated venue in ``hil.exchange`` (acceptor).
 
 * :mod:`~clove_driver_exchange.fix.messages` — framing with BodyLength/CheckSum checks, parsing
-  into :class:`Message`, and builders for the session and order messages (over simplefix);
+  into :class:`Message`, and builders for the session and order messages (over simplefix): the
+  one module callers import, over :mod:`~clove_driver_exchange.fix.dictionary` (tags, message
+  types), :mod:`~clove_driver_exchange.fix.framing`, :mod:`~clove_driver_exchange.fix.codec`
+  (encode, parse) and :mod:`~clove_driver_exchange.fix.builders`;
 * :mod:`~clove_driver_exchange.fix.store` — :class:`SeqStore`, the crash-safe journal of
   sequence numbers and sent messages;
 * :mod:`~clove_driver_exchange.fix.session` — :class:`FixSession`, the socket-free session state
-  machine (:mod:`~clove_driver_exchange.fix.resend` answers the counterparty's ResendRequests);
+  machine (:mod:`~clove_driver_exchange.fix.resend` answers the counterparty's ResendRequests,
+  :mod:`~clove_driver_exchange.fix.gaps` keeps the inbound gaps and the ResendRequest out,
+  :mod:`~clove_driver_exchange.fix.liveness` the heartbeat and TestRequest clocks);
 * :mod:`~clove_driver_exchange.fix.transport` — :class:`FixConnection`/:func:`connect`, its
   threaded TCP transport.
 

@@ -42,14 +42,16 @@ a restart anyway.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import Literal
 
 from clove_driver_exchange.fix import messages as m
+from clove_driver_exchange.fix.gaps import InboundGaps
+from clove_driver_exchange.fix.liveness import TEST_REQUEST_AFTER as TEST_REQUEST_AFTER  # public, as before
+from clove_driver_exchange.fix.liveness import Liveness
 from clove_driver_exchange.fix.messages import FixError, Frame, Framer, Message, MsgType, Outgoing, Tag
 from clove_driver_exchange.fix.resend import replay
 from clove_driver_exchange.fix.store import SeqStore
@@ -58,9 +60,6 @@ __all__ = ["FixSession", "Role", "State"]
 
 Role = Literal["initiator", "acceptor"]
 State = Literal["disconnected", "logon_sent", "active", "logout_sent"]
-
-#: Silence, in heartbeat intervals, after which a TestRequest goes out.
-TEST_REQUEST_AFTER: Final = 1.2
 
 _log = logging.getLogger(__name__)
 
@@ -149,14 +148,10 @@ class FixSession:
         self._owner: object | None = None
         self._framer = Framer()
         self._pending: list[_Deferred] = []
-        self._held: dict[int, Message | None] = {}  # inbound beyond a gap (None: already handled)
-        self._resend_upto = 0  # a ResendRequest is out, covering up to this inbound number
-        self._resend_sent_at = 0.0
-        self._test_req_id: str | None = None
-        self._test_req_at = 0.0
-        self._test_ids = itertools.count(1)
+        self._gaps = InboundGaps()  # inbound beyond a gap, and the ResendRequest out
         now = clock()
-        self._last_sent = self._last_received = self._phase_at = now
+        self._liveness = Liveness(now)  # heartbeats and test requests
+        self._phase_at = now
 
     # ---- properties -----------------------------------------------------------------------------
 
@@ -207,7 +202,8 @@ class FixSession:
             self._owner = owner
             self._framer = Framer()
             self._reset_connection_state()
-            self._phase_at = self._last_received = self._last_sent = self.clock()
+            self._phase_at = self.clock()
+            self._liveness.restart(self._phase_at)
 
     def connection_lost(self, owner: object | None = None) -> None:
         """Detach the transport (it closed). A stale ``owner`` (not the attached one) is ignored."""
@@ -223,9 +219,8 @@ class FixSession:
 
     def _reset_connection_state(self) -> None:
         self._closing = False
-        self._held.clear()
-        self._resend_upto = 0
-        self._test_req_id = None
+        self._gaps.reset()
+        self._liveness.forget_test_request()
 
     # ---- public operations ------------------------------------------------------------------------
 
@@ -367,7 +362,7 @@ class FixSession:
             return
         send(raw)
         self.stats["sent"] += 1
-        self._last_sent = self.clock()
+        self._liveness.sent(self.clock())
 
     def _close(self, reason: str) -> None:
         """End the connection now (after what is already queued to send)."""
@@ -399,16 +394,11 @@ class FixSession:
         One request at a time: messages arriving meanwhile are held, and a later gap is asked
         for once this one is filled (:meth:`_drain`).
         """
-        expected = self.store.next_target_seq
-        if not self._held or (self._resend_upto and expected <= self._resend_upto):
+        wanted = self._gaps.next_request(self.store.next_target_seq, self.clock)
+        if wanted is None:
             return
-        upto = min(self._held) - 1
-        if upto < expected:
-            return
-        self._resend_upto = upto
-        self._resend_sent_at = self.clock()
         self.stats["resend_requests"] += 1
-        self._send(m.resend_request(expected, upto), store=False)
+        self._send(m.resend_request(*wanted), store=False)
 
     # ---- receiving (lock held) --------------------------------------------------------------------
 
@@ -430,8 +420,7 @@ class FixSession:
             self.on_inbound(msg)
         if self._closing:
             return  # we have ended this connection; what still arrives on it does not count
-        self._last_received = self.clock()
-        self._test_req_id = None
+        self._liveness.heard(self.clock())
         if msg.get(Tag.BEGIN_STRING) != m.BEGIN_STRING:
             self._terminate(f"BeginString must be {m.BEGIN_STRING}, got {msg.get(Tag.BEGIN_STRING)!r}")
             return
@@ -454,9 +443,9 @@ class FixSession:
                 return
             if msg.msg_type == MsgType.RESEND_REQUEST:
                 self._on_resend_request(msg)  # now: the counterparty may be waiting on us too
-                self._held[seq] = None
+                self._gaps.hold(seq, None)
             else:
-                self._held[seq] = msg
+                self._gaps.hold(seq, msg)
             self._request_resend()
             return
         if seq < expected:
@@ -497,7 +486,7 @@ class FixSession:
         if seq == expected:
             self.store.set_next_target_seq(seq + 1)
         else:
-            self._held[seq] = None
+            self._gaps.hold(seq, None)
             self._request_resend()
 
     def _accept_logon(self, msg: Message) -> bool:
@@ -545,23 +534,20 @@ class FixSession:
 
     def _drain(self) -> None:
         """Process held messages that are now in sequence."""
-        held = self._held
-        while held:
+        gaps = self._gaps
+        while gaps.held:
             expected = self.store.next_target_seq
-            for seq in [s for s in held if s < expected]:
-                del held[seq]
-            if expected not in held:
+            found, msg = gaps.take(expected)
+            if not found:
                 break
-            msg = held.pop(expected)
             if msg is None:
                 self.store.set_next_target_seq(expected + 1)
             else:
                 self._process(msg, expected)
             if self._state not in ("active", "logout_sent"):
-                held.clear()
+                gaps.held.clear()
                 return
-        if self._resend_upto and self.store.next_target_seq > self._resend_upto:
-            self._resend_upto = 0
+        gaps.filled(self.store.next_target_seq)
         self._request_resend()
 
     def _on_resend_request(self, msg: Message) -> None:
@@ -608,16 +594,15 @@ class FixSession:
                 self._close("no answer to our Logout")
             return
         hb = self.heartbeat_s
-        if self._test_req_id is not None:
-            if now - self._test_req_at >= hb:
-                self._close(f"no answer to TestRequest {self._test_req_id} within {hb:g} s")
-                return
-        elif now - self._last_received >= hb * TEST_REQUEST_AFTER:
-            self._test_req_id = f"TEST-{next(self._test_ids)}"
-            self._test_req_at = now
-            self._send(m.test_request(self._test_req_id), store=False)
-        if now - self._last_sent >= hb:
+        live = self._liveness
+        unanswered = live.unanswered(now, hb)
+        if unanswered is not None:
+            self._close(f"no answer to TestRequest {unanswered} within {hb:g} s")
+            return
+        test_req_id = live.test_request_due(now, hb)
+        if test_req_id is not None:
+            self._send(m.test_request(test_req_id), store=False)
+        if live.heartbeat_due(now, hb):
             self._send(m.heartbeat(), store=False)
-        if self._held and now - self._resend_sent_at >= max(2.0, hb):
-            self._resend_upto = 0  # the last request stalled: ask again
+        if self._gaps.stalled(now, hb):  # the last request stalled: ask again
             self._request_resend()
