@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import msgpack
 
 from clove.sandbox import confine, lifeline, linux, seccomp
+from clove.sandbox.proctree import tree_of
 from clove.sandbox.spec import ExecSpec, SpawnSpec
 
 #: Compiled by the zygote at warm-up (``{network: filter}``); None when seccomp is unavailable.
@@ -352,33 +353,6 @@ def _run_command(job: ExecSpec, agent: SpawnSpec | None, out_fd: int, err_fd: in
         _fail(status_w, stage, err)
 
 
-def _process_tree(root: int) -> set[int]:
-    """Every process in ``root``'s process group or session, and every descendant of ``root``."""
-    children: dict[int, list[int]] = {}
-    members: set[int] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid, ppid, pgrp, session = int(entry), int(fields[1]), int(fields[2]), int(fields[3])
-        children.setdefault(ppid, []).append(pid)
-        if pgrp == root or session == root:
-            members.add(pid)
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), ()):
-            if child not in members:
-                members.add(child)
-                stack.append(child)
-    members.discard(os.getpid())
-    members.discard(1)
-    return members
-
-
 def kill_group(pgid: int) -> None:
     with contextlib.suppress(OSError):
         os.killpg(pgid, signal.SIGKILL)
@@ -388,6 +362,6 @@ def kill_tree(root: int) -> None:
     """SIGKILL a command's whole tree; a second round catches processes forked meanwhile."""
     for _ in range(2):
         kill_group(root)
-        for pid in _process_tree(root):
+        for pid in tree_of(root, group=root, session=root):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)

@@ -26,6 +26,7 @@ import os
 import signal
 from typing import NoReturn
 
+from clove.sandbox.proctree import tree_of
 from clove.sandbox.spec import SpawnSpec
 
 #: G's exit code when the life line broke (nobody reads it: the kernel is gone).
@@ -37,7 +38,7 @@ def cut(spec: SpawnSpec) -> NoReturn:
     if not spec.namespaces:
         me = os.getpid()
         for _ in range(3):  # later rounds catch processes forked while the first ones were signalled
-            victims = _cgroup_members(spec.cgroup_attach) | _session_and_descendants(me)
+            victims = _cgroup_members(spec.cgroup_attach) | tree_of(me, session=os.getsid(0))
             victims.discard(me)
             if not victims:
                 break
@@ -54,30 +55,3 @@ def _cgroup_members(attach_files: tuple[str, ...]) -> set[int]:
         with contextlib.suppress(OSError), open(path) as f:
             found.update(int(tok) for tok in f.read().split() if tok.isdigit())
     return found
-
-
-def _session_and_descendants(root: int) -> set[int]:
-    """Every process in ``root``'s session, and every descendant of ``root``."""
-    session = os.getsid(0)
-    children: dict[int, list[int]] = {}
-    members: set[int] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid, ppid, sid = int(entry), int(fields[1]), int(fields[3])
-        children.setdefault(ppid, []).append(pid)
-        if sid == session:
-            members.add(pid)
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), ()):
-            if child not in members:
-                members.add(child)
-                stack.append(child)
-    members.discard(1)
-    return members
