@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clove.cli import devices, hil, postmortem, render, replay
+from clove.cli import devices, doctor, hil, postmortem, render, replay
 from clove.config import parse_cpu, parse_memory
 from clove.errors import CloveError, KernelUnavailable
 from clove_sdk.client import CloveClient, default_endpoint, kernel_listening
@@ -299,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     devices.add_parsers(sub, common, lambda cmd: lambda args: cmd(args, _client, _emit, CliError))
     hil.add_parsers(sub, lambda cmd: lambda args: cmd(args, CliError))
+    doctor.add_parsers(sub)
     replay.add_parsers(sub, common, lambda cmd: lambda args: cmd(args, _client, _emit, CliError))
     postmortem.add_parsers(sub, common, lambda cmd: lambda args: cmd(args, _client, _emit, CliError))
 
