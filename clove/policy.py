@@ -54,7 +54,7 @@ _LEVEL_RIGHTS: Final = {
 _SPAWN_RIGHTS: Final = frozenset({"agents.spawn", "agents.logs"})
 _GRANT_KEYS: Final = (
     "read_paths", "write_paths", "exec_allow", "exec_deny", "http_domains", "http_methods",
-    "can_spawn", "max_children", "llm_tokens",
+    "can_spawn", "max_children", "can_detach", "llm_tokens",
 )  # fmt: skip
 
 
@@ -72,6 +72,8 @@ class Permissions:
     http_methods: tuple[str, ...] = ()
     can_spawn: bool = False
     max_children: int = 0
+    #: May spawn children that outlive it (``detached``); others die with their parent.
+    can_detach: bool = False
     llm_tokens: int | None = None
     work_dir: str = field(default="/", compare=False)
 
@@ -124,6 +126,10 @@ class Permissions:
                 f"at most {self.max_children} children are granted", details={"max_children": self.max_children}
             )
 
+    def check_detach(self) -> None:
+        if not self.can_detach:
+            raise PermissionDenied("spawning detached children (that outlive their parent) is not granted", details={"right": "can_detach"})
+
     # ---- composition -----------------------------------------------------------------------------
 
     def within(self, other: Permissions) -> bool:
@@ -140,6 +146,7 @@ class Permissions:
             and set(self.http_methods) <= set(other.http_methods)
             and (not self.can_spawn or other.can_spawn)
             and self.max_children <= other.max_children
+            and (not self.can_detach or other.can_detach)
             and (other.llm_tokens is None or (self.llm_tokens is not None and self.llm_tokens <= other.llm_tokens))
         )
 
@@ -162,6 +169,7 @@ class Permissions:
             "http_methods": list(self.http_methods),
             "can_spawn": self.can_spawn,
             "max_children": self.max_children,
+            "can_detach": self.can_detach,
             "llm_tokens": self.llm_tokens,
         }
 
@@ -177,7 +185,8 @@ def for_level(level: str, *, work_dir: str = "/") -> Permissions:
     if level == "unrestricted":
         return Permissions(
             level=level, rights=rights, read_paths=("/**",), write_paths=("/**",), exec_allow=("*",),
-            http_domains=("*",), http_methods=HTTP_METHODS, can_spawn=True, max_children=1_000_000, work_dir=work_dir,
+            http_domains=("*",), http_methods=HTTP_METHODS, can_spawn=True, max_children=1_000_000, can_detach=True,
+            work_dir=work_dir,
         )  # fmt: skip
     own = ("{work}/**", "/tmp/**")
     return Permissions(
@@ -197,9 +206,9 @@ def parse_grants(grants: dict[str, Any]) -> dict[str, Any]:
     for key, value in grants.items():
         if key not in _GRANT_KEYS:
             raise InvalidArguments(f"unknown permission {key!r}; known: {', '.join(_GRANT_KEYS)}", details={"permission": key})
-        if key == "can_spawn":
+        if key in ("can_spawn", "can_detach"):
             if not isinstance(value, bool):
-                raise InvalidArguments("permission 'can_spawn' must be a bool")
+                raise InvalidArguments(f"permission {key!r} must be a bool")
         elif key in ("max_children", "llm_tokens"):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise InvalidArguments(f"permission {key!r} must be a non-negative int")

@@ -95,8 +95,9 @@ class Device:
     ) -> dict[str, Any]:
         """Submit an order through the kernel and the venue's pre-trade risk checks. Returns
         ``{client_id, status}`` once it is on its way; its execution reports arrive on the
-        stream (:meth:`executions`). A refusal raises :class:`clove.errors.PermissionDenied`
-        (``risk.denied`` with ``details.reason``)."""
+        stream (:meth:`executions`). A limit's refusal raises :class:`clove.errors.RiskDenied`
+        (``risk.denied``, ``details.reason`` naming the check); a symbol outside the grant
+        :class:`clove.errors.PermissionDenied` (``perm.denied``, reason ``symbol``)."""
         args: dict[str, Any] = {"symbol": symbol, "side": side, "qty": qty, "type": type, "tif": tif}
         if price is not None:
             args["price"] = price

@@ -16,8 +16,10 @@ class PermissionsMixin(ClientBase):
         self, permissions: dict[str, Any] | None = None, level: str | None = None, agent_id: int | None = None
     ) -> dict[str, Any]:
         """Set an agent's level and/or grants (``read_paths``, ``write_paths``, ``exec_allow``,
-        ``exec_deny``, ``http_domains``, ``http_methods``, ``can_spawn``, ``max_children``,
-        ``llm_tokens``). :returns: ``{success, agent_id}`` (and the new permissions)."""
+        ``exec_deny``, ``http_domains``, ``http_methods``, ``can_spawn``, ``max_children``, ``can_detach``,
+        ``llm_tokens``); without ``agent_id``, the caller's own (an agent's, or an operator
+        session's), which can only be lowered. :returns: ``{success, agent_id}`` (and the new
+        permissions; ``session_id`` for an operator session)."""
         body: dict[str, Any] = {}
         if permissions is not None:
             body["permissions"] = dict(permissions)

@@ -23,8 +23,8 @@ class RecordingMixin(ClientBase):
         max_entries: int = 50000,
     ) -> dict[str, Any]:
         """Record every syscall of the agents named in ``filter_agents`` (``None``: every
-        agent), request and reply, with timestamps; ``llm.think``, ``http`` and ``exec`` calls
-        only when their ``include_*`` is set. The newest ``max_entries`` are kept in memory for
+        agent, and this session's own calls too), request and reply, with timestamps;
+        ``llm.think``, ``http`` and ``exec`` calls only when their ``include_*`` is set. The newest ``max_entries`` are kept in memory for
         export; the files under ``<state_dir>/recordings/<id>/`` are capped by the config.
 
         :returns: ``{success, state: "RECORDING", recording_id, path, entry_count, ...}`` or
@@ -54,16 +54,26 @@ class RecordingMixin(ClientBase):
         path: str | None = None,
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
+        mode: str | None = None,
     ) -> dict[str, Any]:
-        """Replay recorded agents in this kernel: each runs its unmodified script in a fresh
-        sandbox and every syscall it makes is answered from the recording (nothing is
-        performed). ``recording_data`` is an export (JSON text or its list) or JSONL text;
-        ``path`` a recording file or directory on the kernel's machine instead. ``agent``:
-        replay only this one. ``speed``: ``"full"`` or ``"recorded"`` (replies wait as long
-        as they took). ``env``/``args`` change the agent's environment or arguments, to see
-        where it diverges.
+        """Replay a recording in this kernel, in one of two ways (``mode``):
 
-        :returns: ``{success, state: "REPLAYING", agents, progress: {replayed, total}, ...}``
+        * ``"agents"``: each recorded agent runs its unmodified script in a fresh sandbox and
+          every syscall it makes is answered from the recording (nothing is performed).
+          ``agent``: replay only this one. ``env``/``args`` change the agent's environment or
+          arguments, to see where it diverges.
+        * ``"execute"``: the calls this operator made while recorded (``start_recording``
+          without ``filter_agents``) are performed again, one by one, as this session and
+          with its permissions; :meth:`get_replay_status` compares each result with the
+          recorded one. It stops if this session closes.
+
+        By default ``"agents"`` when the recording holds an agent's spawn (or ``agent``,
+        ``env`` or ``args`` is given), else ``"execute"``. ``recording_data`` is an export
+        (JSON text or its list) or JSONL text; ``path`` a recording file or directory on the
+        kernel's machine instead. ``speed``: ``"full"`` or ``"recorded"`` (replies, or calls,
+        wait as long as they did).
+
+        :returns: ``{success, state: "REPLAYING", mode, progress: {replayed, total}, ...}``
             or ``{success: False, error, code}``.
         """
         body: dict[str, Any] = {"speed": speed}
@@ -77,12 +87,16 @@ class RecordingMixin(ClientBase):
             body["env"] = dict(env)
         if args is not None:
             body["args"] = list(args)
+        if mode is not None:
+            body["mode"] = mode
         return self._compat("replay.start", **body)
 
     def get_replay_status(self) -> dict[str, Any]:
-        """:returns: ``{success, state (IDLE, REPLAYING, DIVERGED, COMPLETED, FAILED),
-        progress: {replayed, total}, agents, divergence: {agent, index, reason, recorded:
-        {call, body}, actual: {call, body}} or None, elapsed, recorded_elapsed}``."""
+        """:returns: ``{success, state (IDLE, REPLAYING, DIVERGED, COMPLETED, FAILED), active,
+        mode, progress: {replayed, total}, agents, divergence: {agent, index, reason, recorded:
+        {call, body}, actual: {call, body}} or None, elapsed, recorded_elapsed}``; for mode
+        ``"execute"`` also ``calls`` (``{index, call, outcome: "match" | "diverged" |
+        "skipped", reason?, recorded?, actual?}``), ``matched``, ``diverged``, ``skipped``."""
         return self._compat("replay.status")
 
     def now(self) -> float:

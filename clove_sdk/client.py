@@ -7,14 +7,18 @@ address in ``CLOVE_AGENT_ENDPOINT``); elsewhere it connects to the operators' co
 Two layers, as in the original Clove SDK: :meth:`call` returns the result or raises the
 :mod:`clove.errors` class for the reply's code; the named methods keep the original return
 shapes (dicts with ``success``, bools, lists). Every call times out (``timeout`` seconds)
-instead of hanging on a dead kernel, raising :class:`KernelUnavailable`.
+instead of hanging on a dead kernel, raising :class:`KernelUnavailable`; a socket file that is
+missing or has no listener fails the first call at once (see :mod:`clove_sdk._probe`).
+
+As in the original SDK, :meth:`connect` says whether a kernel answers (True or False, never an
+exception for an absent kernel) and :meth:`disconnect` closes; a client works without a ``with``
+block, and ``connect()`` after ``disconnect()`` opens it again.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import socket as pysocket
 import time
 from types import TracebackType
 from typing import Any
@@ -32,6 +36,8 @@ from clove_sdk._llm import LlmMixin
 from clove_sdk._messaging import MessagingMixin
 from clove_sdk._metrics import MetricsMixin
 from clove_sdk._permissions import PermissionsMixin
+from clove_sdk._probe import kernel_listening as kernel_listening  # the CLI's liveness check
+from clove_sdk._probe import socket_path, why_unreachable
 from clove_sdk._recording import RecordingMixin
 from clove_sdk._state import StateMixin
 
@@ -50,7 +56,8 @@ class CloveClient(
     MessagingMixin, StateMixin, EventsMixin, FilesMixin, ExecMixin, HttpMixin, LlmMixin, PermissionsMixin, MetricsMixin,
     DevicesMixin, RecordingMixin,
 ):
-    """A connection to a kernel. Use it as a context manager, or call :meth:`close`.
+    """A connection to a kernel. Use it as a context manager, or call :meth:`close` (or
+    :meth:`disconnect`) when done; :meth:`connect` checks that the kernel answers.
 
     :param socket_path: the control socket (``ipc://`` prefix optional); ``None`` picks the
         agent channel inside an agent, else ``$CLOVE_SOCKET`` or ``/tmp/clove.sock``.
@@ -63,14 +70,48 @@ class CloveClient(
         self._ids = itertools.count(1)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock: zmq.Socket[bytes] | None = None
-        self._connect()
+        self._open_socket()
 
-    def _connect(self) -> None:
+    def _open_socket(self) -> None:
         sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self.endpoint)
         self._sock = sock
         self._rcvtimeo = -1
+        self._probed = False  # the socket file is probed before this socket's first request
+
+    def _probe(self, syscall: str) -> None:
+        """Fail at once when nothing can answer (ZeroMQ would wait the whole timeout); once per
+        socket, so a syscall costs no more than before."""
+        reason = why_unreachable(self.endpoint)
+        if reason is not None:
+            path = socket_path(self.endpoint)
+            raise KernelUnavailable(
+                f"no kernel at {path}: {reason}", details={"endpoint": self.endpoint, "path": path, "call": syscall}
+            )
+        self._probed = True
+
+    # ---- the original SDK's connection calls -------------------------------------------------
+
+    def connect(self) -> bool:
+        """Open the connection if :meth:`disconnect` closed it, and check that the kernel answers
+        (a ``hello`` round trip). True when it does; False, never an exception, when no kernel is
+        there: at once for a missing socket file or one without a listener, after ``timeout``
+        for a kernel that stays silent. Calls made after a False raise
+        :class:`KernelUnavailable`, and work once a kernel is there."""
+        if self._sock is None:
+            self._open_socket()
+        try:
+            self.call("hello")
+        except KernelUnavailable:
+            return False
+        except CloveError:
+            pass  # a refusal is an answer: the kernel is there
+        return True
+
+    def disconnect(self) -> None:
+        """Close the connection (as :meth:`close`); :meth:`connect` opens it again."""
+        self.close()
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -81,10 +122,16 @@ class CloveClient(
 
         :raises CloveError: the subclass named by the reply's error code.
         :raises KernelUnavailable: no reply within ``timeout`` (the socket is then reset, so a
-            late reply cannot be mistaken for the next call's).
+            late reply cannot be mistaken for the next call's); at once when the socket file is
+            missing or nothing listens on it, or the client was closed.
         """
         if self._sock is None:
-            raise KernelUnavailable("client is closed")
+            raise KernelUnavailable(
+                f"the client of {self.endpoint} is closed (disconnect() or close()): call connect() to open it again",
+                details={"endpoint": self.endpoint, "call": syscall},
+            )
+        if not self._probed:
+            self._probe(syscall)
         request_id = next(self._ids)
         self._sock.send_multipart(wire.encode_request(request_id, syscall, body))
         wait = self.timeout if reply_timeout is None else reply_timeout
@@ -102,7 +149,7 @@ class CloveClient(
                 frames = self._sock.recv_multipart()
             except zmq.Again:
                 self._sock.close(linger=0)
-                self._connect()
+                self._open_socket()
                 raise KernelUnavailable(
                     f"no reply from the kernel at {self.endpoint} within {wait:g} s",
                     details={"endpoint": self.endpoint, "call": syscall},
@@ -139,6 +186,8 @@ class CloveClient(
         self._sock = None
 
     def __enter__(self) -> CloveClient:
+        if self._sock is None:  # a client closed earlier, used in a block again
+            self._open_socket()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -179,12 +228,18 @@ class CloveClient(
         interpreter: str | None = None,
         working_dir: str | None = None,
         devices: dict[str, dict[str, Any]] | None = None,
+        detached: bool = False,
+        device_wait: str | None = None,
+        device_timeout: float | None = None,
     ) -> dict[str, Any]:
         """Start an agent. ``limits`` takes ``memory`` (bytes or "64M"), ``cpu_quota`` (µs per
         100 ms) or ``cpu`` ("20%"), and ``pids`` (or ``max_pids``); what it leaves out comes from
         the kernel's ``[limits]`` defaults, and a value above the kernel's ceiling is refused
         (``proto.invalid_args``). ``devices`` grants devices as a config's
-        ``[agents.NAME.devices.DEVICE]`` tables do (operators only).
+        ``[agents.NAME.devices.DEVICE]`` tables do (operators only). An agent with device grants
+        starts once its devices are ready; after ``device_timeout`` seconds ``device_wait``
+        decides: ``"start"`` anyway or ``"fail"`` (docs/devices.md). A child an agent spawns
+        ends with its parent unless ``detached`` (which needs the ``can_detach`` right).
 
         :returns: ``{success, id, name, pid, status, restart_policy, isolation}`` or
             ``{success: False, error, code}``.
@@ -210,6 +265,12 @@ class CloveClient(
             body["working_dir"] = os.path.abspath(working_dir)
         if devices:
             body["devices"] = dict(devices)
+        if detached:
+            body["detached"] = True
+        if device_wait is not None:
+            body["device_wait"] = device_wait
+        if device_timeout is not None:
+            body["device_timeout"] = device_timeout
         return self._compat("agent.spawn", **body)
 
     @staticmethod
@@ -271,18 +332,3 @@ class CloveClient(
 
     def kernel_info(self) -> dict[str, Any]:
         return dict(self.call("kernel.info"))
-
-
-def kernel_listening(socket_path: str) -> bool:
-    """True when a process accepts connections on ``socket_path`` (a fast liveness probe that
-    does not wait for a ZeroMQ timeout)."""
-    path = socket_path[len("ipc://") :] if socket_path.startswith("ipc://") else socket_path
-    probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True

@@ -190,14 +190,18 @@ def cmd_run(args: argparse.Namespace, client: Callable[[argparse.Namespace], Any
                 "level": agent.level,
                 "permissions": dict(agent.permissions),
                 "devices": {name: _grant_table(grant) for name, grant in agent.devices.items()},
+                "device_wait": agent.device_wait,
+                "device_timeout": agent.device_timeout,
                 "limits": {k: v for k, v in (("memory", agent.memory_bytes), ("cpu_quota", agent.cpu_quota_us), ("pids", agent.pids)) if v is not None},
             }
             if agent.interpreter:
                 body["interpreter"] = agent.interpreter
             if agent.working_dir:
                 body["working_dir"] = agent.working_dir
+            # The reply comes once the agent runs, which may be after its devices are up.
+            wait = c.timeout + (agent.device_timeout if agent.devices else 0.0)
             try:
-                started.append(c.call("agent.spawn", **body))
+                started.append(c.call("agent.spawn", reply_timeout=wait, **body))
             except CloveError as err:
                 raise error(f"{args.config}: [agents.{agent.name}]: {err.message}") from None
     emit(args, started, lambda: "\n".join(f"started {a['name']} (id {a['id']}, pid {a['pid']})" for a in started) or "no agents in the config")

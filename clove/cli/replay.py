@@ -63,7 +63,7 @@ def cmd_replay(args: argparse.Namespace, client: Callable[[argparse.Namespace], 
         parts = select_agents(load_entries(source), args.agent)  # refuse here, before any kernel starts
     except CloveError as err:
         raise error(f"replay: {err.message}") from None
-    body: dict[str, Any] = {"path": source, "agent": args.agent, "speed": args.speed}
+    body: dict[str, Any] = {"path": source, "agent": args.agent, "speed": args.speed, "mode": "agents"}
     env = _env_pairs(args.env, error)
     if env:
         body["env"] = env
@@ -120,8 +120,14 @@ def replay_report(status: dict[str, Any]) -> str:
         timing += f" (recorded: {status['recorded_elapsed']:.2f} s, {status['recorded_elapsed'] / max(status['elapsed'], 1e-6):.1f}x)"
     lines.append(f"{status['state']}: {progress['replayed']}/{progress['total']} syscalls answered from the recording {timing}")
     for agent in status["agents"]:
+        end = agent.get("recorded_end")
         if agent.get("ran_past_end"):
             lines.append(f"  {agent['name']}: ran past the end of the recording (it stopped while the agent ran); stopped there")
+        elif end:
+            lines.append(
+                f"  {agent['name']}: replayed to the end of the recording, where the recorded run ended by signal "
+                f"{end['signal']} ({end['signal_name']}, {end['reason']}); stopped there"
+            )
         else:
             lines.append(f"  {agent['name']}: exit {_exit_text(agent['exit'])}; recorded {_exit_text(agent['recorded_exit'])}")
     d = status.get("divergence")

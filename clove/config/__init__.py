@@ -24,6 +24,7 @@ from clove.config.loader import load_config
 from clove.config.model import (
     BACKENDS,
     DEFAULT_SOCKET,
+    DEVICE_WAIT_POLICIES,
     LEVELS,
     RESTART_POLICIES,
     TABLES,
@@ -46,6 +47,7 @@ from clove.config.values import Table, parse_cpu, parse_memory, parse_pids, pars
 __all__ = [
     "BACKENDS",
     "DEFAULT_SOCKET",
+    "DEVICE_WAIT_POLICIES",
     "LEVELS",
     "RESTART_POLICIES",
     "TABLES",

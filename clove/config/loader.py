@@ -10,6 +10,7 @@ and :mod:`clove.config.llm`.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -22,6 +23,7 @@ from clove.config.llm import parse_llm
 from clove.config.model import (
     BACKENDS,
     DEFAULT_SOCKET,
+    DEVICE_WAIT_POLICIES,
     LEVELS,
     RESTART_POLICIES,
     TABLES,
@@ -93,9 +95,13 @@ def _agent(source: str, name: str, data: Any, base_dir: Path, devices: dict[str,
         level=t.choice("level", LEVELS, "standard"),
         permissions=_grants(t),
         devices=_device_grants(t, devices),
+        device_wait=t.choice("device_wait", DEVICE_WAIT_POLICIES, "start"),
+        device_timeout=t.positive("device_timeout", float, 30.0),
     )
     if agent.max_restarts < 0:
         raise t.fail("max_restarts", f"must be >= 0, got {agent.max_restarts}")
+    if not math.isfinite(agent.device_timeout):  # a start must not wait for ever
+        raise t.fail("device_timeout", f"must be a finite number of seconds, got {agent.device_timeout}")
     t.done()
     return agent
 

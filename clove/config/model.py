@@ -20,6 +20,8 @@ from clove.wire import DEFAULT_SOCKET as DEFAULT_SOCKET  # where the kernel list
 
 BACKENDS: Final = ("auto", "cgroup2", "cgroup1", "rlimit", "none")
 RESTART_POLICIES: Final = ("never", "on-failure", "always")
+#: What an agent does when the devices it holds grants on are not ready by its ``device_timeout``.
+DEVICE_WAIT_POLICIES: Final = ("start", "fail")
 #: The top-level tables a config may hold.
 TABLES: Final = ("kernel", "sandbox", "supervisor", "logs", "retention", "postmortem", "recording", "limits", "journal", "agents", "llm", "devices", "interlocks")
 
@@ -185,6 +187,10 @@ class AgentConfig:
     permissions: dict[str, Any] = field(default_factory=dict)
     #: Device name → this agent's grant on it (``[agents.NAME.devices.DEVICE]``).
     devices: dict[str, DeviceGrant] = field(default_factory=dict)
+    #: Each start (restarts too) waits until those devices are ready, for at most
+    #: ``device_timeout`` seconds; then ``device_wait`` says: ``start`` anyway, or ``fail``.
+    device_wait: str = "start"
+    device_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,10 +5,10 @@ allowed, denied, malformed or fails inside the handler. A bug in a handler becom
 ``internal`` error reply (the traceback goes to the kernel log only). A denial also emits
 SYSCALL_BLOCKED.
 
-Recording and replay (docs/recording.md) hook in here too: while the recorder is active it
-captures each agent request on arrival and records it with its reply once sent (direct and
-deferred paths); a replayed agent's requests go to the replay service right after identify and
-are answered from its recording, never authorized or performed.
+Recording and replay (docs/recording.md) hook in here too: the recorder captures each recorded
+request on arrival and records it with its reply once sent (direct and deferred paths); a
+replayed agent's requests go to the replay service right after identify and are answered from
+its recording, never performed; an operator's replay re-executes calls through ``perform``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import zmq
@@ -70,6 +71,12 @@ HOLD_TIMEOUT_S = 2.0
 THROTTLE_EVENT_INTERVAL_S = 1.0
 #: Shorter waits than this are not worth a timer: the loop polls in whole milliseconds.
 TIMER_RESOLUTION_S = 0.001
+
+
+def _bug(call: str) -> InternalError:
+    """The exception being handled, a handler's bug: logged with its traceback, answered ``internal``."""
+    log.exception("syscall %s failed", call)
+    return InternalError(f"{call} failed inside the kernel; see the kernel log")
 
 
 class Dispatcher:
@@ -194,34 +201,19 @@ class Dispatcher:
                 return
             if self.kernel.recorder.active:
                 pending = self.kernel.recorder.capture(agent, request, started)
+        elif session is not None and self.kernel.recorder.active:
+            pending = self.kernel.recorder.capture_session(session.id, request, started)
         try:
-            if syscall is None:
-                raise UnknownSyscall(f"unknown syscall {request.call!r}", details={"call": request.call})
-            if agent is not None and request.call not in DRAIN_CALLS and self.kernel.journal.space_low:
-                raise ResourceExhausted(
-                    "the kernel's journal disk is below its reserve: new work is refused until space returns",
-                    details={"resource": "journal_disk"},
-                )
-            perms = agent.permissions if agent is not None else self.kernel.operator_permissions
-            perms.require(syscall.right, request.call)
-            args = syscall.parse(request.body)
-            result = syscall.execute(SyscallContext(self.kernel, caller, agent, perms, session), args)
+            result = self._execute(syscall, request, caller, agent, session)
             # Encoded here, inside the error handling: a result that cannot be encoded becomes an
             # error reply rather than no reply at all.
             reply = None if isinstance(result, Deferred) else wire.ok_reply(request.id, result)
-        except CloveError as err:
+        except Exception as exc:  # a CloveError is the caller's answer; anything else is a bug
+            err = exc if isinstance(exc, CloveError) else _bug(request.call)
             self._send(sock, routing, wire.error_reply(request.id, err))
             self._record(caller, request, syscall, started, err)
             if pending is not None:
                 self.kernel.recorder.record(pending, None, err)
-            return
-        except Exception:
-            log.exception("syscall %s failed", request.call)
-            bug = InternalError(f"{request.call} failed inside the kernel; see the kernel log")
-            self._send(sock, routing, wire.error_reply(request.id, bug))
-            self._record(caller, request, syscall, started, bug)
-            if pending is not None:
-                self.kernel.recorder.record(pending, None, bug)
             return
         if reply is None:
             assert isinstance(result, Deferred)  # noqa: S101 - reply is None only for a Deferred
@@ -232,18 +224,43 @@ class Dispatcher:
         if pending is not None:
             self.kernel.recorder.record(pending, result, None)
 
+    def _execute(self, syscall: Syscall | None, request: wire.Request, caller: Caller, agent: Agent | None, session: OperatorSession | None) -> Any:
+        """Authorize and run one request: its result or a :class:`Deferred` (:raises CloveError:)."""
+        if syscall is None:
+            raise UnknownSyscall(f"unknown syscall {request.call!r}", details={"call": request.call})
+        if agent is not None and request.call not in DRAIN_CALLS and self.kernel.journal.space_low:
+            raise ResourceExhausted(
+                "the kernel's journal disk is below its reserve: new work is refused until space returns",
+                details={"resource": "journal_disk"},
+            )
+        perms = agent.permissions if agent is not None else (session.permissions if session else None) or self.kernel.operator_permissions
+        perms.require(syscall.right, request.call)
+        return syscall.execute(SyscallContext(self.kernel, caller, agent, perms, session), syscall.parse(request.body))
+
+    def perform(self, session: OperatorSession, call: str, body: dict[str, Any], done: Callable[[Any, CloveError | None], None]) -> None:
+        """Run ``call`` as operator ``session`` (its permissions, never more) with no socket, but
+        authorized, executed and journaled like its requests; ``done`` gets the result or error."""
+        caller, started = Caller("operator", session_id=session.id), time.perf_counter_ns()
+        request, syscall = wire.Request("rerun", call, body), self.registry.get(call)
+
+        def finish(value: Any, error: CloveError | None) -> None:
+            self._record(caller, request, syscall, started, error, mark="rerun")
+            done(value, error)
+
+        try:
+            result = self._execute(syscall, request, caller, None, session)
+        except Exception as exc:  # as in handle: the caller's answer, or a bug
+            finish(None, exc if isinstance(exc, CloveError) else _bug(call))
+            return
+        if isinstance(result, Deferred):
+            result.bind(finish)
+        else:
+            finish(result, None)
+
     def _finish_deferred(
-        self,
-        sock: zmq.Socket[bytes],
-        routing: bytes,
-        caller: Caller,
-        request: wire.Request,
-        syscall: Syscall,
-        started: int,
-        value: Any,
-        error: CloveError | None,
-        pending: Pending | None = None,
-    ) -> None:
+        self, sock: zmq.Socket[bytes], routing: bytes, caller: Caller, request: wire.Request, syscall: Syscall | None,
+        started: int, value: Any, error: CloveError | None, pending: Pending | None = None,
+    ) -> None:  # fmt: skip
         if sock.closed:
             return
         try:
@@ -261,9 +278,8 @@ class Dispatcher:
         if pending is not None:
             self.kernel.recorder.record(pending, value, error)
 
-    def _replay(
-        self, sock: zmq.Socket[bytes], routing: bytes, caller: Caller, agent: Agent, request: wire.Request, syscall: Syscall | None, started: int
-    ) -> None:
+    def _replay(self, sock: zmq.Socket[bytes], routing: bytes, caller: Caller, agent: Agent, request: wire.Request,
+                syscall: Syscall | None, started: int) -> None:  # fmt: skip
         """Answer a replayed agent from its recording (now, or after the recorded duration);
         journaled like any syscall, marked ``replayed``."""
         answer = self.kernel.replay.answer(agent, request)
@@ -273,7 +289,7 @@ class Dispatcher:
                 return
             frames = wire.error_reply(request.id, answer.error) if answer.error is not None else wire.ok_reply(request.id, answer.result)
             self._send(sock, routing, frames)
-            self._record(caller, request, syscall, started, answer.error, replayed=True)
+            self._record(caller, request, syscall, started, answer.error, mark="replayed")
 
         # At recorded speed the reply leaves when it did in the recording, counted from arrival;
         # below the loop's 1 ms timer resolution it leaves now (the replay's own work is that wait).
@@ -344,17 +360,18 @@ class Dispatcher:
         *,
         category: str | None = None,
         event: str | None = None,
-        replayed: bool = False,
+        mark: str | None = None,
     ) -> dict[str, Any] | None:
         """Journal one request (and emit SYSCALL_BLOCKED for a denial); the record, or ``None``
-        when the audit config leaves it out or it was counted into a denial aggregate."""
+        when the audit config leaves it out or it was counted into a denial aggregate.
+        ``mark``: ``replayed`` (answered from a recording) or ``rerun`` (an operator's replay)."""
         # Refusals for want of disk count as denials: the journal aggregates a flood of them.
         denied = isinstance(error, (PermissionDenied, ResourceExhausted)) or (error is not None and error.code.startswith("proto."))
         if category is None:
             category = Category.SECURITY if denied else (syscall.category if syscall else Category.SYSCALL)
         agent = self.kernel.supervisor.table.get(caller.agent_id) if caller.agent_id is not None else None
         call = request.call if request else None
-        if isinstance(error, PermissionDenied) and not replayed:  # a replayed denial blocked nothing now
+        if isinstance(error, PermissionDenied) and mark != "replayed":  # a replayed denial blocked nothing now
             self.kernel.events.emit(
                 "SYSCALL_BLOCKED",
                 {"syscall": call, "reason": error.message, "caller": caller.kind, "caller_id": caller.principal_id, **error.details},
@@ -377,6 +394,6 @@ class Dispatcher:
                 "caller_id": caller.principal_id,
                 **({"message": error.message} if error else {}),
                 **({"reason": error.details["reason"]} if error is not None and isinstance(error.details.get("reason"), str) else {}),
-                **({"replayed": True} if replayed else {}),
+                **({mark: True} if mark else {}),
             },
         )

@@ -188,6 +188,7 @@ class Kernel:
         self.supervisor.listeners.append(self._lifecycle_event)
         for attach in SERVICES:
             attach(self)
+        self.replay.perform = self.dispatcher.perform  # an operator's replay performs calls through it
         self.supervisor.spares.prepare()
         control = self.channels.control
         assert control is not None  # noqa: S101 - bind_control just set it

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import msgpack
 
-from clove.sandbox import confine, lifeline, linux, seccomp
+from clove.sandbox import confine, lifeline, linux, mountview, seccomp
 from clove.sandbox.proctree import tree_of
 from clove.sandbox.spec import ExecSpec, SpawnSpec
 
@@ -101,7 +101,7 @@ def _run_g(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) -> N
         _run_keeper(spec, log_fd, status_w, entered)
     stage = "mounts"
     try:
-        confine.build_mount_view(spec.exposures, tmp_bytes=spec.tmp_bytes, tmp_inodes=spec.tmp_inodes, work_mount=confine.work_mount_of(spec))
+        mountview.build(spec.exposures, hidden=spec.hidden, tmp_bytes=spec.tmp_bytes, tmp_inodes=spec.tmp_inodes, work_mount=confine.work_mount_of(spec))
         stage = "proc"
         confine.mount_proc()
         stage = "hostname"

@@ -1,8 +1,8 @@
 """The confinement steps a zygote child applies to itself before the agent's code runs.
 
 Order matters (each step needs the powers the next one removes): join cgroups, unshare
-namespaces, fork into the new pid namespace, build the mount view, then in the agent process
-apply rlimits, drop to the agent's uid, set no_new_privs and Landlock. Every function raises
+namespaces, fork into the new pid namespace, build the mount view (:mod:`.mountview`), then in
+the agent process apply rlimits, drop to the agent's uid, set no_new_privs and Landlock. Every function raises
 ``OSError`` on failure; the caller reports it to the kernel and exits.
 
 A command an agent runs through ``exec`` gets the same steps, except that it joins the agent's
@@ -15,14 +15,11 @@ import ctypes
 import ctypes.util
 import os
 import resource
-import stat
 from collections.abc import Iterable, Sequence
 
 from clove.sandbox import landlock, linux, workdir
-from clove.sandbox.spec import Exposure, SpawnSpec
-
-#: Directories that always get a fresh, private tmpfs inside the sandbox.
-PRIVATE_TMPFS = ("/tmp", "/dev/shm")
+from clove.sandbox.mountview import PRIVATE_TMPFS
+from clove.sandbox.spec import SpawnSpec
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -91,84 +88,6 @@ def enter_namespaces(pid: int) -> list[str]:
 def landlock_writable(spec: SpawnSpec) -> list[str]:
     """Where an agent (and every command it runs) may write under Landlock."""
     return [e.path for e in spec.exposures if e.writable] + list(PRIVATE_TMPFS) + ["/dev/null"]
-
-
-def _traversable_by_others(path: str) -> bool:
-    try:
-        return bool(os.stat(path).st_mode & stat.S_IXOTH)
-    except OSError:
-        return False
-
-
-def _hiding_ancestor(path: str) -> str | None:
-    """The outermost directory that must be covered by a tmpfs before ``path`` can be exposed:
-    a private tmpfs root that contains it, or the first ancestor an unprivileged uid cannot
-    traverse. ``None`` when the path is already reachable as it is."""
-    for root in PRIVATE_TMPFS:
-        if path == root or path.startswith(root + "/"):
-            return root
-    parts = path.strip("/").split("/")
-    for i in range(1, len(parts)):
-        ancestor = "/" + "/".join(parts[:i])
-        if not _traversable_by_others(ancestor):
-            return ancestor
-    return None
-
-
-def build_mount_view(
-    exposures: Sequence[Exposure],
-    *,
-    tmp_bytes: int = 64 << 20,
-    tmp_inodes: int | None = None,
-    work_mount: tuple[int, str, str, int] | None = None,
-) -> None:
-    """Make the whole tree read-only and nosuid, give /tmp and /dev/shm private tmpfs (each
-    ``tmp_bytes`` large and holding at most ``tmp_inodes`` inodes), and bind each exposure back
-    in at its own path (read-only unless ``writable``).
-
-    ``work_mount`` is ``(loop fd, loop device, work dir, uid)`` (:func:`work_mount_of`): that
-    ext4 filesystem is mounted over the work dir first (:func:`clove.sandbox.workdir.mount`),
-    so the work dir's exposure binds the size-bounded filesystem instead of the host directory.
-
-    Directories an unprivileged uid cannot traverse on the way to an exposure (``/root`` holding a
-    virtualenv, say) are covered by a tmpfs, which also hides everything else they hold.
-    """
-    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-    if work_mount is not None:
-        workdir.mount(*work_mount)
-    # Open the sources before the tmpfs mounts hide them; bind from /proc/self/fd.
-    sources: list[tuple[Exposure, int, bool]] = []
-    for exp in exposures:
-        if not exp.writable and _hiding_ancestor(exp.path) is None:
-            continue  # already visible, and the read-only tree covers it: a bind would only cost time
-        try:
-            fd = os.open(exp.path, os.O_PATH | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        sources.append((exp, fd, os.path.isdir(exp.path)))
-    covers = set(PRIVATE_TMPFS)
-    for exp, _, _ in sources:
-        ancestor = _hiding_ancestor(exp.path)
-        if ancestor is not None:
-            covers.add(ancestor)
-    # Only the outermost covers matter: a tmpfs inside another would be hidden or redundant.
-    outer = sorted(c for c in covers if not any(c != o and c.startswith(o + "/") for o in covers))
-    linux.make_tree_readonly("/")
-    private = f"mode=1777,size={tmp_bytes}" + (f",nr_inodes={tmp_inodes}" if tmp_inodes else "")
-    for cover in outer:
-        if os.path.isdir(cover):
-            options = private if cover in PRIVATE_TMPFS else "mode=0755,size=64m"
-            linux.mount("tmpfs", cover, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, options)
-    for exp, fd, is_dir in sources:
-        target = exp.path
-        if not os.path.exists(target):
-            os.makedirs(target if is_dir else os.path.dirname(target), mode=0o755, exist_ok=True)
-            if not is_dir:
-                open(target, "a").close()
-        linux.mount(f"/proc/self/fd/{fd}", target, None, linux.MS_BIND | linux.MS_REC)
-        flags = linux.MS_REMOUNT | linux.MS_BIND | linux.MS_NOSUID | (0 if exp.writable else linux.MS_RDONLY)
-        linux.mount(None, target, None, flags)
-        os.close(fd)
 
 
 #: The loop device C attached for the agent's work dir (``(fd, path)``), which G, C's child,

@@ -32,6 +32,10 @@ class SpawnSpec:
     :param workdir_image: an ext4 image to make (once, ``workdir_bytes`` large) and mount over
         ``cwd`` inside the agent's mount namespace (:mod:`clove.sandbox.workdir`);
         ``None``: ``cwd`` is the plain host directory.
+    :param hidden: host paths the agent must never see (the kernel's state dir and control
+        socket), covered in its mount view even where an exposure's bind (the script's
+        directory above them) would show them; only exposures inside them are bound back
+        (:mod:`clove.sandbox.mountview`).
     """
 
     key: str
@@ -55,6 +59,7 @@ class SpawnSpec:
     tmp_inodes: int | None = None
     workdir_image: str | None = None
     workdir_bytes: int | None = None
+    hidden: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +71,7 @@ class SpawnSpec:
         data["cgroup_attach"] = tuple(data.get("cgroup_attach", ()))
         data["rlimits"] = tuple(tuple(r) for r in data.get("rlimits", ()))
         data["exposures"] = tuple(Exposure(**e) for e in data.get("exposures", ()))
+        data["hidden"] = tuple(data.get("hidden", ()))
         return cls(**data)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from clove_sdk import CloveClient
+from clove_sdk.client import kernel_listening
 
 T = TypeVar("T")
 
@@ -55,6 +56,7 @@ class KernelProcess:
         base_dir: str | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         cwd: str | None = None,
+        cgroup: str | os.PathLike[str] | None = None,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="clv", dir=base_dir or "/tmp"))
         os.chmod(self.dir, 0o755)
@@ -68,11 +70,17 @@ class KernelProcess:
         self.env.pop("CLOVE_SOCKET", None)
         self.proc: subprocess.Popen[bytes] | None = None
         self.cwd = cwd  # the kernel's working directory (default: the caller's)
+        # Start the kernel in this cgroup (v2), as a service manager would; default: the caller's.
+        self.cgroup = Path(cgroup) if cgroup is not None else None
 
     def start(self, timeout: float = 20.0) -> KernelProcess:
         with open(self.log_path, "ab") as log:
+            command = [sys.executable, "-m", "clove", "kernel", "--config", str(self.config_path), "--socket", self.socket, "--state-dir", str(self.state_dir)]
+            if self.cgroup is not None:
+                # Join the cgroup first, then become the kernel: the kernel's pid is the one placed.
+                command = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(self.cgroup), *command]
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "clove", "kernel", "--config", str(self.config_path), "--socket", self.socket, "--state-dir", str(self.state_dir)],
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -83,7 +91,9 @@ class KernelProcess:
         def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"kernel exited with {self.proc.returncode}:\n{self.log()}")
-            return os.path.exists(self.socket)
+            # Listening, not only there: a stale socket file is there before the kernel replaces
+            # it, and a client fails at once on one.
+            return kernel_listening(self.socket)
 
         poll_for(up, timeout, message="the kernel's socket")
         with self.client(timeout=timeout) as c:

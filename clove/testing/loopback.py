@@ -5,7 +5,8 @@ hang or leak on purpose so supervision can be tested. Registered through the ``c
 entry point ``loopback`` like any plugin, and loaded only when a config names it.
 
 Config keys: ``pollable`` (true: the host polls ``fileno()``; false: it runs a reader thread),
-``fail_open`` (open raises :class:`DeviceUnavailable`).
+``fail_open`` (open raises :class:`DeviceUnavailable`), ``open_delay`` (seconds open takes, as
+a slow device's does).
 
 Grant keys: ``tags`` (the tags an agent may write and receive; ``["*"]`` for all).
 """
@@ -39,10 +40,13 @@ class LoopbackConfig:
     pollable: bool = True
     fail_open: bool = False
     max_queue: int = 100_000
+    open_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
             raise invalid("max_queue", f"must be positive, got {self.max_queue}")
+        if not 0 <= self.open_delay <= 60:
+            raise invalid("open_delay", f"must be 0..60 seconds, got {self.open_delay}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +102,7 @@ class LoopbackDriver(Driver):
         super().__init__(config)
 
     def _open(self) -> None:
+        time.sleep(self.config.open_delay)  # a slow device (a bus that takes its time to come up)
         if self.config.fail_open:
             raise DeviceUnavailable("loopback: fail_open is set")
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

@@ -1,7 +1,7 @@
 """An exchange agent for the trading tests; prints one REPORT line.
 
 ``limits``: an order, one in a symbol it has no grant for, one above the grant's size, one that
-would break its position limit, one far from the market. ``burst N``: N orders at once, counting
+would break its position limit, one far from the market, one reusing the first one's client id. ``burst N``: N orders at once, counting
 refusal reasons. ``nogrant``: one order without any grant."""
 
 import json
@@ -30,6 +30,7 @@ with CloveClient() as c:
         report["position"] = attempt(lambda: ex.submit_order("ACME", "buy", 45, price=90.0))
         report["collar_or_ok"] = attempt(lambda: ex.submit_order("ACME", "sell", 1, price=500.0))
         report["own_orders"] = len(ex.orders())
+        report["dup"] = attempt(lambda: ex.submit_order("ACME", "buy", 1, price=89.0, client_id=report["first"]["client_id"]))
     elif mode == "burst":
         sent, reasons = 0, []
         for i in range(int(sys.argv[2])):

@@ -77,12 +77,15 @@ def test_an_agent_trades_only_within_its_grant_and_the_risk_limits(make_kernel, 
     venue.set_reference("ACME", 100.0)
     k = _kernel(make_kernel, venue)
     with k.client() as op:
-        op.spawn("trader", agent_script("exchange_user.py"), args=["limits"], devices={"exchange": GRANT})
+        trader_grant = {**GRANT, "max_order_qty": 50}  # below the global 100: the kernel's check refuses
+        op.spawn("trader", agent_script("exchange_user.py"), args=["limits"], devices={"exchange": trader_grant})
         op.spawn("nogrant", agent_script("exchange_user.py"), args=["nogrant"])
         trader, nogrant = read_report(k, "trader"), read_report(k, "nogrant")
     assert trader["first"]["status"] == "sent"
     assert trader["bolt"] == ["perm.denied", "symbol"]  # not granted: refused by the kernel
-    assert trader["big"] == ["perm.denied", None] or trader["big"][1] == "max_order_qty"
+    # Every limit is risk.denied, wherever it is checked; only what is outside the grant is perm.denied.
+    assert trader["big"] == ["risk.denied", "max_order_qty"]  # the grant's, checked by the kernel
+    assert trader["dup"] == ["risk.denied", "bad_order"]  # a client id used already, checked by the driver
     assert trader["position"] == ["risk.denied", "max_position"]
     assert trader["collar_or_ok"] in (["ok", None], ["risk.denied", "price_collar"])
     assert trader["own_orders"] >= 1

@@ -154,6 +154,14 @@ def test_clear_errors(kernel, tmp_path):
     assert report[0]["value"]["code"] == "perm.denied"
 
 
+def test_a_file_that_cannot_be_read_is_the_callers_error_not_the_kernels(kernel):
+    with kernel.client() as op:
+        unreadable = op.read_file("/proc/self/mem")  # /proc/self is the kernel, to the kernel
+    assert unreadable["code"] == "proto.invalid_args"
+    assert "/proc/self/mem" in unreadable["error"] and f"/proc/{kernel.pid}/" not in unreadable["error"]
+    assert unreadable["details"]["path"] == "/proc/self/mem"
+
+
 OPERATOR_CLIENT = """
 import os
 from clove_sdk import CloveClient  # before dropping root: the interpreter may live under /root

@@ -93,3 +93,19 @@ def test_dead_kernel_times_out_instead_of_hanging(tmp_path):
 
     with CloveClient(str(tmp_path / "none.sock"), timeout=0.3) as c, pytest.raises(KernelUnavailable):
         c.noop("anyone?")
+
+
+def test_connect_and_disconnect_as_the_original_sdk_without_a_with_block(kernel):
+    from clove.errors import KernelUnavailable
+    from clove_sdk import CloveClient
+
+    c = CloveClient(kernel.socket, timeout=10)
+    assert c.connect() is True
+    first = c.hello()["session_id"]
+    c.disconnect()  # ends the operator session
+    with pytest.raises(KernelUnavailable, match="connect"):
+        c.noop("closed")
+    assert c.connect() is True
+    assert c.noop("again") == "again"
+    assert c.hello()["session_id"] != first  # a new connection is a new session
+    c.disconnect()

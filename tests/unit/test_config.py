@@ -359,6 +359,11 @@ def test_unreadable_path(tmp_path: Path) -> None:
         ('script = "a.py"\nrestart_window = 0', "restart_window", "must be positive, got 0.0"),
         ('script = "a.py"\ninterpreter = 3', "interpreter", "expected string, got int 3"),
         ('script = "a.py"\nworking_dir = false', "working_dir", "expected string, got bool False"),
+        ('script = "a.py"\ndevice_wait = "maybe"', "device_wait", "expected one of start, fail; got 'maybe'"),
+        ('script = "a.py"\ndevice_wait = true', "device_wait", "expected string, got bool True"),
+        ('script = "a.py"\ndevice_timeout = 0', "device_timeout", "must be positive, got 0.0"),
+        ('script = "a.py"\ndevice_timeout = "10s"', "device_timeout", "expected number, got str '10s'"),
+        ('script = "a.py"\ndevice_timeout = inf', "device_timeout", "must be a finite number of seconds, got inf"),
         ('script = "a.py"\nmemroy = "64M"', "memroy", "unknown key (known: "),
     ],
 )
@@ -388,6 +393,13 @@ def test_valid_agent_names(tmp_path: Path) -> None:
         tmp_path, '[agents."A.b_c-9"]\nscript = "a.py"\n[agents.' + "x" * 63 + ']\nscript = "b.py"\n'
     )
     assert [a.name for a in load_config(path).agents] == ["A.b_c-9", "x" * 63]
+
+
+def test_device_wait_defaults_and_choices(tmp_path: Path) -> None:
+    path = write(tmp_path, '[agents.a]\nscript = "a.py"\n[agents.b]\nscript = "b.py"\ndevice_wait = "fail"\ndevice_timeout = 5\n')
+    a, b = load_config(path).agents
+    assert (a.device_wait, a.device_timeout) == ("start", 30.0)
+    assert (b.device_wait, b.device_timeout) == ("fail", 5.0)
 
 
 def test_cpu_quota_alone(tmp_path: Path) -> None:

@@ -219,7 +219,7 @@ def test_bad_plugin_key(tmp_path: Path) -> None:
 
 def test_unknown_driver_key(tmp_path: Path) -> None:
     message = config_error(tmp_path, LOOP + "bogus = 1\n")
-    assert message == "[devices.loop].bogus: unknown key (known: fail_open, max_queue, pollable)"
+    assert message == "[devices.loop].bogus: unknown key (known: fail_open, max_queue, open_delay, pollable)"
 
 
 def test_wrong_type_of_a_driver_key(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from clove.config import AgentConfig, SupervisorSection
-from clove.kernel.core.agents import Agent, AgentState, ExitInfo, ExitReason
+from clove.kernel.core.agents import Agent, AgentState, ExitInfo, ExitReason, StopCause
 from clove.kernel.supervision.exits import classify_exit, restart_delay, should_restart
 
 
@@ -35,6 +35,15 @@ def test_start_failures_and_kills() -> None:
     stopping = agent(AgentState.STOPPING)
     stopping.operator_kill = True
     assert classify(stopping, {"signal": 15}, oom=1).reason is ExitReason.KILLED  # the operator's kill wins
+
+
+def test_a_stop_with_a_cause_reports_the_cause() -> None:
+    child = agent(AgentState.STOPPING)
+    child.stop_cause = StopCause(ExitReason.PARENT_EXITED, "parent 'p' (id 1) exited")
+    info = classify(child, {"signal": 15})
+    assert (info.reason, info.message, info.signal) == (ExitReason.PARENT_EXITED, "parent 'p' (id 1) exited", 15)
+    child.operator_kill = True
+    assert classify(child, {"signal": 15}).reason is ExitReason.KILLED  # an operator's kill came first
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from clove.config import AgentConfig
-from clove.errors import Conflict, InvalidArguments, NotFound, PermissionDenied, QuotaExceeded
+from clove.errors import (
+    Conflict,
+    InvalidArguments,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    ResourceExhausted,
+)
 from clove.kernel.core.agents import Agent
 from clove.kernel.services import files
 from clove.kernel.services.files import read_file, write_file
@@ -165,6 +172,50 @@ def test_errors_are_structured(root: Path, view: View) -> None:
     with pytest.raises(QuotaExceeded) as err:
         read_file(view, PERMS, "a.txt", max_bytes=4)
     assert err.value.details["size"] == 5
+
+
+def test_a_file_that_cannot_be_used_is_the_callers_error_named_as_asked() -> None:
+    # An operator's view is the host, and /proc/self resolves to the reading process: this one
+    # here, the kernel in the service. Neither refusal may be ``internal`` or name that pid.
+    own = f"/proc/{os.getpid()}"
+    with View(os.open("/", os.O_PATH | os.O_DIRECTORY), None, None, who="operator") as host:
+        grants = for_level("unrestricted")
+        with pytest.raises(InvalidArguments) as unreadable:
+            read_file(host, grants, "/proc/self/mem")  # EIO: nothing is mapped at offset 0
+        with pytest.raises(InvalidArguments) as unwritable:
+            write_file(host, grants, "/proc/self/oom_score_adj", b"not a number")  # EINVAL
+    for err, path, code in ((unreadable, "/proc/self/mem", "EIO"), (unwritable, "/proc/self/oom_score_adj", "EINVAL")):
+        assert path in err.value.message and own not in err.value.message
+        assert err.value.details == {"path": path, "errno": code, "argument": "path"}
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (errno.ENOENT, NotFound),
+        (errno.ENOTDIR, NotFound),
+        (errno.EACCES, PermissionDenied),
+        (errno.EPERM, PermissionDenied),
+        (errno.EROFS, PermissionDenied),
+        (errno.ELOOP, PermissionDenied),
+        (errno.EISDIR, InvalidArguments),
+        (errno.ENXIO, InvalidArguments),
+        (errno.EIO, InvalidArguments),
+        (errno.EINVAL, InvalidArguments),
+        (errno.EOPNOTSUPP, InvalidArguments),
+        (errno.ENAMETOOLONG, InvalidArguments),
+        (errno.ENOSPC, QuotaExceeded),
+        (errno.EFBIG, QuotaExceeded),
+        (errno.EBUSY, Conflict),
+        (errno.EAGAIN, Conflict),
+        (errno.EMFILE, ResourceExhausted),
+        (errno.ENOMEM, ResourceExhausted),
+    ],
+)
+def test_os_errors_map_to_the_file_services_codes(code: int, error: type[Exception]) -> None:
+    err = files.fs_error(OSError(code, os.strerror(code), "/proc/4242/mem"), "/proc/self/mem", "operator")
+    assert type(err) is error  # and so never ``internal``
+    assert "/proc/self/mem" in err.message and "4242" not in err.message
 
 
 def test_relative_paths_need_a_base() -> None:

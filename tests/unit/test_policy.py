@@ -82,7 +82,7 @@ def test_grants_narrow_and_widen() -> None:
 
 @pytest.mark.parametrize(
     "grants",
-    [{"bogus": 1}, {"can_spawn": "yes"}, {"max_children": -1}, {"read_paths": ["relative/x"]}, {"http_methods": ["FETCH"]}, {"exec_allow": "ls"}],
+    [{"bogus": 1}, {"can_spawn": "yes"}, {"can_detach": 1}, {"max_children": -1}, {"read_paths": ["relative/x"]}, {"http_methods": ["FETCH"]}, {"exec_allow": "ls"}],
 )
 def test_bad_grants_are_refused(grants: dict) -> None:
     with pytest.raises(InvalidArguments):
@@ -102,6 +102,18 @@ def test_spawn_grant_brings_child_management_rights() -> None:
         p.check_spawn(2)
     with pytest.raises(PermissionDenied):
         for_level("standard").require("agents.spawn", "agent.spawn")
+
+
+def test_detaching_children_needs_its_own_grant() -> None:
+    spawner = for_level("standard").with_grants({"can_spawn": True, "max_children": 2})
+    with pytest.raises(PermissionDenied, match="detached") as refused:
+        spawner.check_detach()
+    assert refused.value.details == {"right": "can_detach"}
+    detacher = spawner.with_grants({"can_detach": True})
+    detacher.check_detach()
+    for_level("unrestricted").check_detach()
+    assert spawner.within(detacher) and not detacher.within(spawner)  # a child cannot get it from a parent without it
+    assert detacher.to_wire()["can_detach"] is True
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,7 @@ class ExitReason(str, enum.Enum):
     KILLED = "killed"  # an operator (or shutdown) stopped it
     FAILED_TO_START = "failed_to_start"  # the sandbox or the interpreter never got going
     START_TIMEOUT = "start_timeout"  # it did not come up within sandbox.start_timeout
+    PARENT_EXITED = "parent_exited"  # the agent that spawned it exited (it was not detached)
 
 
 @dataclass(slots=True)
@@ -83,6 +84,15 @@ class ExitInfo:
         return self.reason is ExitReason.EXITED and self.exit_code == 0
 
 
+@dataclass(frozen=True, slots=True)
+class StopCause:
+    """Why the kernel is stopping an agent that neither asked nor was killed by an operator:
+    its exit is classified with this reason and message rather than as a plain signal."""
+
+    reason: ExitReason
+    message: str
+
+
 @dataclass(eq=False)
 class Agent:
     """One agent across all its incarnations: the id is its identity for life."""
@@ -105,6 +115,10 @@ class Agent:
     exit_requested: bool = False
     permissions: Permissions = field(default_factory=lambda: for_level("standard"))
     parent_id: int | None = None
+    #: Spawned ``detached``: it outlives its parent (by default a child dies with it).
+    detached: bool = False
+    #: Why the kernel is stopping it (its parent exited), for its exit's reason and message.
+    stop_cause: StopCause | None = None
 
     @property
     def name(self) -> str:
@@ -150,6 +164,7 @@ class Agent:
             pid=self.pid,
             restarts=self.restarts,
             parent_id=self.parent_id,
+            detached=self.detached,
             level=self.permissions.level,
             restart_policy=self.spec.restart,
             exit_code=self.exit.exit_code if self.exit else None,

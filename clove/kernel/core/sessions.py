@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from clove.policy import Permissions
+
 
 @dataclass(slots=True)
 class OperatorSession:
@@ -23,6 +25,9 @@ class OperatorSession:
     gid: int | None
     pid: int | None
     opened_at: float = field(default_factory=time.time)
+    #: What the session lowered itself to (``permissions.set``); ``None``: the configured
+    #: ``kernel.operator_level``.
+    permissions: Permissions | None = None
 
 
 def parse_peer_address(value: str | None) -> tuple[int | None, int | None, int | None]:

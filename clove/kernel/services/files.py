@@ -43,6 +43,7 @@ from clove.errors import (
     NotFound,
     PermissionDenied,
     QuotaExceeded,
+    ResourceExhausted,
 )
 from clove.kernel.services.fileviews import View, agent_view, operator_view
 from clove.kernel.services.started import when_started
@@ -57,11 +58,19 @@ if TYPE_CHECKING:
 MAX_READ_BYTES: Final = 16 << 20
 
 
+# A file that exists but cannot be used as a regular file: ``/proc/self/mem`` (EIO at offset 0),
+# some /proc and /sys files (EINVAL, EOPNOTSUPP), a device behind a failing disk (EIO).
+_UNUSABLE: Final = frozenset({errno.EIO, errno.EINVAL, errno.EOVERFLOW, errno.EOPNOTSUPP, errno.ENODATA})
+
+
 def fs_error(err: OSError, path: str, who: str = "caller") -> CloveError:
-    """The structured error for an ``OSError`` met while resolving or opening ``path``."""
+    """The structured error for an ``OSError`` met on ``path`` (resolving, opening, reading or
+    writing it), under the file service's codes: ``internal`` is left for what is no file's
+    fault. ``path`` is what the caller asked for: never the resolved one, which for
+    ``/proc/self/...`` names the kernel's own pid."""
     code = err.errno
     details = {"path": path, "errno": errno.errorcode.get(code or 0, str(code))}
-    if code in (errno.ENOENT, errno.ENOTDIR):
+    if code in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE):
         return NotFound(f"no such file or directory: {path}", details=details)
     if code in (errno.EACCES, errno.EPERM):
         return PermissionDenied(f"{path}: permission denied for the {who}'s user", details=details)
@@ -73,10 +82,14 @@ def fs_error(err: OSError, path: str, who: str = "caller") -> CloveError:
         return InvalidArguments(f"{path} is a directory", details={**details, "argument": "path"})
     if code in (errno.ENXIO, errno.ENODEV):
         return InvalidArguments(f"{path} is not a regular file", details={**details, "argument": "path"})
+    if code in _UNUSABLE:
+        return InvalidArguments(f"{path} cannot be used as a regular file: {err.strerror}", details={**details, "argument": "path"})
     if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return QuotaExceeded(f"{path}: {err.strerror}", details=details)
-    if code in (errno.EBUSY, errno.ETXTBSY):
+    if code in (errno.EBUSY, errno.ETXTBSY, errno.EAGAIN, errno.EINTR):
         return Conflict(f"{path}: {err.strerror}", details=details)
+    if code in (errno.ENOMEM, errno.EMFILE, errno.ENFILE):
+        return ResourceExhausted(f"{path}: {err.strerror} (the kernel is short of it: try later)", details=details)
     if code == errno.ENAMETOOLONG:
         return InvalidArguments(f"{path}: name too long", details={**details, "argument": "path"})
     return InternalError(f"{path}: {err.strerror}", details=details)
@@ -109,12 +122,13 @@ def read_file(
             fd = openat2(view.root_fd, resolved, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY, resolve=FINAL)
         except OSError as err:
             raise fs_error(err, wanted, view.who) from None
+    # From here on errors name the path as asked: the resolved one may be /proc/<kernel pid>/...
     try:
-        size = _regular(fd, resolved).st_size
+        size = _regular(fd, wanted).st_size
         if size > max_bytes:
             raise QuotaExceeded(
-                f"{resolved} is {size} bytes; fs.read returns at most {max_bytes}",
-                details={"path": resolved, "size": size, "max_bytes": max_bytes},
+                f"{wanted} is {size} bytes; fs.read returns at most {max_bytes}",
+                details={"path": wanted, "size": size, "max_bytes": max_bytes},
             )
         chunks, total = [], 0
         while total <= max_bytes:
@@ -125,11 +139,11 @@ def read_file(
             total += len(chunk)
         if total > max_bytes:
             raise QuotaExceeded(
-                f"{resolved} is larger than {max_bytes} bytes",
-                details={"path": resolved, "max_bytes": max_bytes},
+                f"{wanted} is larger than {max_bytes} bytes",
+                details={"path": wanted, "max_bytes": max_bytes},
             )
     except OSError as err:
-        raise fs_error(err, resolved, view.who) from None
+        raise fs_error(err, wanted, view.who) from None
     finally:
         os.close(fd)
     data = b"".join(chunks)
@@ -166,13 +180,13 @@ def write_file(
         except OSError as err:
             raise fs_error(err, wanted, view.who) from None
     try:
-        _regular(fd, resolved)
+        _regular(fd, wanted)  # errors name the path as asked, as in read_file
         view_data = memoryview(data)
         written = 0
         while written < len(data):
             written += os.write(fd, view_data[written:])
     except OSError as err:
-        raise fs_error(err, resolved, view.who) from None
+        raise fs_error(err, wanted, view.who) from None
     finally:
         os.close(fd)
     return {"success": True, "bytes_written": written, "path": resolved}

@@ -69,8 +69,8 @@ class Adoption:
         kept = restarted = 0
         for agent in list(sup.table):
             rt = sup.runtimes.get(agent.id)
-            if rt is None or agent.state in TERMINAL or agent.state is S.BACKOFF:
-                continue
+            if rt is None or agent.state in TERMINAL or agent.state is S.BACKOFF or rt.device_wait is not None:
+                continue  # no process, or (waiting for its devices) none asked of the zygote yet
             if rt.handles is not None:
                 self._watch(agent, rt)
                 kept += 1

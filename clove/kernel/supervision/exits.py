@@ -13,7 +13,8 @@ S = AgentState
 
 def classify_exit(agent: Agent, event: dict[str, Any], *, oom_kills: int, timed_out: bool, start_timeout: float) -> ExitInfo:
     """The exit reason from the zygote's ``exited`` event, the agent's state and its cgroup's OOM
-    counter: a start failure, an operator's kill, an OOM kill, a signal, or a plain exit."""
+    counter: a start failure, an operator's kill, the kernel's stop with a cause (its parent
+    exited), an OOM kill, a signal, or a plain exit."""
     sig = event.get("signal")
     code = event.get("exit_code")
     if agent.state is S.STARTING and not agent.operator_kill:
@@ -24,6 +25,8 @@ def classify_exit(agent: Agent, event: dict[str, Any], *, oom_kills: int, timed_
         return ExitInfo(ExitReason.FAILED_TO_START, code, sig, "ended before its sandbox was ready")
     if agent.state is S.STOPPING and agent.operator_kill:
         return ExitInfo(ExitReason.KILLED, code, sig, "stopped by operator")
+    if agent.state is S.STOPPING and agent.stop_cause is not None:
+        return ExitInfo(agent.stop_cause.reason, code, sig, agent.stop_cause.message)
     if oom_kills > 0:
         limit = agent.spec.memory_bytes
         return ExitInfo(ExitReason.OOM_KILLED, code, sig, f"killed by the OOM killer at its memory limit ({limit} bytes)")

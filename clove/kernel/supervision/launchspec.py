@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import clove_sdk
 from clove.config import SandboxSection
 from clove.kernel.core.agents import Agent
 from clove.kernel.supervision.limits import spawn_storage
+from clove.sandbox.mountview import covers_private, within
 from clove.sandbox.spec import Exposure, SpawnSpec
 
 
@@ -22,13 +24,7 @@ def interpreter_paths() -> list[str]:
     paths.add(str(Path(clove_sdk.__file__).resolve().parent.parent))
     # ``python -m clove`` puts the kernel's working directory on sys.path: started from /tmp
     # (or /), binding it would cover the sandbox's private /tmp with the host's, read-only.
-    return outermost({p for p in paths if not _covers_private_mount(p)})
-
-
-def _covers_private_mount(path: str) -> bool:
-    """Whether binding ``path`` would hide a private tmpfs (or the whole read-only tree)."""
-    path = path.rstrip("/") or "/"
-    return path == "/" or any(private == path or private.startswith(path + "/") for private in ("/tmp", "/dev/shm"))
+    return outermost({p for p in paths if not covers_private(p.rstrip("/") or "/")})
 
 
 def outermost(paths: set[str]) -> list[str]:
@@ -54,7 +50,19 @@ def agent_env(agent: Agent, *, endpoint: str, work: str) -> dict[str, str]:
     }
 
 
-def exposures_for(agent: Agent, *, endpoint: str, work: str, interpreter: list[str]) -> list[Exposure]:
+def script_exposure(script: str, *, hidden: Sequence[str]) -> Exposure:
+    """The script's directory, read-only (the agent may import its neighbours); only the script
+    itself where binding its directory would lay the host's ``/tmp`` over the private one (a
+    script right in ``/tmp``), or would show what is hidden (a script inside the state dir)."""
+    directory = os.path.realpath(os.path.dirname(script))
+    if covers_private(directory) or any(within(directory, h) for h in hidden):
+        return Exposure(path=os.path.join(directory, os.path.basename(script)))
+    return Exposure(path=directory)
+
+
+def exposures_for(
+    agent: Agent, *, endpoint: str, work: str, interpreter: list[str], hidden: Sequence[str] = ()
+) -> list[Exposure]:
     """Host paths bound into the sandbox at their own paths: the interpreter read-only, the
     script's directory read-only, the agent's channel directory and work dir writable."""
     spec = agent.spec
@@ -62,7 +70,7 @@ def exposures_for(agent: Agent, *, endpoint: str, work: str, interpreter: list[s
         return []
     exposures = [
         *(Exposure(path=p) for p in interpreter),
-        Exposure(path=os.path.dirname(spec.script)),
+        script_exposure(spec.script, hidden=hidden),
         Exposure(path=os.path.dirname(endpoint[len("ipc://") :]), writable=True),
         Exposure(path=work, writable=True),
     ]
@@ -80,7 +88,10 @@ def build_spawn_spec(
     cgroup_attach: tuple[str, ...],
     rlimits: list[tuple[int, int, int]],
     interpreter: list[str],
+    hidden: Sequence[str] = (),
 ) -> SpawnSpec:
+    """:param hidden: the kernel's private paths (its state dir, its control socket), which no
+    sandbox may see."""
     spec = agent.spec
     return SpawnSpec(
         key=agent.key,
@@ -96,7 +107,8 @@ def build_spawn_spec(
         hostname=f"clove-{spec.name}"[:63],
         cgroup_attach=cgroup_attach,
         rlimits=tuple(rlimits),
-        exposures=tuple(exposures_for(agent, endpoint=endpoint, work=work, interpreter=interpreter)),
+        exposures=tuple(exposures_for(agent, endpoint=endpoint, work=work, interpreter=interpreter, hidden=hidden)),
+        hidden=tuple(hidden) if spec.sandboxed else (),
         landlock=spec.sandboxed and sandbox.landlock,
         seccomp=spec.sandboxed and sandbox.seccomp,
         no_new_privs=spec.sandboxed,

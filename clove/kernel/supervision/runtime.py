@@ -67,6 +67,8 @@ class Runtime:
     start_timer: Timer | None = None
     kill_timer: Timer | None = None
     backoff_timer: Timer | None = None
+    #: Cancels the wait for its devices while a start waits on them (see :mod:`.devicewait`).
+    device_wait: Callable[[], None] | None = None
     timed_out: bool = False
     start_waiters: list[Callback] = field(default_factory=list)
     gone_waiters: list[Callback] = field(default_factory=list)

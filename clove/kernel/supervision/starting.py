@@ -51,6 +51,14 @@ class Starter:
         self.sup = supervisor
         self._interpreter_paths = interpreter_paths()
 
+    def _hidden_paths(self) -> tuple[str, ...]:
+        """What no sandbox may see: the state dir (every agent's dir, the journal, the state
+        store) and the control socket, wherever the agent's script lives."""
+        paths = [str(self.sup.agents_dir.parent)]
+        if self.sup.channels.control_path:
+            paths.append(os.path.realpath(self.sup.channels.control_path))
+        return tuple(paths)
+
     def check_spawnable(self, spec: AgentConfig) -> None:
         """Everything that can be known before forking: a clear error instead of a ghost.
 
@@ -82,11 +90,14 @@ class Starter:
             return self.sup.backend.planned_report(limits)
         return rlimits_for(limits, runs_as_root=runs_as_root)[1]
 
-    def spawn(self, spec: AgentConfig, on_started: Callback | None = None, *, parent: Agent | None = None) -> Agent:
+    def spawn(
+        self, spec: AgentConfig, on_started: Callback | None = None, *, parent: Agent | None = None, detached: bool = False
+    ) -> Agent:
         """Create and start an agent; ``on_started`` fires once it runs or fails to start.
 
         :param parent: the agent that asks (agents with the spawn right); the child's
             permissions must lie within the parent's.
+        :param detached: the child outlives its parent (the caller checked the right to ask).
         :raises PermissionDenied: the child would get more than its parent has.
         """
         sup = self.sup
@@ -101,7 +112,7 @@ class Starter:
                 "a child's permissions cannot exceed its parent's",
                 details={"requested": permissions.to_wire(), "parent": parent.permissions.to_wire()},
             )
-        agent = Agent(id=agent_id, spec=spec, uid=uid, permissions=permissions, parent_id=parent.id if parent else None)
+        agent = Agent(id=agent_id, spec=spec, uid=uid, permissions=permissions, parent_id=parent.id if parent else None, detached=detached)
         if home.exists():
             shutil.rmtree(home)  # left by an earlier kernel run that reused this id
         home.mkdir(mode=0o700)
@@ -120,8 +131,8 @@ class Starter:
         sup.on_channel(agent_id, True)
         if on_started is not None:
             runtime.start_waiters.append(on_started)
-        sup.event("agent.created", agent, script=spec.script, restart_policy=spec.restart)
-        self.start(agent)
+        sup.event("agent.created", agent, script=spec.script, restart_policy=spec.restart, detached=detached)
+        sup.device_wait.start(agent)  # after its devices, if it holds grants on any
         return agent
 
     def start(self, agent: Agent) -> None:
@@ -148,7 +159,7 @@ class Starter:
             else:
                 rlimits, limit_report = rlimits_for(limits, runs_as_root=runs_as_root)
         except SandboxError as err:
-            self._failed(agent, f"sandbox setup failed: {err.message}")
+            self.fail(agent, f"sandbox setup failed: {err.message}")
             return
         agent.isolation = {
             "backend": sup.backend.name if sup.backend is not None else "rlimit",
@@ -166,13 +177,14 @@ class Starter:
             cgroup_attach=rt.cgroup.attach_paths if rt.cgroup is not None else (),
             rlimits=rlimits,
             interpreter=self._interpreter_paths,
+            hidden=self._hidden_paths(),
         )
         rt.spawn_spec = launch
         try:
             sup.launcher.spawn(launch, write_fd, slot=slot)
         except SandboxError as err:
             os.close(write_fd)
-            self._failed(agent, err.message)
+            self.fail(agent, err.message)
             return
         os.close(write_fd)
         sup.spares.prepare()
@@ -183,7 +195,7 @@ class Starter:
             self.sup.loop.remove_reader(capture.read_fd)
             capture.close_pipe()
 
-    def _failed(self, agent: Agent, message: str) -> None:
+    def fail(self, agent: Agent, message: str) -> None:
         """The incarnation never reached the zygote: it failed to start."""
         sup = self.sup
         rt = sup.runtimes[agent.id]
@@ -192,8 +204,9 @@ class Starter:
         sup.run_exit_hooks(agent, rt, agent.exit)
         sup.release_incarnation(agent, rt)
         sup.event("agent.exited", agent, **agent.exit.to_dict())
-        sup.settle(agent, S.FAILED)
+        # The spawn's caller hears why first: settle answers any waiter left with "no error".
         notify(rt.start_waiters, agent, SpawnFailed(message, details=agent.exit.to_dict()))
+        sup.settle(agent, S.FAILED)
 
     def _timeout(self, agent: Agent) -> None:
         if agent.state is not S.STARTING:

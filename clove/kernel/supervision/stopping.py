@@ -15,7 +15,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from clove.errors import Conflict, SandboxError
-from clove.kernel.core.agents import TERMINAL, Agent, AgentState, ExitInfo, ExitReason
+from clove.kernel.core.agents import TERMINAL, Agent, AgentState, ExitInfo, ExitReason, StopCause
 from clove.kernel.supervision.runtime import Callback, Runtime, notify
 
 if TYPE_CHECKING:
@@ -30,9 +30,10 @@ class Stopper:
     def __init__(self, supervisor: Supervisor) -> None:
         self.sup = supervisor
 
-    def kill(self, agent: Agent, on_gone: Callback | None = None, *, operator: bool = True) -> None:
+    def kill(self, agent: Agent, on_gone: Callback | None = None, *, operator: bool = True, cause: StopCause | None = None) -> None:
         """SIGTERM, then SIGKILL of the whole tree after the grace period. An operator's kill
-        removes the agent once it is gone; ``on_gone`` fires then."""
+        removes the agent once it is gone; ``on_gone`` fires then. ``cause``: why the kernel
+        stops it, which its exit reports (an operator's kill reports the operator)."""
         sup = self.sup
         rt = sup.runtimes.get(agent.id)
         agent.operator_kill = agent.operator_kill or operator
@@ -49,15 +50,22 @@ class Stopper:
             return
         if agent.state is S.STOPPING:
             return
-        if agent.state is S.BACKOFF:
+        if not operator and cause is not None:
+            agent.stop_cause = cause
+        by = {"by": "operator" if operator else "kernel", **({"cause": agent.stop_cause.message} if agent.stop_cause else {})}
+        # No process to stop while it waits to restart, or for its devices: it ends here.
+        if agent.state is S.BACKOFF or sup.device_wait.waiting(agent):
             if rt.backoff_timer is not None:
                 rt.backoff_timer.cancel()
-            sup.set_state(agent, S.STOPPING)
-            agent.exit = ExitInfo(ExitReason.KILLED, message="stopped by operator while waiting to restart")
+            sup.device_wait.cancel(agent)
+            waiting = "waiting to restart" if agent.state is S.BACKOFF else "waiting for its devices"
+            sup.set_state(agent, S.STOPPING, **by)
+            stop = agent.stop_cause or StopCause(ExitReason.KILLED, f"stopped by {'operator' if operator else 'the kernel'}")
+            agent.exit = ExitInfo(stop.reason, message=f"{stop.message} while it was {waiting}")
             sup.settle(agent, S.EXITED)
             return
         was_paused = agent.state is S.PAUSED
-        sup.set_state(agent, S.STOPPING, by="operator" if operator else "kernel")
+        sup.set_state(agent, S.STOPPING, **by)
         if was_paused:
             self._thaw(agent, rt)
         self.signal(agent, signal.SIGTERM)

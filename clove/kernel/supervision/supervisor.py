@@ -11,6 +11,7 @@ zygote's events, exits and restarts with backoff, settling and forgetting. It de
 composition, to one part per job, each holding the supervisor it works for:
 
 * :mod:`.starting` — checks before forking, then each incarnation's cgroup, log pipe and spawn spec;
+* :mod:`.devicewait` — each start held until the agent's devices are ready (or its timeout);
 * :mod:`.stopping` — kill with a grace period, force-kill of the whole tree, pause and resume;
 * :mod:`.adoption` — a dead zygote: watch the running agents through the handed-over pidfds and
   status pipes, retry interrupted starts, restart the zygote with backoff;
@@ -31,10 +32,20 @@ from typing import Any
 from clove.config import AgentConfig, KernelConfig
 from clove.errors import Conflict, SpawnFailed
 from clove.kernel.audit.journal import Category, Journal
-from clove.kernel.core.agents import LIVE, TERMINAL, Agent, AgentState, AgentTable, ExitInfo, ExitReason
+from clove.kernel.core.agents import (
+    LIVE,
+    TERMINAL,
+    Agent,
+    AgentState,
+    AgentTable,
+    ExitInfo,
+    ExitReason,
+    StopCause,
+)
 from clove.kernel.core.channels import Channels
 from clove.kernel.core.loop import Loop
 from clove.kernel.supervision.adoption import ZYGOTE_STABLE_AFTER, Adoption
+from clove.kernel.supervision.devicewait import DeviceGate, DeviceWait
 from clove.kernel.supervision.exits import classify_exit, restart_delay, should_restart
 from clove.kernel.supervision.runtime import Callback, ExitHook, Handles, Runtime, WatchedFd, notify
 from clove.kernel.supervision.spares import Spares
@@ -101,6 +112,7 @@ class Supervisor:
         self.starter = Starter(self)
         self.stopper = Stopper(self)
         self.adoption = Adoption(self)
+        self.device_wait = DeviceWait(self)
 
     # ---- events ------------------------------------------------------------------------------
 
@@ -130,14 +142,23 @@ class Supervisor:
         """See :meth:`.starting.Starter.check_spawnable`."""
         self.starter.check_spawnable(spec)
 
-    def spawn(self, spec: AgentConfig, on_started: Callback | None = None, *, parent: Agent | None = None) -> Agent:
-        """Create and start an agent; ``on_started`` fires once it runs or fails to start.
+    def spawn(
+        self, spec: AgentConfig, on_started: Callback | None = None, *, parent: Agent | None = None, detached: bool = False
+    ) -> Agent:
+        """Create and start an agent; ``on_started`` fires once it runs or fails to start. An
+        agent holding device grants starts once those devices are ready (see :mod:`.devicewait`).
 
         :param parent: the agent that asks (agents with the spawn right); the child's
             permissions must lie within the parent's.
+        :param detached: the child outlives its parent; otherwise it is stopped when the
+            parent exits (the caller checked the right to ask).
         :raises PermissionDenied: the child would get more than its parent has.
         """
-        return self.starter.spawn(spec, on_started, parent=parent)
+        return self.starter.spawn(spec, on_started, parent=parent, detached=detached)
+
+    def set_device_gate(self, gate: DeviceGate) -> None:
+        """The device broker's readiness: from now on starts wait for the agent's devices."""
+        self.device_wait.gate = gate
 
     def discard_cgroup(self, cgroup: AgentCgroup) -> None:
         """Kill and remove a cgroup, retrying later (:meth:`housekeeping`) while it is busy."""
@@ -223,6 +244,7 @@ class Supervisor:
         agent.started_mono = None
         agent.exit = info
         self.event("agent.exited", agent, **info.to_dict(), uptime=round(uptime, 3))
+        self._stop_children(agent)
         if info.reason in (ExitReason.FAILED_TO_START, ExitReason.START_TIMEOUT):
             # The spawn's caller hears why first: settle answers any waiter left with "no error".
             notify(rt.start_waiters, agent, SpawnFailed(info.message or "agent failed to start", details=info.to_dict()))
@@ -259,6 +281,14 @@ class Supervisor:
         rt.pgid = None
         agent.pid = agent.init_pid = None
 
+    def _stop_children(self, parent: Agent) -> None:
+        """Children die with their parent, at every exit of it (a restart's too), unless spawned
+        detached; each child's own exit then takes its children: the whole tree goes."""
+        cause = StopCause(ExitReason.PARENT_EXITED, f"parent {parent.name!r} (id {parent.id}) exited")
+        for child in self.children_of(parent):
+            if not child.detached:
+                self.kill(child, operator=False, cause=cause)
+
     def _schedule_restart(self, agent: Agent, uptime: float) -> None:
         delay = restart_delay(agent, uptime=uptime, now=time.monotonic(), policy=self.config.supervisor)
         if delay is None:
@@ -273,7 +303,7 @@ class Supervisor:
             return
         agent.restarts += 1
         self.set_state(agent, S.STARTING, restarts=agent.restarts)
-        self.starter.start(agent)
+        self.device_wait.start(agent)  # a restart waits for the agent's devices too
 
     def settle(self, agent: Agent, final: AgentState) -> None:
         """Enter a terminal state: free the name, drop old records, answer waiters."""
@@ -302,10 +332,11 @@ class Supervisor:
 
     # ---- operator actions (see stopping.py) --------------------------------------------------
 
-    def kill(self, agent: Agent, on_gone: Callback | None = None, *, operator: bool = True) -> None:
+    def kill(self, agent: Agent, on_gone: Callback | None = None, *, operator: bool = True, cause: StopCause | None = None) -> None:
         """SIGTERM, then SIGKILL of the whole tree after the grace period. An operator's kill
-        removes the agent once it is gone; ``on_gone`` fires then."""
-        self.stopper.kill(agent, on_gone, operator=operator)
+        removes the agent once it is gone; ``on_gone`` fires then. ``cause``: why the kernel
+        stops it (its exit reason and message)."""
+        self.stopper.kill(agent, on_gone, operator=operator, cause=cause)
 
     def pause(self, agent: Agent) -> str:
         """Freeze the agent's whole cgroup (or SIGSTOP its process group without one)."""

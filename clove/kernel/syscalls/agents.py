@@ -6,7 +6,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, final
 
-from clove.config import RESTART_POLICIES, AgentConfig, parse_cpu, parse_memory, parse_pids, validate_name
+from clove.config import (
+    DEVICE_WAIT_POLICIES,
+    RESTART_POLICIES,
+    AgentConfig,
+    parse_cpu,
+    parse_memory,
+    parse_pids,
+    validate_name,
+)
 from clove.errors import CloveError, InvalidArguments, PermissionDenied
 from clove.kernel.core.agents import Agent
 from clove.kernel.core.deferred import Deferred
@@ -65,6 +73,9 @@ class SpawnRequest:
     level: str | None = None
     permissions: dict[str, Any] | None = None
     devices: dict[str, Any] | None = None
+    device_wait: str = "start"
+    device_timeout: float = 30.0
+    detached: bool = False
 
 
 @final
@@ -77,8 +88,14 @@ class Spawn(Syscall):
     (:mod:`clove.kernel.supervision.limits`). The reply's ``isolation`` shows each value's source
     and ceiling.
 
+    An agent with ``devices`` starts once they are ready, or after ``device_timeout`` seconds
+    when ``device_wait`` (``start`` | ``fail``) says what then; the reply waits for it. An agent's
+    child is stopped when its parent exits unless it is spawned ``detached``, which needs the
+    ``can_detach`` grant (docs/supervision.md).
+
     :raises proto.invalid_args: bad name, limits or policy; a limit above its ceiling.
-    :raises perm.denied: a child asking for more than its parent has.
+    :raises perm.denied: a child asking for more than its parent has; ``detached`` without
+        ``can_detach``.
     :raises conflict: name in use.
     :raises spawn.failed: missing script, or the sandbox or interpreter failed to start.
     :raises sandbox.unenforceable: ``require_isolation`` and a limit cannot be enforced.
@@ -98,6 +115,10 @@ class Spawn(Syscall):
             raise InvalidArguments(f"agent.spawn: restart_policy must be one of {', '.join(RESTART_POLICIES)}")
         if req.max_restarts < 0 or req.restart_window <= 0:
             raise InvalidArguments("agent.spawn: max_restarts must be >= 0 and restart_window > 0")
+        if req.device_wait not in DEVICE_WAIT_POLICIES:
+            raise InvalidArguments(f"agent.spawn: device_wait must be one of {', '.join(DEVICE_WAIT_POLICIES)}", details={"argument": "device_wait"})
+        if req.device_timeout <= 0:
+            raise InvalidArguments("agent.spawn: device_timeout must be positive", details={"argument": "device_timeout"})
         for label, path in (("script", req.script), ("interpreter", req.interpreter), ("working_dir", req.working_dir)):
             if path is not None and not os.path.isabs(path):
                 raise InvalidArguments(f"agent.spawn: {label} must be an absolute path, got {path!r}")
@@ -109,6 +130,8 @@ class Spawn(Syscall):
                 raise PermissionDenied("an agent's children run sandboxed, with its interpreter and no more network than it has")
             if req.devices:
                 raise PermissionDenied("an agent cannot grant devices to its children", details={"grant": "devices"})
+            if req.detached:
+                ctx.perms.check_detach()
         devices = grants_from_wire(req.devices, {d.name: d for d in ctx.kernel.config.devices}) if req.devices else {}
         level = req.level or (parent.permissions.level if parent is not None else "standard")
         spec = AgentConfig(
@@ -126,6 +149,8 @@ class Spawn(Syscall):
             level=level,
             permissions=dict(req.permissions or {}),
             devices=devices,
+            device_wait=req.device_wait,
+            device_timeout=float(req.device_timeout),
             **limits,
         )
         spec = resolve_limits(spec, ctx.kernel.config.limits, parent=parent.spec if parent is not None else None)
@@ -138,7 +163,7 @@ class Spawn(Syscall):
                 deferred.resolve(spawn_reply(agent))
 
         for_level(level).with_grants(spec.permissions)  # bad level or grants: refused before anything exists
-        ctx.kernel.supervisor.spawn(spec, on_started=started, parent=parent)
+        ctx.kernel.supervisor.spawn(spec, on_started=started, parent=parent, detached=req.detached and parent is not None)
         return deferred
 
 

@@ -32,9 +32,12 @@ class Read(Syscall):
     :raises PermissionDenied: the resolved path is not granted, or the caller's uid may not
         read it (Unix permissions).
     :raises NotFound: no such file.
-    :raises InvalidArguments: a directory, not a regular file, or a bad path.
+    :raises InvalidArguments: a directory, not a regular file, one that cannot be read as one
+        (``/proc/self/mem``), or a bad path.
     :raises QuotaExceeded: larger than 16 MiB.
-    :raises Conflict: the calling agent is not running.
+    :raises Conflict: the calling agent is not running, or the file is busy.
+
+    Errors name the path as the caller gave it (see ``fs_error`` in the file service).
     """
 
     name = "fs.read"
@@ -64,7 +67,8 @@ class Write(Syscall):
     :raises PermissionDenied: the resolved path is not granted for writing, is read-only in
         the caller's view, or the caller's uid may not write it.
     :raises NotFound: a directory on the way is missing.
-    :raises InvalidArguments: bad mode, encoding or path; a directory.
+    :raises InvalidArguments: bad mode, encoding or path; a directory, or a file that cannot be
+        written as a regular one (``EIO``, ``EINVAL``).
     :raises QuotaExceeded: the file system is full (an agent's /tmp holds 64 MiB).
     """
 

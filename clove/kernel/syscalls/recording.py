@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final, final
 
 from clove.config import validate_name
-from clove.errors import InvalidArguments
+from clove.errors import InvalidArguments, PermissionDenied
 from clove.kernel.services.recording.format import checked_entries, load_entries, parse_entries, select_agents
 from clove.kernel.services.recording.recorder import RecordingOptions
 from clove.kernel.services.recording.replay import SPEEDS
@@ -34,7 +34,8 @@ class RecordStartRequest:
 class RecordStart(Syscall):
     """``record.start {include_think?, include_http?, include_exec?, filter_agents?,
     max_entries?}`` → the status (``state: "RECORDING"``). Unset options come from the config's
-    ``[recording]`` table. :raises conflict: already recording."""
+    ``[recording]`` table. An operator that names no agents is recorded too (its own session's
+    calls, for an operator's replay). :raises conflict: already recording."""
 
     name = "record.start"
     category = "SECURITY"
@@ -54,7 +55,8 @@ class RecordStart(Syscall):
             recorder.defaults, include_think=req.include_think, include_http=req.include_http,
             include_exec=req.include_exec, agents=agents, max_entries=req.max_entries,
         )  # fmt: skip
-        return recorder.start(options, live=list(ctx.kernel.supervisor.table))
+        session = ctx.session.id if ctx.session is not None else None
+        return recorder.start(options, live=list(ctx.kernel.supervisor.table), session=session)
 
 
 @final
@@ -95,16 +97,24 @@ class ReplayStartRequest:
     speed: str = "full"
     env: dict[str, str] | None = None
     args: list[str] | None = None
+    mode: str | None = None
+
+
+#: ``agents``: re-run recorded agents, answered from the recording; ``execute``: perform an
+#: operator session's recorded calls again, as the caller's session.
+MODES: Final = ("agents", "execute")
 
 
 @final
 class ReplayStart(Syscall):
-    """``replay.start {recording | path, agent?, speed?, env?, args?}`` → the replay's status
-    (``state: "REPLAYING"``). ``recording`` is the export (JSON text or a list of entries) or
-    JSONL text; ``path`` a recording file or directory, or a post-mortem bundle, on the
-    kernel's machine. ``agent`` names the agent to replay (default: every recorded one).
+    """``replay.start {recording | path, agent?, speed?, env?, args?, mode?}`` → the replay's
+    status (``state: "REPLAYING"``). ``recording`` is the export (JSON text or a list of
+    entries) or JSONL text; ``path`` a recording file or directory, or a post-mortem bundle, on
+    the kernel's machine. ``agent`` names the agent to replay (default: every recorded one).
     ``env`` is laid over the recorded environment and ``args`` replaces the recorded
-    arguments, to see where a change makes the agent diverge.
+    arguments, to see where a change makes the agent diverge. ``mode`` (default: ``agents``
+    when the recording holds a spawned agent or ``agent``, ``env`` or ``args`` is given, else
+    ``execute``): see :data:`MODES`; ``execute`` is for operators only.
 
     :raises notfound: no such file, or no such agent in the recording.
     :raises proto.invalid_args: not a recording, or the agent's part is incomplete.
@@ -120,6 +130,8 @@ class ReplayStart(Syscall):
             raise InvalidArguments("replay.start: give either recording or path", details={"argument": "recording"})
         if req.speed not in SPEEDS:
             raise InvalidArguments(f"replay.start: speed must be one of {', '.join(SPEEDS)}", details={"argument": "speed"})
+        if req.mode is not None and req.mode not in MODES:
+            raise InvalidArguments(f"replay.start: mode must be one of {', '.join(MODES)}", details={"argument": "mode"})
         if req.path is not None:
             if not os.path.isabs(req.path):
                 raise InvalidArguments(f"replay.start: path must be absolute, got {req.path!r}", details={"argument": "path"})
@@ -128,16 +140,24 @@ class ReplayStart(Syscall):
             entries = parse_entries(req.recording)
         else:
             entries = checked_entries(req.recording)
-        parts = select_agents(entries, req.agent)
         meta = next((e for e in entries if e["kind"] == "recording"), {})
         rid = meta.get("id") if isinstance(meta.get("id"), str) else None
+        agents_asked = req.agent is not None or req.env is not None or req.args is not None
+        mode = req.mode or ("agents" if agents_asked or any(e["kind"] == "spawn" for e in entries) else "execute")
+        if mode == "execute":
+            if ctx.session is None:
+                raise PermissionDenied("only an operator session performs recorded calls again (mode execute)", details={"mode": mode})
+            return ctx.kernel.replay.start_rerun(entries, ctx.session, speed=req.speed, recording_id=rid)
+        parts = select_agents(entries, req.agent)
         return ctx.kernel.replay.start(parts, speed=req.speed, recording_id=rid, env=req.env, args=req.args)
 
 
 @final
 class ReplayStatus(Syscall):
     """``replay.status`` → ``{success, state (IDLE, REPLAYING, DIVERGED, COMPLETED, FAILED),
-    speed, progress: {replayed, total}, agents, divergence, elapsed, recorded_elapsed}``."""
+    active, mode, speed, progress: {replayed, total}, agents, divergence, elapsed,
+    recorded_elapsed}``; an operator's replay (mode ``execute``) adds ``calls`` (each call's
+    ``outcome``: match, diverged or skipped) and their counts."""
 
     name = "replay.status"
 

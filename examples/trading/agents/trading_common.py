@@ -2,10 +2,11 @@
 fills. Not an agent: the kernel puts each script's directory first on ``sys.path``, so the
 agents import it (as the rover's agents import ``rover_can``). No I/O besides stdout.
 
-Every refusal an agent gets from the exchange is a :class:`clove.errors.CloveError`: the kernel's
-grant check (``perm.denied``, ``details["reason"]`` ``"symbol"`` or ``"max_order_qty"``) or the
-driver's risk engine (``risk.denied``, ``details["reason"]`` one of the engine's reason codes).
-:func:`denial_line` turns either into ``DENIED <reason>: <message>``.
+Every refusal an agent gets from the exchange is a :class:`clove.errors.CloveError`: a limit,
+whether the kernel checked it against the grant (``max_order_qty``) or the driver's risk engine
+did, is ``risk.denied`` with ``details["reason"]`` naming the check; a symbol outside the grant
+is ``perm.denied`` (``details["reason"]`` ``"symbol"``). :func:`denial_line` turns either into
+``DENIED <reason>: <message>``.
 """
 
 from __future__ import annotations

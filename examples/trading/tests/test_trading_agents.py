@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from clove.errors import NotFound, PermissionDenied
+from clove.errors import NotFound, PermissionDenied, RiskDenied
 
 AGENTS = Path(__file__).resolve().parent.parent / "agents"
 sys.path.insert(0, str(AGENTS))  # as the kernel runs them: the script's directory first
@@ -37,9 +37,9 @@ momentum = _load("momentum")
 runaway = _load("runaway")
 
 
-def risk(reason: str, message: str) -> PermissionDenied:
-    """A refusal as the risk engine words it (the message starts with the reason)."""
-    return PermissionDenied(f"{reason}: {message}", details={"reason": reason})
+def risk(reason: str, message: str) -> RiskDenied:
+    """A limit's refusal as the risk engine words it (the message starts with the reason)."""
+    return RiskDenied(f"{reason}: {message}", reason=reason)
 
 
 class FakeExchange:
@@ -423,10 +423,8 @@ def test_the_runaway_logs_every_reason_and_says_halted_once(lines: list[str]) ->
     def limits(symbol: str, qty: float, price: float, **_: Any) -> Any:
         if symbol != "ACME":
             return PermissionDenied(f"trading {symbol!r} is not granted", details={"reason": "symbol"})
-        if qty > 50:
-            return PermissionDenied(
-                f"max_order_qty: {qty:g} > granted 50", details={"reason": "max_order_qty"}
-            )
+        if qty > 50:  # the kernel's grant check: a limit, so risk.denied as the engine's are
+            return risk("max_order_qty", f"{qty:g} {symbol} > agent limit 50")
         if abs(price - 100) > 5:
             return risk("price_collar", f"limit {price:g} is 20% from the reference 100 > agent collar 5%")
         return None
@@ -438,7 +436,7 @@ def test_the_runaway_logs_every_reason_and_says_halted_once(lines: list[str]) ->
         bot.drip(n)
     assert "runaway: DENIED symbol: trading 'BOLT' is not granted" in lines
     assert any(line.startswith("runaway: DENIED price_collar: limit 80") for line in lines)
-    assert "runaway: DENIED max_order_qty: 64 > granted 50" in lines
+    assert "runaway: DENIED max_order_qty: 64 ACME > agent limit 50" in lines
     assert [o["qty"] for o in ex.submitted] == [1, 2, 4, 8, 16, 32, 32]
     assert not any("ALLOWED" in line for line in lines)
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from clove.drivers import DeviceGrant, deny, invalid
 from clove_driver_exchange.risk import Limits
+from clove_driver_exchange.risk.limits import deny as risk_denial
+from clove_driver_exchange.risk.limits import exceeds, fmt
 
 _LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
 SIDES = ("buy", "sell")
@@ -90,11 +92,20 @@ class ExchangeGrant(DeviceGrant):
         return Limits.from_table(table)
 
     def check(self, op: str, args: Any) -> None:
+        """A symbol outside the grant is ``perm.denied``; a limit is ``risk.denied``, worded as
+        the risk engine's own refusal of it, so an agent catches one
+        :class:`~clove.errors.RiskDenied` for every limit, wherever it is checked."""
         if op == "submit_order":
             if args.symbol not in self.symbols:
                 raise deny(f"trading {args.symbol!r} is not granted", symbol=args.symbol, granted=list(self.symbols), reason="symbol")
-            if self.max_order_qty is not None and args.qty > self.max_order_qty:
-                raise deny(f"max_order_qty: {args.qty:g} > granted {self.max_order_qty:g}", reason="max_order_qty", limit=self.max_order_qty)
+            if self.max_order_qty is not None and exceeds(args.qty, self.max_order_qty):
+                raise risk_denial(
+                    "max_order_qty",
+                    f"{fmt(args.qty)} {args.symbol} > agent limit {fmt(self.max_order_qty)}",
+                    scope="agent",
+                    limit=self.max_order_qty,
+                    value=args.qty,
+                )
 
     def admits(self, item: Any) -> bool:
         symbol = item.get("symbol")

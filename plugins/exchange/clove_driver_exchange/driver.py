@@ -42,6 +42,7 @@ from clove_driver_exchange.fix.transport import FixConnection, connect
 from clove_driver_exchange.journal import JournaledOrder, OrderJournal, Replayed, apply
 from clove_driver_exchange.reports import VenueReports
 from clove_driver_exchange.risk import Limits, Order, RiskEngine, TradingState
+from clove_driver_exchange.risk.limits import deny as risk_denial
 
 __all__ = ["ExchangeDriver"]
 
@@ -236,7 +237,7 @@ class ExchangeDriver(Driver):
         order = Order(client_id=client_id, agent=agent, symbol=args.symbol, side=args.side, qty=args.qty, price=args.price, type=args.type, tif=args.tif)
         with self._lock:
             if client_id in self._book.orders:
-                raise PermissionDenied(f"duplicate_order: client id {client_id!r} was used already", details={"reason": "duplicate_client_id"})
+                raise risk_denial("bad_order", f"client id {client_id!r} was used already")
             try:
                 self._risk.check_new(order, limits)
             except PermissionDenied:

@@ -264,6 +264,23 @@ def test_the_stricter_of_agent_and_global_limits_wins(
     assert f"{scope} limit 50" in err.message
 
 
+
+def test_the_kernels_grant_check_refuses_a_limit_as_risk_denied_and_a_symbol_as_perm_denied() -> None:
+    from clove_driver_exchange.config import ExchangeGrant, SubmitArgs
+
+    grant = ExchangeGrant(ops=("submit_order",), symbols=("ACME",), max_order_qty=20)
+    grant.check("submit_order", SubmitArgs("ACME", "buy", 20, price=100.0))
+    with pytest.raises(RiskDenied) as too_big:  # what an agent catching RiskDenied expects
+        grant.check("submit_order", SubmitArgs("ACME", "buy", 64, price=100.0))
+    err = too_big.value
+    assert err.code == "risk.denied" and err.reason == "max_order_qty"
+    assert err.message == "max_order_qty: 64 ACME > agent limit 20"  # the engine's wording
+    assert err.details == {"reason": "max_order_qty", "scope": "agent", "limit": 20, "value": 64}
+    with pytest.raises(PermissionDenied) as not_granted:
+        grant.check("submit_order", SubmitArgs("BOLT", "buy", 1, price=25.0))
+    assert not isinstance(not_granted.value, RiskDenied)
+    assert not_granted.value.code == "perm.denied" and not_granted.value.details["reason"] == "symbol"
+
 def test_max_notional_uses_the_limit_price() -> None:
     eng, _ = make(L(max_notional=10_000))
     eng.check_new(order(qty=100, price=100.0), None)

@@ -21,6 +21,7 @@ import zmq
 from clove.drivers.grants import DeviceGrant, TokenBucket
 from clove.errors import InvalidArguments, NotFound, PermissionDenied, QuotaExceeded
 from clove.kernel.audit.journal import Category
+from clove.kernel.services.devices.readiness import Readiness
 from clove.kernel.services.devices.runtime import DeviceRuntime
 from clove.kernel.services.devices.subscriptions import ReadWant, Subscription
 
@@ -330,6 +331,8 @@ def attach(kernel: ServiceRegistry) -> None:
     broker = DeviceBroker(kernel)
     kernel.devices = broker
     broker.start()
+    if broker.devices:  # agents with grants now start once their devices are ready
+        kernel.supervisor.set_device_gate(Readiness(broker.devices, kernel.loop))
     kernel.on_shutdown.append(broker.shutdown)
     kernel.loop.housekeeping.append(broker.housekeeping)
 

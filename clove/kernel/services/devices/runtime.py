@@ -122,7 +122,7 @@ class DeviceRuntime:
         self.down_since = None
         self.broker.record("device.up", self, pid=self.host.pid if self.host else None, recovered=recovered, outage_s=outage)
         self.broker.emit("DEVICE_UP", self, recovered=recovered, outage_s=None if outage is None else round(outage, 3))
-        for hook in self.on_up:
+        for hook in list(self.on_up):  # a hook may remove itself (a start that waited for this device)
             hook()
 
     def on_exit(self) -> None:

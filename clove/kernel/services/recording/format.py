@@ -15,7 +15,8 @@ Entry kinds, one JSON object per line, ordered by ``seq``:
   started, and its first incarnation recorded from its start;
 * ``syscall``: ``{seq, kind, agent_id, agent_name, incarnation, i, t, dur, call, body, ok,
   result | error}``: ``i`` counts the incarnation's requests in arrival order, ``t`` is seconds
-  since the recording started, ``dur`` the seconds until the reply;
+  since the recording started, ``dur`` the seconds until the reply; an operator session's carry
+  ``session_id`` instead of ``agent_id, agent_name, incarnation``;
 * ``exit``: ``{seq, kind, agent_id, agent_name, incarnation, t, exit}``.
 """
 
@@ -199,6 +200,8 @@ class AgentRecording:
     #: Seconds from its spawn to its exit in the recording (None: it had not exited).
     elapsed: float | None
     options: dict[str, Any]
+    #: Seconds it lived on after its last recorded reply (or its spawn) before that exit.
+    tail: float | None = None
 
 
 def select_agents(entries: list[dict[str, Any]], agent: str | None = None) -> list[AgentRecording]:
@@ -250,7 +253,10 @@ def _agent_part(entries: list[dict[str, Any]], header: dict[str, Any], options: 
     # From its spawn when that is the incarnation replayed, else from its first syscall.
     began = float(header.get("t", 0.0)) if incarnation == first == 1 else float(calls[0]["t"]) if calls else None
     elapsed = round(float(ended["t"]) - began, 6) if ended is not None and began is not None else None
+    last = max((float(c.get("t") or 0.0) + float(c.get("dur") or 0.0) for c in calls), default=began)
+    tail = round(max(0.0, float(ended["t"]) - last), 6) if ended is not None and last is not None else None
     return AgentRecording(
         name=name, agent_id=int(agent_id) if isinstance(agent_id, int) else -1, incarnation=incarnation, spec=spec,
         calls=tuple(calls), exit=ended.get("exit") if ended is not None else None, elapsed=elapsed, options=options,
+        tail=tail,
     )  # fmt: skip

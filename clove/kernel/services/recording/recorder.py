@@ -12,8 +12,10 @@ to an in-memory ring of ``max_entries`` that the SDK exports; in that ring each 
 are also bounded by its ``[limits].recording_bytes`` (its oldest go first, counted as
 ``dropped``; the file keeps them). What is recorded: every syscall of
 the chosen agents except ``llm.think``, ``http`` and ``exec`` unless asked for, and the recording
-controls themselves (``record.*``, ``replay.*``). Operator sessions are not recorded: they are
-not agents and cannot be replayed; the journal has their calls.
+controls themselves (``record.*``, ``replay.*``); with the same filters, the calls of the operator
+session that started the recording (when it named no agents), which an operator's replay can
+re-execute. Their entries carry ``session_id`` instead of ``agent_id``, in
+``_session-<id>.jsonl`` (a name no agent can have: agent names start alphanumeric).
 """
 
 from __future__ import annotations
@@ -84,10 +86,10 @@ class Pending:
 
     __slots__ = ("agent_id", "body", "call", "i", "incarnation", "name", "recording", "started")
 
-    def __init__(self, recording: str, agent: Agent, incarnation: int, i: int, started: int, call: str, body: Any) -> None:
+    def __init__(self, recording: str, agent_id: int, name: str | None, incarnation: int, i: int, started: int, call: str, body: Any) -> None:
         self.recording = recording
-        self.agent_id = agent.id
-        self.name = agent.name
+        self.agent_id = agent_id  # an operator session's id when name is None
+        self.name = name
         self.incarnation = incarnation
         self.i = i
         self.started = started
@@ -114,13 +116,14 @@ class Recorder:
     :param root: ``<state_dir>/recordings``.
     :param defaults: the ``[recording]`` table (``max_bytes`` and ``rotate`` always come from it).
     :param owned: true for agents that a replay runs: never recorded.
-    :param bytes_of: an agent's (by name) bound on its entries' bytes in the ring (its
-        ``[limits].recording_bytes``); without it, the ring is bounded by count alone.
+    :param bytes_of: an agent's (by name; ``None`` for an operator session) bound on its
+        entries' bytes in the ring (its ``[limits].recording_bytes``); without it, the ring is
+        bounded by count alone.
     """
 
     def __init__(
         self, root: Path, defaults: RecordingSection, *, owned: Callable[[Agent], bool] | None = None,
-        bytes_of: Callable[[str], int] | None = None,
+        bytes_of: Callable[[str | None], int] | None = None,
     ) -> None:
         self.root = root
         self.bytes_of = bytes_of
@@ -138,6 +141,7 @@ class Recorder:
         self._meta = ""
         self._headers: dict[str, list[tuple[int, int, str]]] = {}  # name → (seq, agent id, line)
         self._headed: set[int] = set()
+        self._sessions: set[int] = set()  # the operator session recorded (the one that started it)
         # [seq, agent id, is syscall, line]; line None: dropped at its agent's byte bound
         self._ring: deque[list[Any]] = deque(maxlen=1)
         self._mine: dict[int, deque[list[Any]]] = {}  # agent id → its live entries in the ring, oldest first
@@ -149,9 +153,10 @@ class Recorder:
 
     # ---- control -----------------------------------------------------------------------------
 
-    def start(self, options: RecordingOptions, live: Iterable[Agent] = ()) -> dict[str, Any]:
+    def start(self, options: RecordingOptions, live: Iterable[Agent] = (), session: int | None = None) -> dict[str, Any]:
         """Start a new recording; agents already running get a spawn entry whose next
-        incarnation is the first one recorded whole.
+        incarnation is the first one recorded whole. ``session``: the operator session starting
+        it, recorded too unless ``options.agents`` names the agents to record.
 
         :raises Conflict: a recording is running.
         """
@@ -165,6 +170,7 @@ class Recorder:
         self.started_at, self.stopped_at, self._t0 = time.time(), None, time.perf_counter_ns()
         self.recorded = self._seq = self._held = 0
         self._headers, self._headed, self._files, self._order, self._wanted = {}, set(), {}, {}, {}
+        self._sessions = {session} if session is not None and not options.agents else set()
         self._ring = deque(maxlen=options.max_entries)
         self._mine, self._bytes = {}, {}
         self._meta = dumps({"seq": 0, "kind": "recording", "version": FORMAT_VERSION, "id": rid, "started_at": self.started_at, "options": options.to_dict()})
@@ -187,6 +193,7 @@ class Recorder:
         result: dict[str, Any] = {
             "success": True,
             "state": "RECORDING" if self.active else "IDLE",
+            "active": self.active,  # the original Clove SDK's flag
             "recording_id": self.id,
             "path": str(self.path) if self.path is not None else None,
             "started_at": self.started_at if self.id else None,
@@ -196,6 +203,7 @@ class Recorder:
             "dropped": self.recorded - self._held,
             "bytes": sum(f.written for f in self._files.values()),
             "agents": sorted(self._headers),
+            "sessions": sorted(self._sessions),
             "options": self.options.to_dict(),
         }
         if export:
@@ -233,10 +241,7 @@ class Recorder:
 
     def capture(self, agent: Agent, request: Request, started: int) -> Pending | None:
         """The request as it arrived, if this recording keeps it (else ``None``)."""
-        wanted = self._wanted.get(request.call)
-        if wanted is None:
-            wanted = self._wanted[request.call] = self.options.wants_call(request.call)
-        if not wanted or agent.id not in self._headed:
+        if agent.id not in self._headed or not self._wants(request.call):
             return None
         order = self._order.get(agent.id)
         if order is None or order[0] != agent.incarnation:
@@ -244,7 +249,16 @@ class Recorder:
         i = order[1]
         order[1] = i + 1
         assert self.id is not None  # noqa: S101 - active implies started
-        return Pending(self.id, agent, agent.incarnation, i, started, request.call, encode(request.body))
+        return Pending(self.id, agent.id, agent.name, agent.incarnation, i, started, request.call, encode(request.body))
+
+    def capture_session(self, session_id: int, request: Request, started: int) -> Pending | None:
+        """An operator session's request as it arrived, if this recording keeps it."""
+        if session_id not in self._sessions or not self._wants(request.call):
+            return None
+        order = self._order.setdefault(session_id, [0, 0])
+        i, order[1] = order[1], order[1] + 1
+        assert self.id is not None  # noqa: S101 - sessions are recorded only once started
+        return Pending(self.id, session_id, None, 0, i, started, request.call, encode(request.body))
 
     def record(self, pending: Pending, result: Any, error: CloveError | None) -> None:
         """Keep the request with the reply that was sent for it."""
@@ -252,9 +266,12 @@ class Recorder:
         if not self.active or pending.recording != self.id:
             return  # answered after this recording stopped
         self._seq += 1
+        who: dict[str, Any] = (
+            {"session_id": pending.agent_id} if pending.name is None
+            else {"agent_id": pending.agent_id, "agent_name": pending.name, "incarnation": pending.incarnation}
+        )  # fmt: skip
         entry: dict[str, Any] = {
-            "seq": self._seq, "kind": "syscall", "agent_id": pending.agent_id, "agent_name": pending.name,
-            "incarnation": pending.incarnation, "i": pending.i, "t": round((pending.started - self._t0) / 1e9, 6),
+            "seq": self._seq, "kind": "syscall", **who, "i": pending.i, "t": round((pending.started - self._t0) / 1e9, 6),
             "dur": round((finished - pending.started) / 1e9, 6), "call": pending.call, "body": pending.body,
             "ok": error is None,
         }  # fmt: skip
@@ -277,6 +294,12 @@ class Recorder:
             self._append(agent.id, agent.name, False, dumps(entry))
 
     # ---- internals -----------------------------------------------------------------------------
+
+    def _wants(self, call: str) -> bool:
+        wanted = self._wanted.get(call)
+        if wanted is None:
+            wanted = self._wanted[call] = self.options.wants_call(call)
+        return wanted
 
     def _now(self) -> float:
         return round((time.perf_counter_ns() - self._t0) / 1e9, 6)
@@ -308,7 +331,8 @@ class Recorder:
             )
         return file
 
-    def _append(self, agent_id: int, name: str, syscall: bool, line: str) -> None:
+    def _append(self, agent_id: int, name: str | None, syscall: bool, line: str) -> None:
+        """Keep one line in the ring and its file; ``name`` ``None``: an operator session's."""
         ring = self._ring
         if len(ring) == ring.maxlen and ring[0][3] is not None:
             self._forget(ring[0])  # the ring is full: its oldest goes (it is its agent's oldest too)
@@ -325,7 +349,7 @@ class Recorder:
             bound = self.bytes_of(name)
             while mine and self._bytes[agent_id] > bound:  # over its bytes: its own oldest go
                 self._forget(mine[0])
-        self._file(name).write(line)
+        self._file(name if name is not None else f"_session-{agent_id}").write(line)
 
     def _forget(self, entry: list[Any]) -> None:
         """Drop a live entry (its agent's oldest) from memory; the file keeps it."""

@@ -10,16 +10,24 @@ at once at ``full`` speed); different, or past the end of the recording, the rep
 agents and reports the first divergence ``{agent, index, reason, recorded, actual}``. An agent
 that exits before the end, or with another exit than recorded, diverges too. An agent whose
 recording stopped while it still ran (no recorded exit) is stopped when it asks for more than
-was recorded: it "ran past the end", which is not a divergence.
+was recorded: it "ran past the end", which is not a divergence. Nor is the end of a recording
+whose run a signal ended (a ``kill -9``, the OOM killer): once every recorded call is answered,
+the agent is stopped when it asks for more (the call it was in when killed) or when as much
+time has passed as the recorded run lived after its last reply (at full speed at most
+``TAIL_CAP_S``), unless it ends by itself first; the replay reports where the recorded run ended.
 
 Every call counts, ``hello`` and ``noop`` included: they are the agent's own behaviour, and
 ``hello``'s recorded answer (its id, its name) is what the agent computed with. The sandbox is
 always on and has no network, whatever the recording says; the replayed agent is never
 restarted.
+
+An operator's replay, which performs an operator session's recorded calls again instead
+(:mod:`.rerun`), runs here too: one replay at a time, of either kind.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, final
@@ -28,10 +36,12 @@ from clove.config import AgentConfig
 from clove.errors import CloveError, Conflict, InvalidArguments, from_wire
 from clove.kernel.core.agents import TERMINAL, Agent
 from clove.kernel.services.recording.format import AgentRecording, canonical, decode, encode
+from clove.kernel.services.recording.rerun import Perform, Rerun, operator_calls
 from clove.kernel.supervision.limits import resolve as resolve_limits
 from clove.wire import Request
 
 if TYPE_CHECKING:
+    from clove.kernel.core.sessions import OperatorSession
     from clove.kernel.services.host import ServiceHost, ServiceRegistry
 
 __all__ = ["Answer", "ReplayService", "SPEEDS", "attach", "compare", "replay_spec"]
@@ -40,6 +50,10 @@ SPEEDS: Final = ("full", "recorded")
 IDLE, REPLAYING, DIVERGED, COMPLETED, FAILED = "IDLE", "REPLAYING", "DIVERGED", "COMPLETED", "FAILED"
 #: The calls a recording leaves out unless asked, and the option that would have kept them.
 _LEFT_OUT: Final = (("llm.think", "include_think"), ("http", "include_http"), ("exec", "include_exec"))
+#: After its last recorded reply, a replayed agent whose recorded run a signal ended is given as
+#: long as that run lived on, at full speed at most TAIL_CAP_S, plus TAIL_GRACE_S.
+TAIL_CAP_S: Final = 5.0
+TAIL_GRACE_S: Final = 0.5
 
 
 class Answer(NamedTuple):
@@ -98,6 +112,18 @@ def _exit_facts(exit_info: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: exit_info.get(k) for k in ("reason", "exit_code", "signal")}
 
 
+def ended_by_signal(exit_info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``{reason, signal, signal_name}`` when the recorded exit was by a signal, else ``None``."""
+    number = (exit_info or {}).get("signal")
+    if not isinstance(number, int) or isinstance(number, bool):
+        return None
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    return {"reason": (exit_info or {}).get("reason"), "signal": number, "signal_name": name}
+
+
 @dataclass(eq=False)
 class _Track:
     part: AgentRecording
@@ -107,6 +133,8 @@ class _Track:
     done: bool = False
     #: It asked for more than a recording that stopped while it ran holds (not a divergence).
     past_end: bool = False
+    #: Stopped at the end of a recording whose run a signal ended (not a divergence either).
+    at_signal_end: bool = False
 
     @property
     def calls(self) -> tuple[dict[str, Any], ...]:
@@ -129,10 +157,18 @@ class ReplayService:
         self._started = 0.0
         self._finished: float | None = None
         self._spawning = False
+        #: How an operator's replay performs a call: the dispatcher's, handed in at boot.
+        self.perform: Perform | None = None
+        #: The operator's replay, when the last one started was one.
+        self.rerun: Rerun | None = None
 
     def owns(self, agent: Agent) -> bool:
         """True for agents a replay runs (and for the one being spawned right now)."""
         return self._spawning or agent.id in self.tracks
+
+    @property
+    def running(self) -> bool:
+        return self.state == REPLAYING or (self.rerun is not None and self.rerun.running)
 
     # ---- control -------------------------------------------------------------------------------
 
@@ -143,15 +179,12 @@ class ReplayService:
         :raises Conflict: a replay is running, or an agent's name is in use.
         :raises SpawnFailed: the script or interpreter is not there.
         """
-        if self.state == REPLAYING:
-            raise Conflict("a replay is running; wait for it to end", details={"state": self.state})
-        if speed not in SPEEDS:
-            raise InvalidArguments(f"replay.start: speed must be one of {', '.join(SPEEDS)}", details={"argument": "speed"})
+        self._check_idle(speed)
         supervisor = self.kernel.supervisor
         specs = [(part, resolve_limits(replay_spec(part, env=env, args=args), self.kernel.config.limits)) for part in parts]
         for _, spec in specs:
             supervisor.check_spawnable(spec)
-        self.tracks, self.divergence, self.error = {}, None, None
+        self.tracks, self.divergence, self.error, self.rerun = {}, None, None, None
         self.speed, self.recording_id, self.state = speed, recording_id, REPLAYING
         self._started, self._finished = time.monotonic(), None
         for part, spec in specs:
@@ -166,7 +199,35 @@ class ReplayService:
             self.tracks[agent.id] = _Track(part, agent)
         return self.status()
 
+    def start_rerun(self, entries: list[dict[str, Any]], session: OperatorSession, *, speed: str = "full", recording_id: str | None = None) -> dict[str, Any]:
+        """Perform again, as operator ``session``, the operator calls a recording holds.
+
+        :raises Conflict: a replay is running.
+        :raises NotFound: the recording holds no operator calls.
+        :raises InvalidArguments: more than the replay's bounds.
+        """
+        self._check_idle(speed)
+        if self.perform is None:
+            raise Conflict("this kernel cannot perform calls for a replay", details={"state": self.state})
+        calls = operator_calls(entries)
+        self.tracks, self.divergence, self.error, self.state = {}, None, None, IDLE
+        self.rerun = Rerun(calls, session=session, perform=self.perform, loop=self.kernel.loop, speed=speed, recording_id=recording_id)
+        return self.rerun.status()
+
+    def session_closed(self, session: OperatorSession) -> None:
+        """Sessions hook: an operator's replay ends with the session it runs as."""
+        if self.rerun is not None and self.rerun.session is session:
+            self.rerun.stop("the operator session that started the replay closed")
+
+    def _check_idle(self, speed: str) -> None:
+        if self.running:
+            raise Conflict("a replay is running; wait for it to end", details={"state": REPLAYING})
+        if speed not in SPEEDS:
+            raise InvalidArguments(f"replay.start: speed must be one of {', '.join(SPEEDS)}", details={"argument": "speed"})
+
     def status(self) -> dict[str, Any]:
+        if self.rerun is not None:
+            return self.rerun.status()
         ended = self._finished if self._finished is not None else time.monotonic()
         agents = [
             {
@@ -174,6 +235,7 @@ class ReplayService:
                 "replayed": t.cursor, "total": len(t.calls), "state": t.agent.state.value,
                 "exit": _exit_facts(t.exit), "recorded_exit": _exit_facts(t.part.exit),
                 "recorded_elapsed": t.part.elapsed, "ran_past_end": t.past_end,
+                "recorded_end": ended_by_signal(t.part.exit) if t.at_signal_end else None,
             }
             for t in self.tracks.values()
         ]  # fmt: skip
@@ -181,6 +243,8 @@ class ReplayService:
         return {
             "success": True,
             "state": self.state,
+            "active": self.state == REPLAYING,
+            "mode": "agents",
             "speed": self.speed,
             "recording_id": self.recording_id,
             "progress": {"replayed": sum(a["replayed"] for a in agents), "total": sum(a["total"] for a in agents)},
@@ -204,6 +268,10 @@ class ReplayService:
                 track.past_end = True
                 self.kernel.supervisor.kill(agent, operator=False)
                 return Answer(None, Conflict("the recording ends here; the replay stops this agent", details={"index": track.cursor}), 0.0)
+            end = ended_by_signal(track.part.exit)
+            if end is not None:  # the call it was in when the signal ended the recorded run
+                self._stop_at_signal_end(track)
+                return Answer(None, Conflict(f"the recorded run ended here, by {end['signal_name']}; the replay stops this agent", details={"index": track.cursor}), 0.0)
             return Answer(None, self._diverge(track, "ran past the end of the recording", None, actual), 0.0)
         entry = track.calls[track.cursor]
         reason = compare(entry, request.call, actual["body"])
@@ -211,6 +279,8 @@ class ReplayService:
             return Answer(None, self._diverge(track, reason, {"call": entry.get("call"), "body": entry.get("body")}, actual), 0.0)
         track.cursor += 1
         delay = float(entry.get("dur") or 0.0) if self.speed == "recorded" else 0.0
+        if track.cursor == len(track.calls):
+            self._watch_tail(track, delay)
         if entry.get("ok"):
             return Answer(decode(entry.get("result")), None, delay)
         error = decode(entry.get("error"))
@@ -225,12 +295,14 @@ class ReplayService:
             return
         track.exit, track.done = dict(details), True
         if self.state == REPLAYING:
-            if track.cursor < len(track.calls):
+            if track.at_signal_end:
+                pass  # stopped where a signal ended the recorded run: its own exit is the replay's doing
+            elif track.cursor < len(track.calls):
                 entry = track.calls[track.cursor]
                 self._diverge(track, "exited before the end of the recording", {"call": entry.get("call"), "body": entry.get("body")}, {"exit": _exit_facts(details)})
             elif track.part.exit is not None and _exit_facts(track.part.exit) != _exit_facts(details):
                 self._diverge(track, "different exit", {"exit": _exit_facts(track.part.exit)}, {"exit": _exit_facts(details)})
-            elif all(t.done for t in self.tracks.values()):
+            if self.state == REPLAYING and all(t.done for t in self.tracks.values()):
                 self.state = COMPLETED
         if all(t.done for t in self.tracks.values()) and self._finished is None:
             self._finished = time.monotonic()
@@ -238,6 +310,28 @@ class ReplayService:
     def _on_started(self, agent: Agent, error: CloveError | None) -> None:
         if error is not None and self.state == REPLAYING:
             self._fail(f"{agent.name} could not be started: {error.message}")
+        track = self.tracks.get(agent.id)
+        if error is None and track is not None and not track.calls:  # a recorded run with no syscall
+            self._watch_tail(track, 0.0)
+
+    def _watch_tail(self, track: _Track, after: float) -> None:
+        """Every recorded call is answered (the last reply leaves in ``after`` s): if a signal
+        ended the recorded run, give the agent as long as that run lived on, then stop it."""
+        if ended_by_signal(track.part.exit) is None:
+            return
+        tail = track.part.tail or 0.0
+        wait = after + (tail if self.speed == "recorded" else min(tail, TAIL_CAP_S)) + TAIL_GRACE_S
+
+        def over() -> None:
+            if self.state == REPLAYING and self.tracks.get(track.agent.id) is track and not track.done:
+                self._stop_at_signal_end(track)
+
+        self.kernel.loop.call_later(wait, over)
+
+    def _stop_at_signal_end(self, track: _Track) -> None:
+        if not track.at_signal_end:
+            track.at_signal_end = True
+            self.kernel.supervisor.kill(track.agent, operator=False)
 
     def _diverge(self, track: _Track, reason: str, recorded: dict[str, Any] | None, actual: dict[str, Any] | None) -> CloveError:
         self.state = DIVERGED
@@ -260,7 +354,9 @@ class ReplayService:
 
 
 def attach(kernel: ServiceRegistry) -> None:
-    """Build ``kernel.replay`` and let it hear when its agents exit."""
+    """Build ``kernel.replay`` and let it hear when its agents exit and when sessions close (its
+    ``perform`` is handed in by the kernel, from the dispatcher)."""
     service = ReplayService(kernel)
     kernel.replay = service
     kernel.supervisor.listeners.append(service.lifecycle)
+    kernel.sessions.on_close.append(service.session_closed)
