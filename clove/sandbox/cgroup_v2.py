@@ -17,8 +17,8 @@ the hierarchy root, :meth:`CgroupV2Backend.prepare` moves *this process only* in
 ``<own>/<kernel_tag>-kernel`` and then enables them. If ``<own>`` holds other processes too, it
 refuses (moving processes it does not own would be a surprise): run the kernel in a cgroup of its
 own (systemd ``Delegate=yes``). :meth:`CgroupV2Backend.close` undoes this when it safely can
-(no other sub-cgroups of ``<own>``): it disables what it enabled, moves the process back and
-removes the leaf; otherwise the leaf stays and :func:`~.reaper.remove_stale` removes it after
+(no other sub-cgroups of ``<own>``): it disables what it enabled, moves the process back with
+whatever it forked after moving (its zygote and warden), and removes the leaf; otherwise the leaf stays and :func:`~.reaper.remove_stale` removes it after
 the kernel has exited.
 """
 
@@ -294,7 +294,15 @@ class CgroupV2Backend(CgroupBackend):
                     self.fs, own / "cgroup.subtree_control", " ".join(f"-{c}" for c in self._enabled_in_own)
                 )
                 self._enabled_in_own = ()
-            write_control(self.fs, own / "cgroup.procs", str(os.getpid()))
+            # The kernel first, then what it forked after moving (its zygote, its warden): the
+            # leaf holds nothing else, and a leaf with a process in it cannot be removed.
+            me = os.getpid()
+            write_control(self.fs, own / "cgroup.procs", str(me))
+            for pid in read_pids(self.fs, leaf / "cgroup.procs"):
+                try:
+                    write_control(self.fs, own / "cgroup.procs", str(pid))
+                except SandboxError:
+                    pass  # it exited meanwhile
         except SandboxError as err:
             log.warning("cannot move the kernel back to %s: %s", own, err)
             return
