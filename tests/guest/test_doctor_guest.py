@@ -51,4 +51,5 @@ def test_doctor_with_require_isolation_fails_where_the_cgroup_is_shared(tmp_path
     report = json.loads(result.stdout)
     assert result.returncode == 1 and report["exit_status"] == 1, result.stdout[-2000:]
     assert report["isolation"]["honoured"] is False and report["isolation"]["reasons"]
-    assert checks(result.stdout)["cgroup.v2"]["facts"]["other_pids"]
+    v2 = checks(result.stdout)["cgroup.v2"]
+    assert v2["status"] == "missing" and v2["facts"]["other_pids"], v2
