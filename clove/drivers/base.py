@@ -11,7 +11,9 @@ A driver owns one open device inside a driver host process. The host calls, and 
 - :meth:`Driver.read`: the incoming stream (CAN frames, serial bytes, GPIO edges), a template
   around ``_read_internal(timeout)`` that returns nothing when the timeout passes with no data;
 - :meth:`Driver.fileno`: an fd that becomes readable when :meth:`Driver.read` has data, so the
-  host can poll it instead of running a reader thread (``-1``: not pollable).
+  host can poll it instead of running a reader thread (``-1``: not pollable);
+- :meth:`Driver.set_stream_filter`: narrows the stream to what the kernel's current listeners
+  can receive (from :meth:`Driver.stream_filter`; an optimisation the default ignores).
 
 Every failure leaves as one of the device errors (:class:`DeviceUnavailable`,
 :class:`DeviceBusy`, :class:`DeviceClosed`, :class:`DeviceBroken`, :class:`DeviceTimeout`):
@@ -192,6 +194,21 @@ class Driver(ABC):
             raise InvalidArguments(f"{cls.__name__} takes no receive filters")
         return _accept_all
 
+    @classmethod
+    def stream_filter(cls, scopes: list[Any]) -> Any | None:
+        """Kernel side: what the host may narrow its stream to, given the
+        :meth:`DeviceGrant.stream_scope` of every current listener (an empty list: nobody
+        listens). The result goes to :meth:`set_stream_filter` in the host, so it must be
+        msgpack-able; ``None`` (the default) means no filter: everything.
+
+        It must cover every item some scope covers (the kernel still applies each grant and
+        each subscriber's filters); it may cover more. Runs in the kernel on every subscribe
+        and unsubscribe: keep it pure and fast, no vendor imports.
+
+        .. versionadded:: 0.1 (contract version 1, additive)
+        """
+        return None
+
     # ---- lifecycle ------------------------------------------------------------------------------
 
     @property
@@ -317,6 +334,25 @@ class Driver(ABC):
     def _read_internal(self, timeout: float | None) -> Any:
         """Wait up to ``timeout`` for data; return it (``[]``/``b""`` when there is none)."""
         raise NotImplementedError(f"{type(self).__name__} declares a stream but no _read_internal")
+
+    def set_stream_filter(self, spec: Any | None) -> None:
+        """Narrow what :meth:`read` delivers to ``spec``, a result of :meth:`stream_filter`
+        (``None``: everything). Items outside it may still arrive; an item inside it must not be
+        lost. Called by the host on its main thread, while a reader thread may be in :meth:`read`.
+
+        :raises InvalidArguments: a spec this driver does not understand.
+        :raises DeviceClosed: not open.
+        :raises DeviceError: the device refused the filter.
+
+        .. versionadded:: 0.1 (contract version 1, additive)
+        """
+        self._require_open()
+        with self._mapped("set_stream_filter"):
+            self._set_stream_filter(spec)
+
+    def _set_stream_filter(self, spec: Any | None) -> None:
+        """Apply a stream filter (the default ignores it: the device delivers everything)."""
+        return None
 
     def fileno(self) -> int:
         """An fd readable when :meth:`read` has data, or ``-1``."""

@@ -50,6 +50,18 @@ class DeviceGrant:
         :raises PermissionDenied: via :func:`deny`, naming what is not granted.
         """
 
+    def stream_scope(self) -> Any | None:
+        """What of the device's stream this grant can ever admit, in a form the driver's
+        :meth:`~clove.drivers.Driver.stream_filter` understands (CAN: the ``recv_ids`` ranges),
+        or ``None``: it cannot say, so the host must deliver everything (the default).
+
+        Only an optimisation: :meth:`admits` still decides every item. A scope must cover
+        everything :meth:`admits` can pass; covering more is harmless.
+
+        .. versionadded:: 0.1 (contract version 1, additive)
+        """
+        return None
+
     def narrow(self, op: str, args: Any) -> Any:
         """The arguments to forward, after :meth:`check` passed: a grant may narrow a request
         to what it covers (an empty "every line" read becomes the granted lines). Returns
@@ -108,6 +120,10 @@ class IdRanges:
 
     def __bool__(self) -> bool:
         return bool(self._starts)
+
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        """The ranges as sorted, disjoint, non-adjacent ``(low, high)`` pairs, both ends included."""
+        return tuple(zip(self._starts, self._ends, strict=True))
 
     def __repr__(self) -> str:
         return f"IdRanges({list(self.spec)!r})"

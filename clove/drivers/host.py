@@ -13,7 +13,9 @@ Then, on a DEALER connected to the kernel (messages are msgpack maps with a ``t`
                     data {items} | data {bytes}    the incoming stream, in batches
                     hb {counters, status}          every interval, from the main loop
                     broken {error}                 the stream failed; then exits 4
+                    filtered {id} | filtered {id, error}   the stream filter is in place
     kernel → host   call {id, op, args}            run one operation
+                    filter {id, spec}              narrow the stream (Driver.set_stream_filter)
                     stop {}                        close the device and exit 0
 
 Operations run in the main thread, one at a time; the stream is pumped by polling the driver's
@@ -138,6 +140,8 @@ class Host:
             kind = message.get("t")
             if kind == "call":
                 self._call(message)
+            elif kind == "filter":
+                self._filter(message)
             elif kind == "stop":
                 self.stopping = True
                 return
@@ -155,6 +159,21 @@ class Host:
             bug = DeviceBroken(f"{type(self.driver).__name__}.{message.get('op')} failed: {type(err).__name__}: {err}")
             encoded = pack({"t": "reply", "id": call_id, "error": to_wire(bug)})
         self.sock.send(encoded)
+
+    def _filter(self, message: dict[str, Any]) -> None:
+        """Apply a stream filter, then acknowledge it. A filter the driver refuses leaves the
+        stream unfiltered (never narrower than asked): the acknowledgement carries the error."""
+        reply: dict[str, Any] = {"t": "filtered", "id": message.get("id")}
+        try:
+            self.driver.set_stream_filter(message.get("spec"))
+        except CloveError as err:
+            log.warning("stream filter refused, delivering everything: %s", err.message)
+            reply["error"] = to_wire(err)
+            try:
+                self.driver.set_stream_filter(None)
+            except CloveError as again:
+                log.warning("clearing the stream filter failed too: %s", again.message)
+        self.sock.send(pack(reply))
 
     # ---- the stream -----------------------------------------------------------------------------
 

@@ -78,6 +78,30 @@ def test_cansend_frames_reach_exactly_the_granted_agents_and_candump_sees_theirs
     assert 0x200 in on_the_wire and on_the_wire.count(0x200) == 1, "only cansend's 0x200; the agents' were refused"
 
 
+def test_frames_no_grant_admits_never_reach_the_driver_host(service_kernel, vcan, candump):
+    k = service_kernel(BUS.format(channel=vcan))
+    poll_for(lambda: k.call("device.info", device="bus")["device"]["state"] == "ready", 30 * SLOW, message="bus ready")
+    with k.client(timeout=30 * SLOW) as op:
+        bus = op.device("bus")
+        op.spawn("narrow", agent_script("can_user.py"), args=["sdk"], devices={"bus": NARROW})
+        poll_for(lambda: b"READY" in op.logs(name="narrow")["data"], 30 * SLOW, message="narrow ready")
+        status = bus.call("status")  # READY comes after the subscribe's answer: the filter is in the socket
+        assert (status["rx_filters"], status["rx_filter_in"]) == (1, "socket")
+        poll_for(lambda: bus.call("status")["frames_out"] >= 1, 30 * SLOW, message="the agent's send")
+        before = bus.call("status")
+        for frame in ("200#00", "7FF#00", "12345678#00", "185#00", "186#656E64"):
+            cansend(vcan, frame)
+        narrow = read_report(k, "narrow", 60 * SLOW)
+        after = bus.call("status")
+    on_the_wire = dumped_ids(candump)
+    assert narrow["ids"] == [0x185, 0x186]
+    assert {0x200, 0x7FF, 0x12345678} <= set(on_the_wire), on_the_wire
+    # The host read the two granted frames and nothing else: Linux dropped the rest (its own
+    # echo of the agent's 0x101 too), so the host had nothing to filter itself.
+    assert after["items_in"] - before["items_in"] == 2, (before, after)
+    assert after["frames_filtered"] == 0
+
+
 def test_mediated_send_round_trip_against_bare_python_can(service_kernel, vcan):
     import can
 

@@ -74,3 +74,38 @@ def test_send_rate_limit_and_an_agent_without_a_grant(bus_kernel):
     assert limited["listed"] == ["bus"] and limited["recv"] == "ok"
     assert 1 <= limited["send"]["ok"] <= 10 and limited["send"]["quota.exceeded"] >= 40
     assert nogrant == {"listed": [], "send": {"perm.denied": 1}, "recv": "perm.denied"}
+
+
+def _status(op) -> dict:  # noqa: ANN001
+    return op.device("bus").call("status")
+
+
+def test_the_host_receives_only_what_its_listeners_grants_admit(bus_kernel):
+    with bus_kernel.client() as op:
+        bus = op.device("bus")
+        poll_for(lambda: _status(op)["rx_filters"] == 0, message="no filter pairs while nobody listens")
+        bus.send(id=0x185, data=b"\x00")  # the host's own echo: nobody listens, so it stops there
+        poll_for(lambda: _status(op)["frames_filtered"] == 1, message="the unheard frame filtered")
+        op.spawn("nav", agent_script("can_user.py"), args=["sdk"], devices={"bus": GRANT})
+        _ready(op, "nav")  # printed once its subscribe was answered: the filter is in place by then
+        status = _status(op)
+        assert (status["rx_filters"], status["rx_filter_in"]) == (1, "host")  # 0x100-0x10F + 0x180-0x18F: one pair
+        poll_for(lambda: _status(op)["frames_out"] >= 2, message="the agent's send")  # after ours of 0x185
+        _finish(op)
+        report = read_report(bus_kernel, "nav")
+        assert report["ids"] == [0x101, 0x185, 0x186]  # what it got without the filter
+        poll_for(lambda: _status(op)["rx_filters"] == 0, message="nothing again once the agent exited")
+        assert _status(op)["frames_filtered"] == 1 + 2  # 0x200 and 0x7FF never left the host
+
+
+def test_an_operator_listening_lifts_the_filter(bus_kernel):
+    with bus_kernel.client() as op:
+        bus = op.device("bus")
+        poll_for(lambda: _status(op)["rx_filters"] == 0, message="no filter pairs while nobody listens")
+        bus.subscribe()
+        assert _status(op)["rx_filters"] is None
+        bus.send(id=0x3AB, data=b"\x01")
+        got: list = []
+        poll_for(lambda: got.extend(bus.recv(timeout=0.5)) or any(f["id"] == 0x3AB for f in got), message="the frame")
+        bus.unsubscribe()
+        poll_for(lambda: _status(op)["rx_filters"] == 0, message="nothing again once the operator left")

@@ -102,16 +102,19 @@ class DeviceSubscribe(_DeviceSyscall):
     """``device.subscribe {device, filters?, queue?}`` → ``{success, queue, dropped}``: start
     (or re-filter) the caller's queue for the device's stream. Needs the driver's stream op
     (``recv``, ``read``, ``watch``) in the grant. The queue is also bounded by the caller's
-    ``[limits].device_queue_bytes`` (oldest dropped and counted)."""
+    ``[limits].device_queue_bytes`` (oldest dropped and counted). Answered once the device's
+    host filters its stream so that everything the caller may receive gets through."""
 
     name = "device.subscribe"
     Request = SubscribeRequest
 
-    def execute(self, ctx: SyscallContext, req: SubscribeRequest) -> dict[str, Any]:
-        sub = _broker(ctx).subscribe(
-            ctx.agent, ctx.principal_id, req.device, req.filters, req.queue, max_bytes=ctx.limits.device_queue_bytes
+    def execute(self, ctx: SyscallContext, req: SubscribeRequest) -> Deferred:
+        deferred = Deferred()
+        _broker(ctx).subscribe(
+            ctx.agent, ctx.principal_id, req.device, req.filters, req.queue, max_bytes=ctx.limits.device_queue_bytes,
+            applied=lambda sub: deferred.resolve({"success": True, "queue": sub.limit, "dropped": sub.dropped}),
         )
-        return {"success": True, "queue": sub.limit, "dropped": sub.dropped}
+        return deferred
 
 
 @final

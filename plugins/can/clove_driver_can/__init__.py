@@ -9,10 +9,11 @@ from __future__ import annotations
 from clove.drivers import DriverRegistry, hookimpl
 from clove_driver_can.config import CanConfig
 from clove_driver_can.driver import CanDriver
+from clove_driver_can.filters import id_mask_cover
 from clove_driver_can.frames import SendArgs, compile_filter
 from clove_driver_can.grant import CanGrant
 
-__all__ = ["CanConfig", "CanDriver", "CanGrant", "SendArgs", "clove_register_drivers", "compile_filter"]
+__all__ = ["CanConfig", "CanDriver", "CanGrant", "SendArgs", "clove_register_drivers", "compile_filter", "id_mask_cover"]
 
 
 @hookimpl

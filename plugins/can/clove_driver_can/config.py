@@ -46,6 +46,9 @@ class CanConfig:
         lone ``virtual`` bus observe its own sends).
     :param send_timeout: seconds a send may wait for room in the transmit queue before failing
         (the host's main thread must never block forever on a full queue).
+    :param rx_filter: narrow the bus to the ids the current listeners' grants admit (kernel
+        ``CAN_RAW_FILTER`` on ``socketcan``, in the host on other interfaces); ``false``: the host
+        receives every frame (the kernel filters per agent either way).
     :param options: further keyword arguments for the python-can interface, e.g.
         ``{ preserve_timestamps = true }``.
     """
@@ -57,6 +60,7 @@ class CanConfig:
     data_bitrate: int | None = None
     receive_own_messages: bool = False
     send_timeout: float = 1.0
+    rx_filter: bool = True
     options: dict[str, str | int | float | bool] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:

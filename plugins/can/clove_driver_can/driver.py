@@ -3,6 +3,10 @@
 The host sends frames with the ``send`` operation and pumps received frames from
 :meth:`CanDriver.read`; agents get those frames through the kernel, narrowed by their
 :class:`~clove_driver_can.grant.CanGrant` and their own filters (:meth:`CanDriver.compile_filter`).
+The kernel also narrows the bus itself to the ids its current listeners' grants admit
+(:meth:`CanDriver.stream_filter`, applied by :meth:`CanDriver.set_stream_filter`): on
+``socketcan`` as ``CAN_RAW_FILTER`` (filtered frames never leave the OS), on other interfaces
+in :meth:`CanDriver.read` before frames go to the kernel.
 python-can is imported only in :meth:`CanDriver._open`, so the kernel can import this module to
 validate config and grants on a machine without it.
 """
@@ -25,12 +29,16 @@ from clove.errors import (
     InvalidArguments,
 )
 from clove_driver_can.config import CanConfig
+from clove_driver_can.filters import accepts, parse_receive_filter, receive_filter
 from clove_driver_can.frames import SendArgs, compile_filter, frame_from_message
 from clove_driver_can.grant import CanGrant
 
 __all__ = ["CanDriver"]
 
 _STATES = {"ACTIVE": "active", "PASSIVE": "passive", "ERROR": "off"}  # python-can BusState names
+#: A filter no frame passes (a standard frame with bit 11 set cannot exist): python-can takes an
+#: empty filter list as "no filter", so "nothing" needs one.
+_NOTHING = {"can_id": 0x800, "can_mask": 0x800, "extended": False}
 
 
 class CanDriver(Driver):
@@ -56,12 +64,22 @@ class CanDriver(Driver):
     def __init__(self, config: CanConfig) -> None:
         self._bus: Any = None
         self._closing = False
+        #: The receive filter applied in read() (interfaces without one in the OS); None: none.
+        self._accept: Callable[[int], bool] | None = None
+        #: (pairs, "socket" | "host") of the receive filter in place; None: every frame.
+        self._rx: tuple[int, str] | None = None
         super().__init__(config)
 
     @classmethod
     def compile_filter(cls, filters: list[Any]) -> Callable[[Any], bool]:
         """python-can filters (``[{"can_id", "can_mask", "extended"?}]``) as a predicate."""
         return compile_filter(filters)
+
+    @classmethod
+    def stream_filter(cls, scopes: list[Any]) -> list[dict[str, int]] | None:
+        """The listeners' ``recv_ids`` (their grants' scopes) as an exact ``(id, mask)`` cover,
+        in python-can filter tables (``[]``: nobody listens, nothing passes)."""
+        return receive_filter(scopes)
 
     @staticmethod
     def detect() -> list[dict[str, Any]]:
@@ -97,7 +115,7 @@ class CanDriver(Driver):
                 f"CanDriver: cannot open {where}: {type(err).__name__}: {err}",
                 details={"interface": cfg.interface, "channel": cfg.channel},
             ) from err
-        for name in ("frames_out", "error_frames"):
+        for name in ("frames_out", "error_frames", "frames_filtered"):
             self.counters.setdefault(name, 0)
 
     def _close(self) -> None:
@@ -143,8 +161,38 @@ class CanDriver(Driver):
             "channel": self.config.channel,
             "bitrate": self.config.bitrate,
             "fd": self.config.fd,
+            "rx_filters": None if self._rx is None else self._rx[0],
+            "rx_filter_in": None if self._rx is None else self._rx[1],
             **self.counters,
         }
+
+    # ---- the receive filter ---------------------------------------------------------------------
+
+    def _set_stream_filter(self, spec: Any | None) -> None:
+        """Narrow the bus to ``spec`` (from :meth:`stream_filter`). On ``socketcan`` python-can
+        installs it as ``CAN_RAW_FILTER``: filtered frames are dropped by the OS and error frames
+        still arrive (they pass ``CAN_RAW_ERR_FILTER`` alone). On other interfaces python-can
+        would filter in software and drop error frames too, so :meth:`read` applies the filter
+        itself and lets error frames through: the same frames reach the kernel either way."""
+        if not self.config.rx_filter:
+            return
+        pairs = None if spec is None else parse_receive_filter(spec)
+        bus = self._bus
+        in_socket = self.config.interface == "socketcan"
+        if in_socket:
+            bus.set_filters(None if pairs is None else [{"can_id": i, "can_mask": m} for i, m in pairs] or [_NOTHING])
+            if pairs is not None and not getattr(bus, "_is_filtered", False):
+                bus.set_filters(None)  # the socket refused it; python-can would filter in software
+                in_socket = False
+        self._accept = None if pairs is None or in_socket else accepts(pairs)
+        self._rx = None if pairs is None else (len(pairs), "socket" if in_socket else "host")
+
+    def _admit(self, msg: Any) -> bool:
+        accept = self._accept
+        if accept is None or msg.is_error_frame or accept(msg.arbitration_id):
+            return True
+        self.counters["frames_filtered"] += 1
+        return False
 
     def _state_name(self) -> str:
         bus = self._bus
@@ -163,6 +211,7 @@ class CanDriver(Driver):
         if bus is None or self._closing:
             return []
         deadline = None if timeout is None else time.monotonic() + timeout
+        skipped = 0  # filtered frames in a row, drained before the deadline is checked (bounded)
         while True:
             if deadline is None:
                 wait = self.READ_SLICE
@@ -170,15 +219,23 @@ class CanDriver(Driver):
                 wait = min(self.READ_SLICE, max(0.0, deadline - time.monotonic()))
             msg = bus.recv(wait)
             if msg is not None:
-                break
+                if self._admit(msg):
+                    break
+                skipped += 1
+                if skipped < self.BATCH and not self._closing:
+                    continue
+            skipped = 0
             if self._closing or (deadline is not None and time.monotonic() >= deadline):
                 return []
         frames = [frame_from_message(msg)]
-        while len(frames) < self.BATCH and not self._closing:
+        pulled = 1
+        while pulled < self.BATCH and not self._closing:
             msg = bus.recv(0)  # only what is already there
             if msg is None:
                 break
-            frames.append(frame_from_message(msg))
+            pulled += 1
+            if self._admit(msg):
+                frames.append(frame_from_message(msg))
         errors = sum(1 for f in frames if f["err"])
         if errors:
             self.counters["error_frames"] += errors

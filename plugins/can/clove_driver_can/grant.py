@@ -59,6 +59,11 @@ class CanGrant(DeviceGrant):
             return self.recv_error_frames
         return item.get("id") in self._recv
 
+    def stream_scope(self) -> tuple[tuple[int, int], ...]:
+        """The ``recv_ids`` ranges as ``(low, high)`` pairs: what the host's receive filter must
+        let through for this grant (error frames are never id-filtered)."""
+        return self._recv.spans()
+
     def rates(self) -> dict[str, float]:
         """The base ``calls`` bucket, plus a ``send`` bucket at ``max_send_rate_hz``."""
         buckets = DeviceGrant.rates(self)

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -258,9 +259,11 @@ class DeviceBroker:
 
     def subscribe(
         self, agent: Agent | None, principal_id: int, name: str, filters: list[Any] | None, queue: int | None,
-        *, max_bytes: int | None = None,
+        *, max_bytes: int | None = None, applied: Callable[[Subscription], None] | None = None,
     ) -> Subscription:
-        """``max_bytes``: the caller's ``[limits].device_queue_bytes`` (None: the count alone)."""
+        """``max_bytes``: the caller's ``[limits].device_queue_bytes`` (None: the count alone).
+        ``applied``: called with the subscription once the host's stream filter admits what it
+        may receive (at once, unless the subscription widened the filter)."""
         runtime = self.runtime(name)
         cls = runtime.spec.driver_class
         if cls.stream is None or cls.stream_op is None:
@@ -272,7 +275,10 @@ class DeviceBroker:
         if queue is not None and not 1 <= queue <= 1_000_000:
             raise InvalidArguments("queue must be 1..1000000", details={"argument": "queue"})
         wants = cls.compile_filter(filters) if filters else None
-        return runtime.subscribe(principal_id, grant, wants, queue, owner=agent.name if agent is not None else None, max_bytes=max_bytes)
+        sub = runtime.subscribe(principal_id, grant, wants, queue, owner=agent.name if agent is not None else None, max_bytes=max_bytes)
+        if applied is not None:
+            runtime.when_filtered(lambda: applied(sub))
+        return sub
 
     def recv(
         self, agent: Agent | None, principal_id: int, name: str, want: ReadWant, timeout: float | None, deferred: Deferred,
@@ -280,11 +286,15 @@ class DeviceBroker:
     ) -> None:
         runtime = self.runtime(name)
         sub = runtime.subs.get(principal_id)
+        fresh = sub is None
         if sub is None:
             sub = self.subscribe(agent, principal_id, name, None, None, max_bytes=max_bytes)
         if sub.kind == "bytes" and want.until == b"":
             raise InvalidArguments("until must not be empty", details={"argument": "until"})
-        sub.read(self.loop, want, timeout, deferred)
+        if fresh:  # read once the host's filter lets this subscription's items through
+            runtime.when_filtered(lambda: sub.read(self.loop, want, timeout, deferred))
+        else:
+            sub.read(self.loop, want, timeout, deferred)
 
     def forget(self, principal_id: int) -> None:
         """The principal is gone (its agent exited, its session closed): drop its state."""

@@ -9,6 +9,15 @@ States::
 While a device is not ``ready`` every call is answered at once with ``device.unavailable``;
 calls in flight when its host dies are answered ``device.broken``. Subscriptions survive a host
 restart: the stream resumes into the same queues.
+
+The stream filter: the host is told what its current listeners can receive at most (the
+driver's :meth:`~clove.drivers.Driver.stream_filter` over their grants' scopes; nothing when
+nobody listens; everything while an operator listens or a kernel watcher is attached), so a
+device that can filter (CAN) drops the rest before it costs anything. It is only an
+optimisation: every subscriber's grant and filters still decide each item. A filter may lag
+behind when it narrows, never when it widens: a new subscription is answered once the host
+has acknowledged a filter that admits it (:meth:`DeviceRuntime.when_filtered`), and every
+host opens unfiltered.
 """
 
 from __future__ import annotations
@@ -55,7 +64,8 @@ class DeviceRuntime:
         self.host_counters: dict[str, int] = {}
         self.counters = {"calls": 0, "denied": 0, "errors": 0, "items_in": 0, "bytes_in": 0, "delivered": 0, "dropped": 0}
         self.subs: dict[int, Subscription] = {}
-        #: Kernel parts fed every stream batch before subscribers (interlock triggers).
+        #: Kernel parts fed every stream batch before subscribers (interlock triggers). They see
+        #: every item, so while there is one the host is not filtered; add them before the host is up.
         self.watchers: list[Callable[[list[Any]], None]] = []
         #: Called with the reason when the host goes down, and when it is up again.
         self.on_down: list[Callable[[str], None]] = []
@@ -70,6 +80,13 @@ class DeviceRuntime:
         self._ready_at = 0.0
         self._restart_timer: Timer | None = None
         self.down_since: float | None = None
+        #: The stream filter last sent to the current host (``None``: none, as every host opens),
+        #: the id of that message, the highest id the host acknowledged, and who waits for one.
+        self._filter: Any = None
+        self._filter_sent = 0
+        self._filter_acked = 0
+        self._filter_waiters: list[tuple[int, Callable[[], None]]] = []
+        self._filter_timer: Timer | None = None
 
     @property
     def routing(self) -> bytes:
@@ -103,6 +120,8 @@ class DeviceRuntime:
             self._deliver(message, size)
         elif kind == "reply":
             self._reply(message)
+        elif kind == "filtered":
+            self._filtered(message)
         elif kind == "hb":
             self.host_counters = dict(message.get("counters") or {})
             self.last_status = dict(message.get("status") or {})
@@ -120,6 +139,8 @@ class DeviceRuntime:
         self._ready_at = time.monotonic()
         outage = time.monotonic() - self.down_since if self.down_since is not None else None
         self.down_since = None
+        self._filter, self._filter_acked = None, self._filter_sent  # a new host: unfiltered, nothing pending
+        self.refilter()
         self.broker.record("device.up", self, pid=self.host.pid if self.host else None, recovered=recovered, outage_s=outage)
         self.broker.emit("DEVICE_UP", self, recovered=recovered, outage_s=None if outage is None else round(outage, 3))
         for hook in list(self.on_up):  # a hook may remove itself (a start that waited for this device)
@@ -153,6 +174,8 @@ class DeviceRuntime:
         self.state = "stopped" if self.broker.stopping else "down"
         for call_id in list(self._pending):
             self._fail_call(call_id, DeviceBroken(f"device {self.name}: its host went down during the call ({reason})", details={"device": self.name}))
+        self._filter = None
+        self._release_filter_waiters()  # the next host opens unfiltered
         if self.down_since is None:
             self.down_since = time.monotonic()
         if self.broker.stopping:
@@ -197,6 +220,7 @@ class DeviceRuntime:
             self.broker.send(self, {"t": "stop"})
         for call_id in list(self._pending):
             self._fail_call(call_id, DeviceUnavailable(f"device {self.name}: the kernel is stopping", details={"device": self.name}))
+        self._release_filter_waiters()
         for sub in self.subs.values():
             sub.cancel()
 
@@ -275,6 +299,7 @@ class DeviceRuntime:
             old.cancel()
             sub.adopt(old)
         self.subs[principal_id] = sub
+        self.refilter()
         return sub
 
     def unsubscribe(self, principal_id: int) -> Subscription | None:
@@ -283,7 +308,82 @@ class DeviceRuntime:
             sub.cancel()
             self.counters["dropped"] += sub.dropped
             self.counters["delivered"] += sub.delivered
+            self.refilter()
         return sub
+
+    # ---- the stream filter ------------------------------------------------------------------------
+
+    def wanted_filter(self) -> Any | None:
+        """The filter the current listeners need (``None``: everything)."""
+        if self.watchers:
+            return None
+        scopes = []
+        try:
+            for sub in self.subs.values():
+                scope = sub.grant.stream_scope() if sub.grant is not None else None
+                if scope is None:
+                    return None
+                scopes.append(scope)
+            return self.spec.driver_class.stream_filter(scopes)
+        except Exception:  # noqa: BLE001 - plugin code: a failure costs the optimisation, not the stream
+            log.exception("device %s: computing the stream filter failed; the host stays unfiltered", self.name)
+            return None
+
+    def refilter(self) -> None:
+        """Send the host the filter its listeners need, if that changed (while it is ready; a
+        host that is starting gets it once it is up)."""
+        if self.state != "ready" or self.host is None:
+            return
+        spec = self.wanted_filter()
+        if spec != self._filter:
+            self._filter_sent += 1
+            self._filter = spec
+            self.broker.send(self, {"t": "filter", "id": self._filter_sent, "spec": spec})
+
+    def when_filtered(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the host's filter admits everything the current listeners can
+        receive: at once if it does (or no host is up: each opens unfiltered), else when the host
+        acknowledges the last filter sent (or goes down, or ``call_timeout`` passes)."""
+        if self.host is None or self._filter_acked >= self._filter_sent:
+            callback()
+            return
+        self._filter_waiters.append((self._filter_sent, callback))
+        if self._filter_timer is None:
+            self._filter_timer = self.broker.loop.call_later(self.spec.call_timeout, self._filter_overdue)
+
+    def _filtered(self, message: dict[str, Any]) -> None:
+        ident = message.get("id")
+        if not isinstance(ident, int):
+            return
+        if "error" in message:
+            error = message["error"]
+            log.warning("device %s: the host refused stream filter %d and delivers everything: %s", self.name, ident, error)
+            self.broker.record("device.filter_refused", self, error=error)
+            if ident == self._filter_sent:
+                self._filter = None  # the host cleared it; the next change sends one again
+        self._filter_acked = max(self._filter_acked, ident)
+        due = [cb for sent, cb in self._filter_waiters if sent <= self._filter_acked]
+        self._filter_waiters = [(sent, cb) for sent, cb in self._filter_waiters if sent > self._filter_acked]
+        if not self._filter_waiters and self._filter_timer is not None:
+            self._filter_timer.cancel()
+            self._filter_timer = None
+        for callback in due:
+            callback()
+
+    def _filter_overdue(self) -> None:
+        self._filter_timer = None
+        if self._filter_waiters:
+            log.warning("device %s: the host did not acknowledge its stream filter in %s s", self.name, self.spec.call_timeout)
+        self._release_filter_waiters()
+
+    def _release_filter_waiters(self) -> None:
+        if self._filter_timer is not None:
+            self._filter_timer.cancel()
+            self._filter_timer = None
+        waiters, self._filter_waiters = self._filter_waiters, []
+        self._filter_acked = self._filter_sent
+        for _sent, callback in waiters:
+            callback()
 
     # ---- views ------------------------------------------------------------------------------------
 

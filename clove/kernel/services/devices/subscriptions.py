@@ -33,8 +33,8 @@ class ReadWant:
 
 
 class Subscription:
-    __slots__ = ("principal_id", "owner", "admits", "wants", "kind", "limit", "max_bytes", "items", "sizes", "bytes", "buf",
-                 "dropped", "delivered", "_parked")  # fmt: skip
+    __slots__ = ("principal_id", "owner", "grant", "admits", "wants", "kind", "limit", "max_bytes", "items", "sizes", "bytes",
+                 "buf", "dropped", "delivered", "_parked")  # fmt: skip
 
     def __init__(
         self,
@@ -52,6 +52,7 @@ class Subscription:
         self.kind = kind  # "items" or "bytes"
         self.limit = limit
         self.max_bytes = max_bytes  # items: bound on their encoded bytes (None: count only)
+        self.grant = grant  # None: an operator (everything); its stream_scope narrows the host
         self.admits = grant.admits if grant is not None else None
         self.wants = wants
         self.items: deque[Any] = deque()
