@@ -6,7 +6,9 @@ entry point ``exchange``.
   set_state, status; a stream of execution reports and market data);
   :mod:`~clove_driver_exchange.reports`: what the venue says, applied to the driver's state;
 - :mod:`~clove_driver_exchange.risk`: the risk engine; :mod:`~clove_driver_exchange.journal`: the
-  durable order journal; :mod:`~clove_driver_exchange.fix`: the FIX session engine.
+  durable order journal; :mod:`~clove_driver_exchange.commit`: the group commit that makes the
+  journal and the FIX sequence store durable before anything is acknowledged;
+  :mod:`~clove_driver_exchange.fix`: the FIX session engine.
 """
 
 from __future__ import annotations

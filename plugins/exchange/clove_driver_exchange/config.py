@@ -4,10 +4,12 @@ and the operations' arguments. No FIX, no I/O: the kernel imports this to valida
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from clove.drivers import DeviceGrant, deny, invalid
+from clove.drivers.schema import build
 from clove_driver_exchange.risk import Limits
 from clove_driver_exchange.risk.limits import deny as risk_denial
 from clove_driver_exchange.risk.limits import exceeds, fmt
@@ -153,3 +155,30 @@ class StateArgs:
     def __post_init__(self) -> None:
         if self.state.upper() not in STATES:
             raise invalid("state", f"expected one of {', '.join(STATES)}, got {self.state!r}")
+
+
+#: Limits of the grants seen, by content: every order asks, and parsing a grant costs more than
+#: the risk checks (a changed grant is another key; the table is emptied when it grows large).
+_GRANT_LIMITS: dict[Hashable, Limits] = {}
+
+
+def grant_limits(table: Mapping[str, Any]) -> Limits:
+    """An agent's limits from its grant table (as the kernel passes it with each call).
+
+    :raises clove.drivers.schema.FieldError: the table is not a valid grant.
+    """
+    key = _frozen(table)
+    limits = _GRANT_LIMITS.get(key)
+    if limits is None:
+        if len(_GRANT_LIMITS) >= 256:
+            _GRANT_LIMITS.clear()
+        limits = _GRANT_LIMITS[key] = build(ExchangeGrant, dict(table)).limits()
+    return limits
+
+
+def _frozen(value: Any) -> Hashable:
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return (type(value).__name__, value)  # 1 and 1.0 and True stay apart

@@ -3,12 +3,20 @@ in the driver host, outside every agent, and that no agent can reach around.
 
 Path of an order: agent → kernel (the agent's grant: operation, symbol, size) → this host:
 the risk engine (positions, exposure, collars, rates shared across agents on the credential,
-trading state) → the order journal (durable before anything leaves) → NewOrderSingle on the
-venue session. Execution reports come back on the session's reader thread: journaled first, then
-applied to the risk engine and the order book, then streamed to the agent that owns the order
-(stream items carry ``"to"``: the kernel delivers them to that agent only). Market data updates
-the risk engine's reference prices and streams to agents granted the symbol. That side is
+trading state) → the order journal and the FIX sequence store (written) → the group commit (one
+fsync of each for every record written meanwhile: :mod:`~clove_driver_exchange.commit`) →
+NewOrderSingle on the venue session, and the reply. Nothing leaves before it is durable: the
+session's outbound messages pass a gate the committer opens, and an operation returns (the host
+then replies) only once its records are synced. Execution reports come back on the session's
+reader thread: journaled first, then applied to the risk engine and the order book, then, once
+the record is durable, streamed to the agent that owns the order (stream items carry ``"to"``:
+the kernel delivers them to that agent only). Market data updates the risk engine's reference
+prices and streams to agents granted the symbol at once. That side is
 :class:`~clove_driver_exchange.reports.VenueReports`.
+
+Threads: the host's main thread runs the operations one at a time; the session's reader thread
+applies reports; its writer thread sends; the committer syncs and releases. The driver's lock
+guards the book, the risk engine and the journal's order; nobody holds it while a sync runs.
 
 Restarts: the journal rebuilds orders, fills and trading states; the session's sequence store
 makes the venue resend what it reported while the host was away (duplicates are skipped by
@@ -30,16 +38,25 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from clove.drivers import Caller, Driver, NoArgs, operation
 from clove.errors import DeviceBroken, DeviceUnavailable, NotFound, PermissionDenied
-from clove_driver_exchange.config import CancelArgs, ExchangeConfig, ExchangeGrant, StateArgs, SubmitArgs
+from clove_driver_exchange.commit import CommitFailed, GroupCommit
+from clove_driver_exchange.config import (
+    CancelArgs,
+    ExchangeConfig,
+    ExchangeGrant,
+    StateArgs,
+    SubmitArgs,
+    grant_limits,
+)
 from clove_driver_exchange.fix import messages as fixmsg
 from clove_driver_exchange.fix.session import FixSession
 from clove_driver_exchange.fix.store import SeqStore
 from clove_driver_exchange.fix.transport import FixConnection, connect
-from clove_driver_exchange.journal import JournaledOrder, OrderJournal, Replayed, apply
+from clove_driver_exchange.journal import JournaledOrder, OrderJournal, Replayed, apply, risk_snapshot
 from clove_driver_exchange.reports import VenueReports
 from clove_driver_exchange.risk import Limits, Order, RiskEngine, TradingState
 from clove_driver_exchange.risk.limits import deny as risk_denial
@@ -72,6 +89,9 @@ class ExchangeDriver(Driver):
         self._items: deque[dict[str, Any]] = deque(maxlen=self.QUEUE)
         self._wake_r = self._wake_w = -1
         self._journal: OrderJournal | None = None
+        self._commit = GroupCommit(fsync=False)  # replaced when opened
+        #: How the committer syncs a file; a test swaps in one that blocks or fails.
+        self.sync_file: Callable[[int], None] = os.fdatasync
         self._book = Replayed()
         self._risk: RiskEngine | None = None
         self._session: FixSession | None = None
@@ -91,16 +111,28 @@ class ExchangeDriver(Driver):
             self._tmp = tempfile.TemporaryDirectory(prefix="clove-exchange-")
             directory = self._tmp.name
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._journal = OrderJournal(os.path.join(directory, "orders.jsonl"), fsync=self.config.fsync)
+        self._commit = GroupCommit(fsync=self.config.fsync, sync=self.sync_file, on_failure=self._on_commit_failure, name="exchange-commit")
+        try:
+            self._open_state(directory)
+            self._log_on()
+        except BaseException:
+            self._close_files()  # a failed open is never closed by the base class
+            raise
+
+    def _open_state(self, directory: str) -> None:
+        """The journal and the sequence store (both under the group commit), and what they say."""
+        self._journal = OrderJournal(os.path.join(directory, "orders.jsonl"), fsync=self.config.fsync, commit=self._commit)
+        store = SeqStore(os.path.join(directory, "fix-session.json"), fsync=self.config.fsync)
+        store.defer_sync(self._commit.add(store))  # synced beside the journal, in the same commits
         self._book = self._journal.replay()
         self._risk = RiskEngine(self.config.limits(), instruments=self.config.symbols, max_reference_age_s=self.config.max_reference_age_s)
-        self._restore_risk()
-        self._reports = VenueReports(self._lock, self._journal, self._book, self._risk, self.counters, self._emit)
+        self._risk.restore(risk_snapshot(self._book))  # positions, open orders and states
+        self._reports = VenueReports(self._lock, self._journal, self._book, self._risk, self.counters, self._emit, self._release)
         self._session = FixSession(
             "initiator",
             self.config.sender_comp_id,
             self.config.target_comp_id,
-            SeqStore(os.path.join(directory, "fix-session.json"), fsync=self.config.fsync),
+            store,
             heartbeat_s=self.config.heartbeat_s,
             on_app_message=self._reports.on_app,
             username=self.config.username,
@@ -108,8 +140,14 @@ class ExchangeDriver(Driver):
             cancel_on_disconnect=self.config.cancel_on_disconnect,
             reset_on_logon=self.config.reset_on_logon,
         )
+
+    def _log_on(self) -> None:
+        assert self._session is not None  # noqa: S101
         try:
-            self._conn = connect(self._session, self.config.host, self.config.port, timeout=self.config.connect_timeout, on_disconnect=self._on_disconnect)
+            self._conn = connect(
+                self._session, self.config.host, self.config.port, timeout=self.config.connect_timeout,
+                on_disconnect=self._on_disconnect, gate=self._commit.after,
+            )  # fmt: skip
         except OSError as err:
             raise DeviceUnavailable(f"venue {self.config.host}:{self.config.port} unreachable: {err.strerror or err}") from None
         deadline = time.monotonic() + self.config.connect_timeout
@@ -121,34 +159,6 @@ class ExchangeDriver(Driver):
             time.sleep(0.01)  # the session's reader thread completes the logon
         self._reconcile()
         self._session.send_app(*fixmsg.market_data_request(f"md-{uuid.uuid4().hex[:8]}", list(self.config.symbols)))
-
-    def _restore_risk(self) -> None:
-        """Positions, open orders and states from the journal, into a fresh risk engine."""
-        assert self._risk is not None  # noqa: S101
-        positions: dict[str, dict[str, float]] = {}
-        for fill in self._book.fills:
-            signed = fill["qty"] if fill["side"] == "buy" else -fill["qty"]
-            book = positions.setdefault(fill["agent"], {})
-            book[fill["symbol"]] = book.get(fill["symbol"], 0.0) + signed
-        opened = [
-            {
-                "client_id": o.client_id, "agent": o.agent, "symbol": o.symbol, "side": o.side, "qty": o.qty,
-                "price": o.price, "type": o.type, "tif": o.tif, "remaining": o.leaves,
-                "acked": o.order_id is not None, "venue_order_id": o.order_id,
-            }  # fmt: skip
-            for o in self._book.orders.values()
-            if o.open
-        ]
-        states = {agent or "": state for agent, state in self._book.states.items()}
-        self._risk.restore(
-            {
-                "version": 1,
-                "state": states.pop("", "active"),
-                "agent_states": states,
-                "positions": {agent: {s: q for s, q in book.items() if q} for agent, book in positions.items()},
-                "open_orders": opened,
-            }
-        )
 
     def _reconcile(self) -> None:
         """Ask the venue for every open order; what we think is open and it does not is done."""
@@ -163,8 +173,14 @@ class ExchangeDriver(Driver):
                 self._conn.join(2.0)
             self._conn.close("driver closed")
             self._conn.join(2.0)
+        self._close_files()
+
+    def _close_files(self) -> None:
+        self._commit.close()  # after the Logout it released: what is written is synced
         if self._journal is not None:
             self._journal.close()
+        if self._session is not None:
+            self._session.store.close()
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
@@ -174,8 +190,23 @@ class ExchangeDriver(Driver):
 
     def _on_disconnect(self, conn: FixConnection, reason: str) -> None:
         if not self.closed:
-            self._lost = reason
+            self._lost = self._lost or reason
             self._wake()
+
+    def _on_commit_failure(self, err: OSError) -> None:
+        """A failed sync: nothing waiting is acknowledged or sent; the stream fails, and the
+        restarted host goes on from what the disk holds."""
+        self._lost = f"order journal: sync failed: {err}"
+        if self._conn is not None:
+            self._conn.close("order journal sync failed")
+        self._wake()
+
+    def _durable(self, ticket: int) -> None:
+        """Return (so the host replies) only once ``ticket`` is on disk."""
+        try:
+            self._commit.wait(ticket)
+        except CommitFailed as err:
+            raise DeviceBroken(f"{err}; the outcome is known once the host restarts and reconciles") from None
 
     # ---- the stream -----------------------------------------------------------------------------
 
@@ -191,6 +222,10 @@ class ExchangeDriver(Driver):
     def _emit(self, item: dict[str, Any]) -> None:
         self._items.append(item)
         self._wake()
+
+    def _release(self, item: dict[str, Any]) -> None:
+        """Stream ``item`` once every record written so far is durable."""
+        self._commit.after(lambda: self._emit(item))
 
     def _read_internal(self, timeout: float | None) -> list[dict[str, Any]]:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -222,10 +257,7 @@ class ExchangeDriver(Driver):
     def _who(caller: Caller | None) -> tuple[str, Limits | None]:
         if caller is None or caller.operator or caller.agent is None:
             return _OPERATOR, None
-        from clove.drivers.schema import build
-
-        grant = build(ExchangeGrant, dict(caller.grant or {}))
-        return caller.agent, grant.limits()
+        return caller.agent, grant_limits(caller.grant or {})
 
     @operation(args=SubmitArgs, caller=True)
     def submit_order(self, args: SubmitArgs, caller: Caller | None) -> dict[str, Any]:
@@ -252,6 +284,8 @@ class ExchangeDriver(Driver):
                 self._risk.on_done(client_id)
                 raise
             self.counters["orders"] += 1
+            ticket = self._commit.mark()
+        self._durable(ticket)  # outside the lock: what the reader thread writes meanwhile joins it
         return {"client_id": client_id, "status": "sent"}
 
     @operation(args=CancelArgs, caller=True)
@@ -267,6 +301,8 @@ class ExchangeDriver(Driver):
             self._risk.check_cancel(order.agent, args.client_id, limits if agent != _OPERATOR else None)
             self._send_cancel(session, order, reason=f"cancel by {agent}")
             self.counters["cancels"] += 1
+            ticket = self._commit.mark()
+        self._durable(ticket)
         return {"client_id": args.client_id, "status": "cancel_sent"}
 
     def _send_cancel(self, session: FixSession, order: JournaledOrder, *, reason: str) -> None:
@@ -308,7 +344,9 @@ class ExchangeDriver(Driver):
                 if order is not None and session is not None:
                     self._send_cancel(session, order, reason=f"kill switch: {args.reason}")
                     cancelling.append(order.client_id)
-        self._emit({"type": "state", "state": state.value.upper(), "agent": args.agent, "reason": args.reason, "ts": time.time()})
+            ticket = self._commit.mark()
+        self._release({"type": "state", "state": state.value.upper(), "agent": args.agent, "reason": args.reason, "ts": time.time()})
+        self._durable(ticket)
         return {"state": state.value.upper(), "agent": args.agent, "cancelling": cancelling}
 
     @operation("status")
@@ -325,10 +363,15 @@ class ExchangeDriver(Driver):
                 "open_orders": sum(1 for o in self._book.orders.values() if o.open),
                 "references": {s: self._risk.reference(s) for s in self.config.symbols},
                 "counters": dict(self.counters),
+                "commit": self._commit_stats(),
             }
+
+    def _commit_stats(self) -> dict[str, Any]:
+        commits, records = self._commit.commits, self._commit.records
+        return {"fsync": self._commit.fsync, "commits": commits, "records": records, "per_commit": round(records / commits, 2) if commits else None}
 
     def status(self) -> dict[str, Any]:
         """For the host's heartbeat (``clove devices``)."""
         if self._session is None:
             return {"session": "closed"}
-        return {"session": self._session.state, "venue": self.config.target_comp_id, "lost": self._lost}
+        return {"session": self._session.state, "venue": self.config.target_comp_id, "lost": self._lost, "commit": self._commit_stats()}

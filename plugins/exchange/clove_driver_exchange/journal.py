@@ -6,19 +6,29 @@ gateway had: every order with its last known state, the execution ids already ap
 report the venue resends with PossDupFlag is not counted twice), and the trading states. The
 venue is then asked for its view (order mass status) and the two are reconciled.
 
-One JSON object per line; a torn last line (a crash mid-write) is ignored on load.
+One JSON object per line, numbered by ``n`` (1, 2, 3, ... across restarts: a gap means a lost
+record). A torn last line (the machine died mid-write) is ignored on load and cut off when the
+journal is opened again, so the next record starts on a line of its own.
+
+With a :class:`~clove_driver_exchange.commit.GroupCommit`, :meth:`OrderJournal.append` writes
+the record (a killed process loses nothing) and leaves the fsync to the committer: whoever
+acknowledges what the record says waits for it (``GroupCommit.wait``/``after``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JournaledOrder", "OrderJournal", "Replayed"]
+from clove_driver_exchange.commit import GroupCommit
+
+__all__ = ["JournaledOrder", "OrderJournal", "Replayed", "apply", "risk_snapshot"]
 
 DONE_STATUSES = frozenset({"filled", "canceled", "rejected", "expired"})
 
@@ -61,26 +71,40 @@ class Replayed:
     states: dict[str, str] = field(default_factory=dict)  # "" → global state, else per agent
     fills: list[dict[str, Any]] = field(default_factory=list)
     records: int = 0
+    last_n: int = 0  # the highest record number seen
 
 
 class OrderJournal:
-    """Append-only JSONL at ``path``. ``fsync=True`` makes each record durable before
-    :meth:`append` returns (the figure to watch in the order-rate benchmark)."""
+    """Append-only JSONL at ``path``. ``fsync=True`` without ``commit`` makes each record
+    durable before :meth:`append` returns; with ``commit`` the committer does, for a group.
 
-    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    Thread-safe: records are numbered and written under one lock.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True, commit: GroupCommit | None = None) -> None:
         self.path = Path(path)
         self.fsync = fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._seq = 0
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        _cut_torn_tail(self._fd)
+        self._lock = threading.Lock()
+        self._n = 0
+        self._wrote: Callable[[bool], None] | None = commit.add(self) if commit is not None else None
 
     def append(self, kind: str, **record: Any) -> dict[str, Any]:
-        self._seq += 1
-        entry = {"kind": kind, "ts": time.time(), **record}
-        os.write(self._fd, json.dumps(entry, separators=(",", ":"), default=str).encode() + b"\n")
-        if self.fsync:
-            os.fdatasync(self._fd)
+        with self._lock:
+            self._n += 1
+            entry = {"kind": kind, "n": self._n, "ts": time.time(), **record}
+            os.write(self._fd, json.dumps(entry, separators=(",", ":"), default=str).encode() + b"\n")
+            if self._wrote is not None:
+                self._wrote(True)
+            elif self.fsync:
+                os.fdatasync(self._fd)
         return entry
+
+    def sync_with(self, sync: Callable[[int], None]) -> None:
+        """The committer's: sync the file (appends go on meanwhile: they are the next group)."""
+        sync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -102,8 +126,29 @@ class OrderJournal:
             except ValueError:
                 continue  # a torn write at the crash
             out.records += 1
+            out.last_n = max(out.last_n, int(entry.get("n") or 0))
             apply(out, entry)
+        with self._lock:
+            self._n = max(self._n, out.last_n)  # numbering goes on where the file ends
         return out
+
+
+def _cut_torn_tail(fd: int) -> None:
+    """Drop a last line without its newline (a write the machine died in the middle of: it was
+    never acknowledged), so the next record is not glued to it and lost with it."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    chunk = 65536
+    end = size
+    while end > 0:
+        start = max(0, end - chunk)
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
+        if cut >= 0:
+            os.ftruncate(fd, start + cut + 1)
+            return
+        end = start
+    os.ftruncate(fd, 0)
 
 
 def apply(state: Replayed, entry: dict[str, Any]) -> None:
@@ -134,3 +179,30 @@ def apply(state: Replayed, entry: dict[str, Any]) -> None:
             state.fills.append({"client_id": order.client_id, "agent": order.agent, "symbol": order.symbol, "side": order.side, "qty": qty, "price": px})
     elif kind == "state":
         state.states[entry.get("agent") or ""] = entry["state"]
+
+
+def risk_snapshot(book: Replayed) -> dict[str, Any]:
+    """What the journal says, in the form :meth:`RiskEngine.restore` takes: positions from the
+    fills, the open orders and the trading states."""
+    positions: dict[str, dict[str, float]] = {}
+    for fill in book.fills:
+        signed = fill["qty"] if fill["side"] == "buy" else -fill["qty"]
+        held = positions.setdefault(fill["agent"], {})
+        held[fill["symbol"]] = held.get(fill["symbol"], 0.0) + signed
+    opened = [
+        {
+            "client_id": o.client_id, "agent": o.agent, "symbol": o.symbol, "side": o.side, "qty": o.qty,
+            "price": o.price, "type": o.type, "tif": o.tif, "remaining": o.leaves,
+            "acked": o.order_id is not None, "venue_order_id": o.order_id,
+        }  # fmt: skip
+        for o in book.orders.values()
+        if o.open
+    ]
+    states = {agent or "": state for agent, state in book.states.items()}
+    return {
+        "version": 1,
+        "state": states.pop("", "active"),
+        "agent_states": states,
+        "positions": {agent: {s: q for s, q in held.items() if q} for agent, held in positions.items()},
+        "open_orders": opened,
+    }

@@ -1,8 +1,9 @@
 """What the venue says, applied (on the FIX session's reader thread): execution reports are
-journaled first, then applied to the risk engine and the order book, then streamed to the agent
-that owns the order (stream items carry ``"to"``: the kernel delivers them to that agent only);
-cancel rejects go to the order's owner; market data updates the risk engine's reference prices
-and streams to agents granted the symbol. Reports the venue resends are skipped by ExecID, and
+journaled first, then applied to the risk engine and the order book, then, once their record is
+durable (the group commit releases them), streamed to the agent that owns the order (stream
+items carry ``"to"``: the kernel delivers them to that agent only); cancel rejects go to the
+order's owner the same way; market data updates the risk engine's reference prices and streams
+to agents granted the symbol at once (nothing of it is journaled). Reports the venue resends are skipped by ExecID, and
 the OrderMassStatusRequest sent after a (re)connect is reconciled here.
 
 :class:`VenueReports` is the :class:`~clove_driver_exchange.driver.ExchangeDriver`'s, made when
@@ -32,7 +33,8 @@ class VenueReports:
     """Applies the venue's application messages to the driver's state.
 
     :param lock: the driver's lock, held while the journal, the book and the risk engine change.
-    :param emit: puts an item on the driver's stream.
+    :param emit: puts an item on the driver's stream now.
+    :param release: puts an item on the stream once every record written so far is durable.
     :param counters: the driver's counters (``reports``, ``fills``, ``duplicates``).
     """
 
@@ -44,6 +46,7 @@ class VenueReports:
         risk: RiskEngine,
         counters: dict[str, int],
         emit: Callable[[dict[str, Any]], None],
+        release: Callable[[dict[str, Any]], None],
     ) -> None:
         self._lock = lock
         self._journal = journal
@@ -51,6 +54,7 @@ class VenueReports:
         self._risk = risk
         self.counters = counters
         self._emit = emit
+        self._release = release
         self._reconciling: set[str] | None = None
 
     def start_reconcile(self) -> None:
@@ -106,7 +110,7 @@ class VenueReports:
                 self._risk.on_fill(client_id, last_qty, last_px)
             if status in ("filled", "canceled", "rejected", "expired"):
                 self._risk.on_done(client_id)
-        self._emit(
+        self._release(
             {
                 "type": "exec", "to": order.agent, "client_id": client_id, "order_id": msg.get(Tag.ORDER_ID), "exec_id": exec_id,
                 "exec_type": exec_type, "status": status, "symbol": order.symbol, "side": order.side, "qty": order.qty,
@@ -134,7 +138,7 @@ class VenueReports:
         with self._lock:
             order = self._book.orders.get(client_id)
         if order is not None:
-            self._emit({"type": "cancel_reject", "to": order.agent, "client_id": client_id, "text": msg.get(Tag.TEXT), "ts": time.time()})
+            self._release({"type": "cancel_reject", "to": order.agent, "client_id": client_id, "text": msg.get(Tag.TEXT), "ts": time.time()})
 
     def _on_market_data(self, msg: Message) -> None:
         symbol = msg.get(Tag.SYMBOL) or ""

@@ -1088,3 +1088,15 @@ def test_property_snapshot_restore_is_lossless(flow: list[tuple[Any, ...]]) -> N
         for sym in TRADED:
             assert fresh.worst_case(who, sym) == pytest.approx(eng.worst_case(who, sym))
     assert all(math.isfinite(o.remaining) and o.remaining > 0 for o in fresh.open_orders())
+
+
+def test_grant_limits_are_parsed_once_per_distinct_grant_and_never_mixed_up() -> None:
+    from clove_driver_exchange.config import grant_limits
+
+    small = {"ops": ["submit_order"], "symbols": ["ACME"], "max_order_qty": 5}
+    assert grant_limits(small).max_order_qty == 5.0
+    assert grant_limits(dict(small)) is grant_limits(small)  # the same content: parsed once
+    assert grant_limits({**small, "max_order_qty": 50}).max_order_qty == 50.0  # changed: parsed again
+    assert grant_limits({**small, "symbols": ["ACME", "BOLT"]}).allowed_symbols == ("ACME", "BOLT")
+    with pytest.raises(FieldError):
+        grant_limits({**small, "max_order_qty": "lots"})

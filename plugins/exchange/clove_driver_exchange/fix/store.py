@@ -11,7 +11,9 @@ append rather than a rewrite:
 
 Every append is flushed to the kernel before the call returns, so a killed process loses
 nothing; with ``fsync=True`` (the default) it is also on the disk, so a power cut loses
-nothing either. A torn last line (the machine died mid-write) is ignored on load. On open, on
+nothing either. :meth:`SeqStore.defer_sync` hands the fsync to a group commit instead: each
+append then only says it wrote, and the committer syncs many appends at once (whoever sends a
+message waits for that). A torn last line (the machine died mid-write) is ignored on load. On open, on
 :meth:`SeqStore.reset`, and when the journal has grown :data:`COMPACT_AFTER` lines past its
 content, the file is rewritten compactly through a temporary file and an atomic rename, so a
 crash leaves either the old journal or the new one, never half of each.
@@ -24,6 +26,7 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from typing import IO, Final
 
 __all__ = ["COMPACT_AFTER", "SeqStore"]
@@ -50,6 +53,7 @@ class SeqStore:
         self._messages: dict[int, bytes] = {}
         self._appended = 0
         self._file: IO[str] | None = None
+        self._wrote: Callable[[bool], None] | None = None
         with self._lock:
             self._load()
             self._rewrite()
@@ -86,7 +90,8 @@ class SeqStore:
     def set_next_target_seq(self, seq: int) -> None:
         with self._lock:
             self._next_target = seq
-            self._append({"t": seq})
+            # Nothing waits for it: a number lost in a crash makes the counterparty resend.
+            self._append({"t": seq}, urgent=False)
 
     def store_message(self, seq: int, raw: bytes) -> None:
         """Keep application message ``seq`` for resends; the next sender number becomes ``seq + 1``."""
@@ -101,6 +106,25 @@ class SeqStore:
             self._next_sender = self._next_target = 1
             self._messages.clear()
             self._rewrite()
+
+    def defer_sync(self, wrote: Callable[[bool], None]) -> None:
+        """Leave the fsync to a group commit: after each append call ``wrote(urgent)`` (urgent:
+        a message may not leave before it is durable), and let the committer call
+        :meth:`sync_with`. Without it (and with ``fsync``) every append is synced at once."""
+        with self._lock:
+            self._wrote = wrote
+
+    def sync_with(self, sync: Callable[[int], None]) -> None:
+        """The committer's: ``sync`` the file holding the journal now, outside the lock, so
+        appends go on meanwhile (a duplicate descriptor: a compaction may replace the file)."""
+        with self._lock:
+            if self._file is None:
+                return
+            fd = os.dup(self._file.fileno())
+        try:
+            sync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         with self._lock:
@@ -170,12 +194,14 @@ class SeqStore:
         self._file = open(self.path, "a", encoding="utf-8", newline="\n")  # noqa: SIM115
         self._appended = 0
 
-    def _append(self, record: dict[str, object]) -> None:
+    def _append(self, record: dict[str, object], *, urgent: bool = True) -> None:
         if self._file is None:
             raise ValueError(f"SeqStore {self.path} is closed")
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._file.flush()
-        if self.fsync:
+        if self._wrote is not None:
+            self._wrote(urgent)
+        elif self.fsync:
             os.fsync(self._file.fileno())
         self._appended += 1
         if self._appended >= COMPACT_AFTER + len(self._messages):

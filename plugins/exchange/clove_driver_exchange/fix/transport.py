@@ -35,6 +35,9 @@ class FixConnection:
     (``connection_lost``), then ``on_disconnect(connection, reason)`` runs on the reader thread.
 
     :param initial: bytes already read from the socket (a venue peeks at the Logon).
+    :param gate: holds each outbound message, and a graceful close, until it calls what it was
+        given, in the order given (a group commit: nothing leaves before the sequence store
+        and the order journal say it was sent). ``None``: at once.
     """
 
     def __init__(
@@ -47,12 +50,14 @@ class FixConnection:
         initial: bytes = b"",
         send_delay: float = 0.0,
         name: str | None = None,
+        gate: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self.session = session
         self.sock = sock
         self.on_disconnect = on_disconnect
         self.tick_interval = tick_interval
         self.send_delay = send_delay
+        self.gate = gate
         self.name = name or f"fix-{session.sender}-{session.target}"
         #: Why the connection ended (``None`` while it is up).
         self.reason: str | None = None
@@ -78,7 +83,13 @@ class FixConnection:
         if self.sock.family in (socket.AF_INET, socket.AF_INET6):
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # FIX is latency-bound
         self.sock.setblocking(True)
-        self.session.connection_made(self._enqueue, self._graceful_close, owner=self)
+        send: Callable[[bytes], None] = self._enqueue
+        close: Callable[[], None] = self._graceful_close
+        gate = self.gate
+        if gate is not None:  # in order: a Logout and the close after it stay in that order
+            send = lambda raw: gate(lambda: self._enqueue(raw))  # noqa: E731
+            close = lambda: gate(self._graceful_close)  # noqa: E731
+        self.session.connection_made(send, close, owner=self)
         self._writer = threading.Thread(target=self._write_loop, name=f"{self.name}-w", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name=f"{self.name}-r", daemon=True)
         self._writer.start()
