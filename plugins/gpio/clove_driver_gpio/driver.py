@@ -128,6 +128,15 @@ class GpioDriver(Driver):
                     details={"chip": config.chip},
                 )
             self._lines = GpiodLines(config.chip, specs)
+            self._remember_real_chip()
+        elif config.simulate == "auto" and self._had_real_chip():
+            # A chip that was here and went (unplugged, unbound) must not come back as a
+            # simulation: an e-stop on simulated lines never fires.
+            raise DeviceUnavailable(
+                f"GPIO chip {config.chip} is gone; this device has used it, so it is not replaced "
+                "by a simulated chip (simulate = 'auto' simulates only a chip never seen here)",
+                details={"chip": config.chip},
+            )
         elif config.sim_socket is not None:
             try:
                 self._lines = RemoteLines(config.sim_socket, specs)
@@ -143,6 +152,28 @@ class GpioDriver(Driver):
             self._lines = sim.request_lines(specs)
             self._sim = sim
         self._wake = socket.socketpair()
+
+    # A file in the device's durable state dir (kept across host and kernel restarts) holding
+    # the path of the real chip this device has opened.
+    _REAL_CHIP = "real-chip"
+
+    def _remember_real_chip(self) -> None:
+        if self.state_dir is None or self._had_real_chip():
+            return
+        try:
+            with open(os.path.join(self.state_dir, self._REAL_CHIP), "w") as out:
+                out.write(self.config.chip)
+        except OSError:
+            pass  # the real chip is open; losing this note only weakens a later fallback check
+
+    def _had_real_chip(self) -> bool:
+        if self.state_dir is None:
+            return False
+        try:
+            with open(os.path.join(self.state_dir, self._REAL_CHIP)) as note:
+                return bool(note.read() == self.config.chip)
+        except OSError:
+            return False
 
     def _close(self) -> None:
         wake, lines = self._wake, self._lines

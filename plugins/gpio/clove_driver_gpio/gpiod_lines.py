@@ -20,11 +20,38 @@ from clove_driver_gpio.lines import Edge, LineSpec
 __all__ = ["GpiodLines"]
 
 
+def _explain(gpiod: Any, path: str, offsets: list[int]) -> OSError | None:
+    """Why a request of ``offsets`` on the chip at ``path`` fails, as an ``OSError`` naming the
+    chip, the offsets out of range and the consumers holding lines; ``None`` if the chip shows
+    nothing wrong (then libgpiod's own error stands)."""
+    try:
+        with gpiod.Chip(path) as chip:
+            info = chip.get_info()
+            missing = [off for off in offsets if off >= info.num_lines]
+            if missing:
+                return OSError(
+                    errno.EINVAL,
+                    f"{path} ({info.label}) has {info.num_lines} lines (offsets 0-{info.num_lines - 1}), "
+                    f"so no line at offset {', '.join(map(str, missing))}",
+                )
+            lines = [chip.get_line_info(off) for off in offsets]
+            held = {line.offset: line.consumer for line in lines if line.used}
+    except OSError:
+        return None
+    if not held:
+        return None
+    users = ", ".join(
+        f"offset {off} by {consumer or 'an unnamed consumer'!r}" for off, consumer in held.items()
+    )
+    return OSError(errno.EBUSY, f"lines of {path} ({info.label}) are in use: {users}")
+
+
 @final
 class GpiodLines:
     """A ``gpiod.LineRequest`` as a :class:`~clove_driver_gpio.lines.Lines` backend.
 
-    :raises OSError: the chip cannot be opened or the lines requested (``EBUSY``: held).
+    :raises OSError: the chip cannot be opened or the lines requested (``EINVAL``: an offset
+        past the chip's last line; ``EBUSY``: held, naming the holder).
     :raises OSError: ``ENODEV`` when ``path`` is not a GPIO chip.
     :raises ImportError: the ``gpiod`` package is missing.
     """
@@ -41,7 +68,14 @@ class GpiodLines:
         self.settings: dict[int | Iterable[int | str] | str, Any] = {
             spec.offset: self._settings(spec) for spec in specs
         }
-        self._request: Any = gpiod.request_lines(path, consumer=consumer, config=self.settings)
+        try:
+            self._request: Any = gpiod.request_lines(path, consumer=consumer, config=self.settings)
+        except (ValueError, OSError) as err:
+            # libgpiod says "line offset of out range" or EBUSY, naming neither line nor holder.
+            explained = _explain(gpiod, path, [spec.offset for spec in specs])
+            if explained is None:
+                raise
+            raise explained from err
         self._closed = False
 
     def _settings(self, spec: LineSpec) -> Any:
