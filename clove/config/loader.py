@@ -220,6 +220,35 @@ def _limits(source: str, raw: dict[str, Any]) -> LimitsSection:
     return LimitsSection(defaults=defaults, agents=agents)
 
 
+#: The most spares a kernel may keep: each holds two processes, a cgroup, a loop device and an
+#: empty image (docs/sandbox.md, "Spares").
+SPARES_CEILING: Final = 64
+
+
+def _sandbox(source: str, raw: dict[str, Any]) -> SandboxSection:
+    s = Table.top(source, raw, "sandbox")
+    section = SandboxSection(
+        backend=s.choice("backend", BACKENDS, "auto"),
+        require_isolation=s.get("require_isolation", bool, False),
+        uid_base=s.positive("uid_base", int, 200_000),
+        landlock=s.get("landlock", bool, True),
+        seccomp=s.get("seccomp", bool, True),
+        start_timeout=s.positive("start_timeout", float, 10.0),
+        kill_grace=s.positive("kill_grace", float, 3.0),
+        spares_max=s.get("spares_max", int, 8),
+        spares_min=s.get("spares_min", int, 1),
+        spares_per_agent=s.get("spares_per_agent", int, 2),
+    )
+    for key in ("spares_max", "spares_min", "spares_per_agent"):
+        value = getattr(section, key)
+        if not 0 <= value <= SPARES_CEILING:
+            raise s.fail(key, f"must be between 0 and {SPARES_CEILING}, got {value}")
+    if section.spares_min > section.spares_max:
+        raise s.fail("spares_min", f"must be at most spares_max ({section.spares_max}), got {section.spares_min}")
+    s.done()
+    return section
+
+
 def _journal(source: str, raw: dict[str, Any]) -> JournalSection:
     t = Table.top(source, raw, "journal")
     section = JournalSection(
@@ -270,17 +299,7 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
         operator_level=k.choice("operator_level", LEVELS, "unrestricted"),
     )
     k.done()
-    s = Table.top(source, raw, "sandbox")
-    sandbox = SandboxSection(
-        backend=s.choice("backend", BACKENDS, "auto"),
-        require_isolation=s.get("require_isolation", bool, False),
-        uid_base=s.positive("uid_base", int, 200_000),
-        landlock=s.get("landlock", bool, True),
-        seccomp=s.get("seccomp", bool, True),
-        start_timeout=s.positive("start_timeout", float, 10.0),
-        kill_grace=s.positive("kill_grace", float, 3.0),
-    )
-    s.done()
+    sandbox = _sandbox(source, raw)
     sv = Table.top(source, raw, "supervisor")
     supervisor = SupervisorSection(
         backoff_initial=sv.positive("backoff_initial", float, 0.5),

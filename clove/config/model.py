@@ -51,6 +51,12 @@ class SandboxSection:
     seccomp: bool = True
     start_timeout: float = 10.0
     kill_grace: float = 3.0
+    #: Prepared spares (docs/sandbox.md, "Spares"): the pool follows recent spawn demand between
+    #: ``spares_min`` (kept while idle) and ``spares_max`` (0: no spares); one agent's spawns add
+    #: at most ``spares_per_agent`` per demand window.
+    spares_max: int = 8
+    spares_min: int = 1
+    spares_per_agent: int = 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -168,7 +168,8 @@ class Kernel:
                 parents = [base / self.backend.kernel_tag for base in self.backend.base_dirs]
                 self.warden = Warden(self._lifeline[0], parents)
                 self._start_warden()
-            self.launcher.start()
+            # The zygote is every sandbox's parent: on a slow machine it gets the agents' start_timeout.
+            self.launcher.start(timeout=max(15.0, self.config.sandbox.start_timeout))
         except BaseException:
             self._cut_lifeline()
             self.channels.close()
@@ -390,4 +391,5 @@ class Kernel:
             "started_at": self.started_at,
             "resources": self.resources(),
             "kernel_time": self.dispatcher.figures(),
+            "spares": self.supervisor.spares.info(),
         }

@@ -4,19 +4,20 @@ and never returns: it ends with an exec or ``os._exit``."""
 
 from __future__ import annotations
 
-import array
+import atexit
 import contextlib
 import errno
 import json
 import os
+import pkgutil  # noqa: F401 - runpy.run_path imports it: imported here, every agent inherits it
+import runpy
 import select
 import signal
 import socket
 import sys
+import threading
 import traceback
 from typing import Any, NoReturn
-
-import msgpack
 
 from clove.sandbox import confine, lifeline, linux, mountview, seccomp
 from clove.sandbox.proctree import tree_of
@@ -27,20 +28,19 @@ SECCOMP: dict[bool, Any] | None = None
 #: The read end of the kernel's life line (set by the zygote at start; -1: none). Every G watches
 #: it and takes its tree down on EOF (see :mod:`clove.sandbox.lifeline`).
 LIFELINE = -1
-MAX_SPEC = 1 << 20
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def _write_status(fd: int, message: dict[str, Any]) -> None:
+def write_status(fd: int, message: dict[str, Any]) -> None:
     os.write(fd, (json.dumps(message) + "\n").encode())
 
 
-def _fail(status_w: int, stage: str, err: BaseException) -> NoReturn:
+def fail(status_w: int, stage: str, err: BaseException) -> NoReturn:
     try:
         message: dict[str, Any] = {"error": f"{type(err).__name__}: {err}", "stage": stage}
         if isinstance(err, OSError) and err.errno is not None:
             message["errno"] = err.errno
-        _write_status(status_w, message)
+        write_status(status_w, message)
     finally:
         os._exit(127)
 
@@ -48,40 +48,13 @@ def _fail(status_w: int, stage: str, err: BaseException) -> NoReturn:
 # ---- per-agent processes (never return) ----------------------------------------------------
 
 
-def run_spare(ctl: socket.socket, attach: tuple[str, ...], status_w: int) -> NoReturn:
-    """C, made ahead of time: join a fresh cgroup now, then wait for the agent to become.
-
-    The first cgroup v1 attach after an idle spell waits for an RCU grace period (~10 ms, the
-    largest part of a spawn); a spare pays it before anyone is waiting. It dies with the zygote.
-    """
-    try:
-        linux.set_parent_death_signal(signal.SIGKILL)
-        confine.join_cgroups(attach)
-    except BaseException as err:
-        _fail(status_w, "cgroup", err)
-    fds = array.array("i")
-    try:
-        data, ancdata, _, _ = ctl.recvmsg(MAX_SPEC, socket.CMSG_SPACE(fds.itemsize))
-    except OSError:
-        os._exit(0)
-    if not data:
-        os._exit(0)  # dropped, or the zygote is gone
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
-    ctl.close()
-    if len(fds) != 1:
-        _fail(status_w, "spare", OSError(errno.EBADF, "no log fd with the spec"))
-    run_c(SpawnSpec.from_wire(msgpack.unpackb(data, raw=False)), fds[0], status_w, joined=True)
-
-
-def run_c(spec: SpawnSpec, log_fd: int, status_w: int, *, joined: bool = False) -> NoReturn:
+def run_c(spec: SpawnSpec, log_fd: int, status_w: int) -> NoReturn:
+    """C, forked for this spawn (:mod:`clove.sandbox.sparechild` is C made ahead of time)."""
     stage = "setsid"
     try:
         os.setsid()
         stage = "cgroup"
-        if not joined:
-            confine.join_cgroups(spec.cgroup_attach)
+        confine.join_cgroups(spec.cgroup_attach)
         stage = "workdir"
         confine.make_work_image(spec)
         stage = "namespaces"
@@ -89,19 +62,22 @@ def run_c(spec: SpawnSpec, log_fd: int, status_w: int, *, joined: bool = False) 
         stage = "fork"
         pid = os.fork()
         if pid == 0:
-            _run_g(spec, log_fd, status_w, entered)
-        _write_status(status_w, {"g": pid})
+            if not spec.namespaces:
+                _run_keeper(spec, log_fd, status_w, entered)
+            run_g(spec, log_fd, status_w, entered, confine.work_mount_of(spec))
+        write_status(status_w, {"g": pid})
         os._exit(0)
     except BaseException as err:
-        _fail(status_w, stage, err)
+        fail(status_w, stage, err)
 
 
-def _run_g(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) -> NoReturn:
-    if not spec.namespaces:
-        _run_keeper(spec, log_fd, status_w, entered)
+def run_g(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str], work_mount: tuple[int, str, str, int] | None) -> NoReturn:
+    """G, pid 1 of the agent's namespaces: the agent's view (``work_mount``: the loop device to
+    mount over the work dir first, see :func:`.confine.work_mount_of`), then A, then pid 1's
+    duties. A spare's G comes here once a spawn has claimed it."""
     stage = "mounts"
     try:
-        mountview.build(spec.exposures, hidden=spec.hidden, tmp_bytes=spec.tmp_bytes, tmp_inodes=spec.tmp_inodes, work_mount=confine.work_mount_of(spec))
+        mountview.build(spec.exposures, hidden=spec.hidden, tmp_bytes=spec.tmp_bytes, tmp_inodes=spec.tmp_inodes, work_mount=work_mount)
         stage = "proc"
         confine.mount_proc()
         stage = "hostname"
@@ -111,7 +87,7 @@ def _run_g(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) -> N
         if agent == 0:
             _run_agent(spec, log_fd, status_w, entered)
     except BaseException as err:
-        _fail(status_w, stage, err)
+        fail(status_w, stage, err)
     os.close(log_fd)
     _init_loop(agent, status_w, spec)
 
@@ -128,9 +104,9 @@ def _run_keeper(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str])
             if os.getppid() != keeper:
                 os._exit(127)
             _run_agent(spec, log_fd, status_w, entered)
-        _write_status(status_w, {"a": agent})  # the host pid (no pid namespace here)
+        write_status(status_w, {"a": agent})  # the host pid (no pid namespace here)
     except BaseException as err:
-        _fail(status_w, "fork", err)
+        fail(status_w, "fork", err)
     os.close(log_fd)
     _init_loop(agent, status_w, spec)
 
@@ -168,7 +144,7 @@ def _init_loop(agent: int, status_w: int, spec: SpawnSpec) -> NoReturn:
             if pid == 0:
                 break
             if pid == agent:
-                _write_status(status_w, {"status": status})
+                write_status(status_w, {"status": status})
                 os._exit(0)
         for fd, _ in poller.poll():
             if fd == LIFELINE:
@@ -211,16 +187,16 @@ def _run_agent(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) 
             seccomp.load(SECCOMP, network=spec.network)
             report["seccomp"] = True
         stage = "start"
-        _write_status(status_w, {"ready": report})
+        write_status(status_w, {"ready": report})
     except BaseException as err:
-        _fail(status_w, stage, err)
+        fail(status_w, stage, err)
     if spec.interpreter:
         try:
             os.set_inheritable(status_w, False)
             os.set_blocking(status_w, True)
             os.execve(spec.interpreter, [spec.interpreter, spec.script, *spec.args], spec.env)
         except BaseException as err:
-            _fail(status_w, "exec", err)
+            fail(status_w, "exec", err)
     os.close(status_w)
     _run_script_here(spec)
 
@@ -228,10 +204,6 @@ def _run_agent(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) 
 def _run_script_here(spec: SpawnSpec) -> NoReturn:
     """Run the agent's script in this (forked, warm) interpreter as ``__main__``, then end the
     process the way the interpreter would: join threads, run atexit, flush, exit."""
-    import atexit
-    import runpy
-    import threading
-
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -302,10 +274,10 @@ def run_exec(
         pid = os.fork()
         if pid == 0:
             _run_command(job, agent, out_fd, err_fd, status_w)
-        _write_status(status_w, {"g": pid})
+        write_status(status_w, {"g": pid})
         os._exit(0)
     except BaseException as err:
-        _fail(status_w, stage, err)
+        fail(status_w, stage, err)
 
 
 def _run_command(job: ExecSpec, agent: SpawnSpec | None, out_fd: int, err_fd: int, status_w: int) -> NoReturn:
@@ -350,7 +322,7 @@ def _run_command(job: ExecSpec, agent: SpawnSpec | None, out_fd: int, err_fd: in
             signal.signal(sig, signal.SIG_DFL)  # Python ignores SIGPIPE; a command must not inherit that
         os.execvpe(job.argv[0], list(job.argv), env)
     except BaseException as err:
-        _fail(status_w, stage, err)
+        fail(status_w, stage, err)
 
 
 def kill_group(pgid: int) -> None:

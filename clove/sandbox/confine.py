@@ -102,8 +102,8 @@ def make_work_image(spec: SpawnSpec) -> None:
     global _work_device
     if spec.workdir_image is None or not spec.workdir_bytes or spec.uid is None or not spec.namespaces:
         return
-    workdir.create(spec.workdir_image, spec.workdir_bytes, spec.uid)
-    _work_device = workdir.attach(spec.workdir_image)
+    made = workdir.create(spec.workdir_image, spec.workdir_bytes, spec.uid)
+    _work_device = workdir.attach(spec.workdir_image, fresh=made)
 
 
 def work_mount_of(spec: SpawnSpec) -> tuple[int, str, str, int] | None:

@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 
 from clove.errors import SandboxError
-from clove.sandbox.spec import ExecSpec, SpawnSpec
+from clove.sandbox.spec import ExecSpec, SpawnSpec, StagedImage
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,11 @@ class ZygoteLauncher:
             message["slot"] = slot
         self._send(message, [log_fd])
 
-    def prepare(self, slot: str, attach: tuple[str, ...]) -> None:
-        """Have a spare process join these cgroups now, ready for the next spawn."""
-        self._send({"op": "prepare", "slot": slot, "attach": list(attach)}, [])
+    def prepare(self, slot: str, attach: tuple[str, ...], stage: StagedImage | None = None) -> None:
+        """Have a spare tree made now in these cgroups (with ``stage``'s empty work dir image),
+        ready for a later spawn naming ``slot`` (:mod:`clove.sandbox.sparechild`)."""
+        wire = (stage or StagedImage()).to_wire()
+        self._send({"op": "prepare", "slot": slot, "attach": list(attach), "stage": wire}, [])
 
     def drop_spare(self, slot: str) -> None:
         self._send({"op": "drop_spare", "slot": slot}, [])

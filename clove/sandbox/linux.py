@@ -1,5 +1,5 @@
-"""Thin ctypes wrappers over the Linux calls Python 3.11 lacks: unshare, mount, mount_setattr,
-prctl. Each raises :class:`OSError` with errno on failure, like the ``os`` module does.
+"""Thin ctypes wrappers over the Linux calls Python 3.11 lacks: unshare, setns, mount, umount2,
+mount_setattr, prctl. Each raises :class:`OSError` with errno on failure, like the ``os`` module does.
 
 Mostly the zygote's per-agent children call these, after fork and before the agent runs (the
 kernel names itself with one; the zygote polls pidfds with another).
@@ -28,8 +28,11 @@ MS_NODEV: Final = 0x4
 MS_NOEXEC: Final = 0x8
 MS_REMOUNT: Final = 0x20
 MS_BIND: Final = 0x1000
+MS_MOVE: Final = 0x2000
 MS_REC: Final = 0x4000
 MS_PRIVATE: Final = 0x40000
+
+MNT_DETACH: Final = 0x2
 
 PR_SET_PDEATHSIG: Final = 1
 PR_SET_NAME: Final = 15
@@ -68,6 +71,16 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
         _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
         f"mount {target}",
     )
+
+
+def umount(target: str, flags: int = 0) -> None:
+    """umount2(2)."""
+    _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2): join the namespace ``fd`` names (the caller must be single-threaded)."""
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
 class _MountAttr(ctypes.Structure):

@@ -1,8 +1,11 @@
 """What the kernel asks the zygote to start: one frozen, msgpack-friendly description per agent
-incarnation (:class:`SpawnSpec`) or per command run for ``exec`` (:class:`ExecSpec`)."""
+incarnation (:class:`SpawnSpec`), per command run for ``exec`` (:class:`ExecSpec`), and the
+work dir image a spare makes ahead of time (:class:`StagedImage`)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -107,3 +110,40 @@ class ExecSpec:
         data["argv"] = tuple(data.get("argv", ()))
         data["groups"] = tuple(data.get("groups", ()))
         return cls(**data)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StagedImage:
+    """An empty work dir image a spare makes before any agent claims it
+    (:mod:`clove.sandbox.sparechild`): the file ``path`` (in the kernel's spares dir), ``size``
+    bytes, copied from ``template`` (an empty image of that size, made once) and mounted by the
+    spare's G on ``mount`` in its own mount namespace. ``path=None``: none (work dirs are not
+    bounded on this host)."""
+
+    path: str | None = None
+    size: int = 0
+    mount: str = ""
+    template: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: object) -> StagedImage:
+        if not isinstance(data, dict) or not isinstance(data.get("path"), str) or not isinstance(data.get("mount"), str):
+            return cls()
+        size, template = data.get("size"), data.get("template")
+        return cls(
+            path=data["path"],
+            size=size if isinstance(size, int) else 0,
+            mount=data["mount"],
+            template=template if isinstance(template, str) else None,
+        )
+
+    def discard(self) -> None:
+        """Remove the image file (and a half-made one); the loop device holding it, if any,
+        detaches itself once its mount is gone."""
+        if self.path is not None:
+            for path in (self.path, self.path + ".new"):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)

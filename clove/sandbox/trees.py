@@ -9,9 +9,10 @@ everything A left behind. C's exit re-parents G to the zygote, which reaps it an
 Without namespaces G is still A's parent (a child subreaper, not an init): it reports A's status
 the same way, and A has a parent-death signal on it.
 
-Out go ``forked`` (C's pid: the tree's process group), ``started`` (with G's pidfd and the status
-pipe, the handover of :mod:`clove.sandbox.handover`) and ``exited`` for an agent;
-``exec_started`` and ``exec_exited`` for a command.
+Out go ``forked`` (C's pid: the tree's process group; ``spare``: whether a prepared spare became
+the tree), ``started`` (with G's pidfd and the status pipe, the handover of
+:mod:`clove.sandbox.handover`) and ``exited`` for an agent; ``exec_started`` and ``exec_exited``
+for a command.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Tracked:
     final: int | None = None
     started_sent: bool = False
     buffer: bytes = field(default=b"")
+    c_done: bool = False  # C exited cleanly (its report of G should be in the pipe)
+    finished: bool = False
 
 
 class Trees:
@@ -69,13 +72,13 @@ class Trees:
         self.agents: dict[str, Tracked] = {}
         self.jobs: dict[str, Tracked] = {}
 
-    def add_agent(self, spec: SpawnSpec, c_pid: int, status_r: int) -> None:
-        """Follow an agent's tree from its C on (forked now, or a spare that took the spec)."""
+    def add_agent(self, spec: SpawnSpec, c_pid: int, status_r: int, *, spare: bool = False) -> None:
+        """Follow an agent's tree from its C on (forked now, or a ``spare`` that took the spec)."""
         os.set_blocking(status_r, False)
         tracked = Tracked(key=spec.key, status_r=status_r, c_pid=c_pid, spec=spec)
         self.agents[spec.key] = tracked
         self._track(tracked)
-        self.send({"ev": "forked", "key": spec.key, "pid": c_pid})
+        self.send({"ev": "forked", "key": spec.key, "pid": c_pid, "spare": spare})
 
     def add_command(self, job: str, x_pid: int, status_r: int) -> None:
         """Follow a command's tree from its X on."""
@@ -102,6 +105,8 @@ class Trees:
             os.close(tracked.status_r)
             self.by_pipe.pop(tracked.status_r, None)
             tracked.status_r = -1
+            if tracked.c_done and tracked.g_pid is None:
+                self._orphaned(tracked)
             return False
         tracked.buffer += chunk
         while b"\n" in tracked.buffer:
@@ -193,10 +198,22 @@ class Trees:
                 self.spares.reaped(pid)
                 continue
             if pid == tracked.c_pid and (tracked.g_pid is not None or status == 0):
-                continue  # C did its job; G carries on (or its pid message is still in the pipe)
+                tracked.c_done = True  # C did its job; G carries on (or its pid message is still in the pipe)
+                if tracked.g_pid is None and tracked.status_r < 0:
+                    self._orphaned(tracked)
+                continue
             self._finish(tracked, status)
 
+    def _orphaned(self, tracked: Tracked) -> None:
+        """C ended cleanly and the status pipe closed, and no G was ever named: nothing is left
+        to follow, so the tree's end is reported now rather than never (its start would wait
+        forever otherwise)."""
+        if tracked.kind == "agent" and not tracked.finished:
+            tracked.error = tracked.error or {"error": "the sandbox ended before its init was reported", "stage": "fork"}
+            self._finish(tracked, 0)
+
     def _finish(self, tracked: Tracked, status: int) -> None:
+        tracked.finished = True
         # Everything the tree wrote is in the pipe by now (written before the writers exited).
         self.drain(tracked)
         if tracked.status_r >= 0:

@@ -205,14 +205,16 @@ def _wait_released(image: str) -> None:
         time.sleep(0.01)
 
 
-def attach(image: str) -> tuple[int, str]:
+def attach(image: str, *, fresh: bool = False) -> tuple[int, str]:
     """Attach ``image`` to a free loop device that detaches itself once unmounted and closed;
     returns the device's fd (close it once mounted) and path. Waits first until no other loop
-    device holds the image.
+    device holds the image, unless it is ``fresh`` (just made: nothing can hold it, and the
+    check reads every attached loop device, which costs a spawn time with many agents).
 
     :raises OSError: the image is still held, or no loop device could be attached.
     """
-    _wait_released(image)
+    if not fresh:
+        _wait_released(image)
     backing = os.open(image, os.O_RDWR | os.O_CLOEXEC)
     try:
         for _ in range(32):  # another process may take the free device between the two calls
@@ -262,6 +264,12 @@ def mount(fd: int, device: str, target: str, uid: int) -> None:
         linux.mount(device, target, "ext4", linux.MS_NOSUID | linux.MS_NODEV, "errors=remount-ro")
     finally:
         os.close(fd)  # the mount holds the device now; unmounted, it detaches itself
+    own(target, uid)
+
+
+def own(target: str, uid: int) -> None:
+    """Give the mounted work filesystem at ``target`` to ``uid``, private to it (0700); a spare
+    mounts a fresh image ahead of time and hands it over this way once claimed."""
     os.chown(target, uid, uid)
     os.chmod(target, 0o700)
     with contextlib.suppress(OSError):

@@ -29,8 +29,8 @@ parent has reaped it (left to init, that can take seconds).
 The zygote's other jobs, each in its own module: :mod:`clove.sandbox.handover` (agents outlive
 the zygote: G's pidfd and status pipe go to the kernel, a new zygote adopts running agents),
 :mod:`clove.sandbox.commands` (the kernel's ``exec``: trees X and Y), :mod:`clove.sandbox.spares`
-(a C forked ahead of time in a fresh cgroup). This module is the loop and its requests, and
-:func:`main`, which the kernel runs as ``python -m clove.sandbox.zygote``.
+(trees made ahead of time, as far as they can go without knowing the agent). This module is the
+loop and its requests, and :func:`main`, which the kernel runs as ``python -m clove.sandbox.zygote``.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ import msgpack
 from clove.sandbox import children, handover, linux, seccomp
 from clove.sandbox.children import run_c
 from clove.sandbox.commands import Commands
-from clove.sandbox.spares import Spares
-from clove.sandbox.spec import SpawnSpec
+from clove.sandbox.spares import Prepared, Spares
+from clove.sandbox.spec import SpawnSpec, StagedImage
 from clove.sandbox.trees import Trees
 
 MAX_DATAGRAM = 1 << 20
@@ -65,7 +65,7 @@ class Zygote:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.selector = selectors.DefaultSelector()
-        self.spares = Spares(self.fork)
+        self.spares = Spares(self.fork, self.selector, self.send)
         self.trees = Trees(self.selector, self.send, self.spares)
         self.commands = Commands(self.trees, self.fork, self.send)
         wake_r, wake_w = os.pipe()
@@ -107,6 +107,8 @@ class Zygote:
                         except BlockingIOError:
                             break
                     self.trees.reap()
+                elif isinstance(key.data, Prepared):
+                    self.spares.readable(key.data)
                 elif key.data.status_r >= 0:
                     # The SIGCHLD branch earlier in this same batch may have finished this tree
                     # and closed its pipe (its fd may even be reused by now): skip it then.
@@ -133,7 +135,7 @@ class Zygote:
             if not self._spawn_from_spare(request.get("slot"), request["spec"], spec, fds[0]):
                 self._spawn(spec, fds[0])
         elif op == "prepare" and not fds:
-            self.spares.prepare(str(request.get("slot")), tuple(request.get("attach", ())))
+            self.spares.prepare(str(request.get("slot")), tuple(request.get("attach", ())), StagedImage.from_wire(request.get("stage")))
         elif op == "drop_spare" and not fds:
             self.spares.drop(str(request.get("slot")))
         elif op == "exec" and len(fds) == 2:
@@ -160,6 +162,7 @@ class Zygote:
                 self.sock.close()
                 for sock in child_closes:
                     sock.close()
+                self.spares.close_in_child()
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -175,12 +178,12 @@ class Zygote:
         self.trees.add_agent(spec, pid, status_r)
 
     def _spawn_from_spare(self, slot: object, wire_spec: dict[str, Any], spec: SpawnSpec, log_fd: int) -> bool:
-        taken = self.spares.take(slot, wire_spec, log_fd)
+        taken = self.spares.take(slot, wire_spec, spec, log_fd)
         if taken is None:
             return False
         pid, status_r = taken
         os.close(log_fd)
-        self.trees.add_agent(spec, pid, status_r)
+        self.trees.add_agent(spec, pid, status_r, spare=True)
         return True
 
 

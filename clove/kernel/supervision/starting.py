@@ -2,7 +2,7 @@
 
 Everything that can be known before forking is checked first (:meth:`Starter.check_spawnable`),
 so a bad spec is a clear error instead of a ghost. Each incarnation then gets its cgroup (a
-prepared spare's when one is ready, see :mod:`.spares`) or rlimits without one, a fresh log pipe,
+prepared spare's, see :mod:`.spares`) or rlimits without one, a fresh log pipe,
 and its spawn spec; the zygote is asked for the process tree and a timer bounds the start.
 Starting never blocks the loop: the zygote's ``started`` (or ``exited``) event says how it went
 (see :meth:`.supervisor.Supervisor.handle_zygote_event`).
@@ -132,6 +132,7 @@ class Starter:
         if on_started is not None:
             runtime.start_waiters.append(on_started)
         sup.event("agent.created", agent, script=spec.script, restart_policy=spec.restart, detached=detached)
+        sup.spares.demanded(parent.id if parent is not None else None)  # what the pool follows
         sup.device_wait.start(agent)  # after its devices, if it holds grants on any
         return agent
 
@@ -150,7 +151,7 @@ class Starter:
         slot: str | None = None
         try:
             if sup.backend is not None:
-                taken = sup.spares.take(limits)
+                taken = sup.spares.take(limits) if spec.sandboxed else None  # a spare has its namespaces
                 if taken is not None:
                     rt.cgroup, slot = taken
                 else:

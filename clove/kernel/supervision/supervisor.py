@@ -99,7 +99,7 @@ class Supervisor:
         #: The agent of each incarnation the zygote may still report on, by spawn key.
         self.by_key: dict[str, Agent] = {}
         self._orphan_cgroups: list[AgentCgroup] = []
-        self.spares = Spares(backend, launcher, self.discard_cgroup)
+        self.spares = Spares.from_config(config, backend, launcher, self.discard_cgroup, state_dir / "spares")
         self.listeners: list[Callable[[str, Agent, dict[str, Any]], None]] = []
         #: Called when an incarnation has ended (or failed to start) and its exit is classified,
         #: but before its cgroup is released: the last moment its counters (memory peak, OOM
@@ -178,12 +178,16 @@ class Supervisor:
             if kind == "hello":
                 self.adoption.zygote_ready(event)
                 return
+            if kind in ("spare_ready", "spare_gone"):
+                self.spares.reported(kind, str(event.get("slot")))
+                return
             agent = self.by_key.get(str(event.get("key")))
             if agent is None:
                 return
             if kind == "forked":
                 # C's pid: the process group (and session) of the tree being set up
                 self.runtimes[agent.id].pgid = int(event["pid"])
+                self.spares.forked(bool(event.get("spare")))
             elif kind == "started":
                 fds, handles = [], fds
                 self._on_started(agent, event, handles)
@@ -374,6 +378,7 @@ class Supervisor:
     # ---- housekeeping and shutdown -----------------------------------------------------------
 
     def housekeeping(self) -> None:
+        self.spares.tick()
         if self._orphan_cgroups:
             still = []
             for cgroup in self._orphan_cgroups:
