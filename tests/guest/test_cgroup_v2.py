@@ -132,11 +132,14 @@ def test_a_sigkilled_kernel_leaves_nothing_running_so_the_service_can_restart(se
 
     def procs_under(top: Path) -> list[int]:
         found = []
-        for cg in top.rglob("cgroup.procs"):
-            try:
-                found += [int(p) for p in cg.read_text().split()]
-            except OSError:  # ENOENT or ENODEV: the warden removes the dead kernel's emptied cgroups as we look
-                pass
+        # os.walk skips directories that vanish under it: the warden removes the dead kernel's
+        # emptied cgroups as we look (ENOENT, or ENODEV on a cgroup already being removed).
+        for root, _dirs, files in os.walk(top):
+            if "cgroup.procs" in files:
+                try:
+                    found += [int(p) for p in (Path(root) / "cgroup.procs").read_text().split()]
+                except OSError:
+                    pass
         return found
 
     poll_for(lambda: not procs_under(service), 30 * SLOW, message="the dead kernel's agents to end")
