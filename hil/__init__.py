@@ -9,5 +9,8 @@ benches that wire them into a deployment, fault plans and assertions (docs/hil.m
 - ``hil.replay``: record and replay bus traffic in python-can log formats;
 - ``hil.exchange``: a FIX 4.4 venue (price-time order books, a liquidity bot, faults);
 - ``hil.bench``, ``hil.sims``, ``hil.harness``, ``hil.assertions``, ``hil.view``: bench files, the
-  simulators behind them, the runner, the checks and the report; ``hil.pytest_plugin``: fixtures.
+  simulators behind them, the runner, the checks and the report; ``hil.pytest_plugin``: fixtures;
+- ``hil.linuxsims``, ``hil.linuxdevices``: the same simulators on a Linux board's devices (a
+  SocketCAN interface, a gpio-sim chip), and making those devices;
+- ``hil.vm``: the Linux test guest under qemu.
 """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,11 +21,14 @@ else:  # pragma: no cover
 
 #: Simulator kinds and the keys each takes (beyond ``kind``), with their types and defaults.
 SIM_KINDS: Final[dict[str, dict[str, tuple[type | tuple[type, ...], Any]]]] = {
-    "can_bus": {"wire": (str, None), "record": (bool, True), "log": (str, "bus.asc")},
+    # interface "simbus" (a hub in the harness, every fault knob) or "socketcan" (a real interface,
+    # `channel`, made as a vcan when missing; docs/hil.md "On a Linux board").
+    "can_bus": {"wire": (str, None), "record": (bool, True), "log": (str, "bus.asc"), "interface": (str, "simbus"), "channel": (str, None)},
     "motor_controller": {"bus": (str, None)},
     "nmea_gps": {"wire": (str, None), "rate_hz": ((int, float), 5.0), "baudrate": (int, 9600)},
     "command_device": {"wire": (str, None)},
-    "gpio_chip": {"wire": (str, None), "lines": (dict, None), "outputs": (list, []), "active_low": (list, [])},
+    # backend "userspace" (served on a UNIX socket) or "gpio-sim" (a kernel chip: a real /dev/gpiochipN).
+    "gpio_chip": {"wire": (str, None), "lines": (dict, None), "outputs": (list, []), "active_low": (list, []), "backend": (str, "userspace")},
     # A FIX 4.4 venue (hil.exchange): symbols = { ACME = 100.0 }, credentials = { CLOVE = "secret" }.
     "fix_venue": {"wire": (str, None), "symbols": (dict, None), "credentials": (dict, {"CLOVE": "secret"}), "seed": (int, 1), "liquidity": (bool, True)},
 }
@@ -79,7 +82,13 @@ ASSERTION_KINDS: Final[dict[str, dict[str, tuple[type | tuple[type, ...], Any]]]
     # Each reason (a risk check's name, e.g. "max_position") led at least one journaled refusal.
     "refusal_reasons": {"agent": (str, None), "reasons": (list, None)},
 }
-_OPTIONAL: Final = {"data", "device", "syscall", "max_latency_ms", "for", "after", "within_ms", "max_accepted", "wire"}
+_OPTIONAL: Final = {"data", "device", "syscall", "max_latency_ms", "for", "after", "within_ms", "max_accepted", "wire", "channel"}
+#: Faults only the simbus hub can make: a real interface has no knob for them.
+HUB_FAULTS: Final = frozenset({"can_delay", "can_error_frames", "can_bus_off"})
+#: What `time_scale` multiplies: the schedule (duration, ready_timeout, each fault's `at` and
+#: `for`) and the assertions' time limits, so a machine N times slower keeps their meaning.
+SCALED_FAULT_KEYS: Final = ("for",)
+SCALED_ASSERTION_KEYS: Final = ("within_ms", "max_latency_ms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +127,7 @@ class Bench:
     faults: tuple[FaultSpec, ...]
     assertions: tuple[AssertionSpec, ...]
     devices: dict[str, str] = field(default_factory=dict)  # deployment device → sim wired to it
+    time_scale: float = 1.0  # already applied to the times above; kept for the report
 
 
 def _fail(source: Path, where: str, key: str, message: str) -> ConfigError:
@@ -146,8 +156,9 @@ def _typed(source: Path, where: str, data: dict[str, Any], schema: dict[str, tup
     return out
 
 
-def load_bench(path: str | os.PathLike[str]) -> Bench:
-    """:raises ConfigError: naming the file, table and key."""
+def load_bench(path: str | os.PathLike[str], *, time_scale: float | None = None) -> Bench:
+    """:param time_scale: overrides the file's ``[bench].time_scale`` (a slower machine's factor).
+    :raises ConfigError: naming the file, table and key."""
     source = Path(path)
     try:
         raw = tomllib.loads(source.read_text())
@@ -161,12 +172,15 @@ def load_bench(path: str | os.PathLike[str]) -> Bench:
     head = raw.get("bench")
     if not isinstance(head, dict):
         raise _fail(source, "bench", "", "required: a [bench] table with deployment and duration")
-    b = _typed(source, "bench", head, {"name": (str, source.stem), "deployment": (str, None), "duration": ((int, float), None), "ready_timeout": ((int, float), 30.0)}, set())
+    b = _typed(source, "bench", head, {"name": (str, source.stem), "deployment": (str, None), "duration": ((int, float), None), "ready_timeout": ((int, float), 30.0), "time_scale": ((int, float), 1.0)}, set())
     deployment = (source.parent / b["deployment"]).resolve()
     if not deployment.is_file():
         raise _fail(source, "bench", "deployment", f"no such file: {deployment}")
     if not b["duration"] > 0:
         raise _fail(source, "bench", "duration", "must be positive")
+    scale = float(b["time_scale"] if time_scale is None else time_scale)
+    if not scale > 0:
+        raise _fail(source, "bench", "time_scale", f"must be positive, got {scale:g}")
     sims = _sims(source, raw.get("sims", {}))
     devices = {s.options["wire"]: s.name for s in sims.values() if s.options.get("wire")}
     faults = _faults(source, raw.get("faults", []), sims, float(b["duration"]))
@@ -175,13 +189,18 @@ def load_bench(path: str | os.PathLike[str]) -> Bench:
         path=source.resolve(),
         name=str(b["name"]),
         deployment=deployment,
-        duration=float(b["duration"]),
-        ready_timeout=float(b["ready_timeout"]),
+        duration=float(b["duration"]) * scale,
+        ready_timeout=float(b["ready_timeout"]) * scale,
         sims=sims,
-        faults=faults,
-        assertions=assertions,
+        faults=tuple(replace(f, at=f.at * scale, options=_scaled(f.options, SCALED_FAULT_KEYS, scale)) for f in faults),
+        assertions=tuple(replace(a, options=_scaled(a.options, SCALED_ASSERTION_KEYS, scale)) for a in assertions),
         devices=devices,
+        time_scale=scale,
     )
+
+
+def _scaled(options: dict[str, Any], keys: tuple[str, ...], scale: float) -> dict[str, Any]:
+    return {k: v * scale if k in keys and v is not None and scale != 1 else v for k, v in options.items()}
 
 
 def _sims(source: Path, tables: Any) -> dict[str, SimSpec]:
@@ -202,6 +221,12 @@ def _sims(source: Path, tables: Any) -> dict[str, SimSpec]:
                 raise _fail(source, where, "bus", f"expected the name of a can_bus simulator, got {options['bus']!r}")
         if kind == "gpio_chip" and not all(isinstance(v, int) for v in options["lines"].values()):
             raise _fail(source, where, "lines", "expected a table of line name = offset")
+        if kind == "gpio_chip" and options["backend"] not in ("userspace", "gpio-sim"):
+            raise _fail(source, where, "backend", f"expected userspace or gpio-sim, got {options['backend']!r}")
+        if kind == "can_bus" and options["interface"] not in ("simbus", "socketcan"):
+            raise _fail(source, where, "interface", f"expected simbus or socketcan, got {options['interface']!r}")
+        if kind == "can_bus" and options["interface"] == "socketcan" and not options["channel"]:
+            raise _fail(source, where, "channel", 'required with interface = "socketcan" (e.g. "vcan0")')
         sims[name] = SimSpec(name, kind, options)
     return sims
 
@@ -226,6 +251,8 @@ def _faults(source: Path, items: Any, sims: dict[str, SimSpec], duration: float)
         if sim_kind and (sim not in sims or sims[sim].kind != sim_kind):
             names = [s.name for s in sims.values() if s.kind == sim_kind]
             raise _fail(source, where, "sim", f"expected the name of a {sim_kind} simulator ({', '.join(names) or 'none defined'}), got {sim!r}")
+        if kind in HUB_FAULTS and sim in sims and sims[sim].options["interface"] != "simbus":
+            raise _fail(source, where, "kind", f"{kind} needs a simbus bus; {sim!r} is a real interface (faults there: can_drop, can_replay)")
         if kind == "can_drop" and not 0 <= options["share"] <= 1:
             raise _fail(source, where, "share", "must be 0..1")
         if kind == "can_replay":

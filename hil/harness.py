@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clove.config.model import SandboxSection, SupervisorSection
 from clove.errors import CloveError, ConfigError
 from clove.kernel.audit.files import read_journal
 from clove.kernel.audit.verify import verify_journal
 from clove.testing.kernel import KernelProcess, poll_for
+from clove_sdk import CloveClient
 from hil.assertions import Outcome, RunRecord, check
 from hil.bench import Bench, FaultSpec
 from hil.sims import Simulator, build_simulators
@@ -45,6 +47,7 @@ class BenchReport:
     run_dir: str = ""
     errors: list[str] = field(default_factory=list)
     kernel_pid: int | None = None  # to check nothing of it outlived the run
+    time_scale: float = 1.0  # the bench's times and limits were multiplied by it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,12 +58,26 @@ class BenchReport:
             "latency": self.latency,
             "summary": self.summary,
             "wall_s": round(self.wall_s, 2),
+            "time_scale": self.time_scale,
             "errors": self.errors,
         }
 
 
 #: Called about four times a second while the bench runs: (seconds into the run, kernel views).
 LiveView = Callable[[float, dict[str, Any]], None]
+
+#: The kernel's own times for its children, with their defaults, stretched with the bench by
+#: its time_scale: what it waits for (a sandbox or the zygote coming up, a tree's SIGTERM grace, a
+#: host's reply and heartbeat) and what it paces restarts by (backoffs, the run that counts as
+#: stable, an agent's restart window). Rates, quotas and counts stay as written.
+KERNEL_TIMES = {
+    "sandbox": {"start_timeout": SandboxSection().start_timeout, "kill_grace": SandboxSection().kill_grace},
+    "supervisor": {"backoff_initial": SupervisorSection().backoff_initial, "backoff_max": SupervisorSection().backoff_max, "stable_after": SupervisorSection().stable_after},
+}
+#: A device's, as clove.config.devices defaults them (heartbeat_timeout's follows call_timeout).
+DEVICE_TIMES = {"call_timeout": 2.0, "backoff_initial": 0.2, "backoff_max": 10.0}
+#: An agent's with a restart policy, as clove.config.loader defaults it.
+AGENT_TIMES = {"restart_window": 300.0}
 
 
 def wire_deployment(bench: Bench, sims: dict[str, Simulator], run_dir: Path) -> Path:
@@ -80,9 +97,30 @@ def wire_deployment(bench: Bench, sims: dict[str, Simulator], run_dir: Path) -> 
                 agent[key] = str((base / value).resolve())
     raw.setdefault("kernel", {}).pop("socket", None)
     raw["kernel"].pop("state_dir", None)
+    if bench.time_scale != 1:
+        _stretch_kernel_times(raw, bench.time_scale)
     path = run_dir / "deployment.toml"
     path.write_text(_toml(raw))
     return path
+
+
+def _stretch_kernel_times(raw: dict[str, Any], scale: float) -> None:
+    """On a machine ``scale`` times slower the kernel's times for its children stretch as the
+    bench's do (:data:`KERNEL_TIMES`)."""
+
+    def stretch(table: dict[str, Any], defaults: dict[str, float]) -> None:
+        for key, default in defaults.items():
+            table[key] = float(table.get(key, default)) * scale
+
+    for section, defaults in KERNEL_TIMES.items():
+        stretch(raw.setdefault(section, {}), defaults)
+    for device in raw.get("devices", {}).values():
+        beat = float(device.get("heartbeat_timeout", max(5.0, float(device.get("call_timeout", DEVICE_TIMES["call_timeout"])) + 1.0)))
+        stretch(device, DEVICE_TIMES)
+        device["heartbeat_timeout"] = beat * scale
+    for agent in raw.get("agents", {}).values():
+        if "restart" in agent:
+            stretch(agent, AGENT_TIMES)
 
 
 def _toml(data: dict[str, Any], prefix: str = "") -> str:
@@ -122,7 +160,9 @@ def _value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
-def run_bench(bench: Bench, *, live: LiveView | None = None, keep_dir: bool = False) -> BenchReport:
+def run_bench(bench: Bench, *, live: LiveView | None = None, keep_dir: bool = False, kernel_cgroup: str | os.PathLike[str] | None = None) -> BenchReport:
+    """:param kernel_cgroup: start the kernel in this (v2) cgroup, as a service manager would: under
+        cgroup v2 it needs one of its own, which the caller's cgroup is not."""
     started = time.monotonic()
     run_dir = Path(tempfile.mkdtemp(prefix="clvhil"))
     os.chmod(run_dir, 0o755)
@@ -136,10 +176,12 @@ def run_bench(bench: Bench, *, live: LiveView | None = None, keep_dir: bool = Fa
         for sim in sims.values():
             sim.start()
         config = wire_deployment(bench, sims, run_dir)
-        kernel = KernelProcess(config_file=str(config), base_dir=str(run_dir))
-        kernel.start()
+        kernel = KernelProcess(config_file=str(config), base_dir=str(run_dir), cgroup=kernel_cgroup)
+        kernel.start(timeout=20.0 * bench.time_scale)
         kernel_pid = kernel.pid
         _wait_ready(kernel, bench)
+        with _client(kernel, bench) as c:  # what start-up cost is not the run's: its clock starts now
+            record.device_restarts_at_start = {d["name"]: int(d.get("restarts", 0)) for d in c.list_devices()}
         t0 = time.time()
         for sim in sims.values():
             sim.mark_start(t0)
@@ -151,7 +193,7 @@ def run_bench(bench: Bench, *, live: LiveView | None = None, keep_dir: bool = Fa
             errors.append("kernel log tail:\n" + kernel.log()[-3000:])
     finally:
         if kernel is not None:
-            kernel.stop()
+            kernel.stop(timeout=20.0 * bench.time_scale)
             _verify_journal(kernel, record)
         for sim in reversed(list(sims.values())):
             sim.stop()
@@ -169,26 +211,37 @@ def run_bench(bench: Bench, *, live: LiveView | None = None, keep_dir: bool = Fa
         run_dir=str(run_dir) if keep_dir else "",
         errors=errors,
         kernel_pid=kernel_pid,
+        time_scale=bench.time_scale,
     )
     if not keep_dir:
         shutil.rmtree(run_dir, ignore_errors=True)
     return report
 
 
+def _client(kernel: KernelProcess, bench: Bench) -> CloveClient:
+    """A client whose wait for a reply stretches with the bench (a starved kernel answers late)."""
+    return kernel.client(timeout=10.0 * bench.time_scale)
+
+
 def _wait_ready(kernel: KernelProcess, bench: Bench) -> None:
+    def up(agent: dict[str, Any]) -> bool:
+        # Running, or between runs under its restart policy: on a slow machine a leak spends most
+        # of its time in backoff, and waiting for a moment when it runs too could take for ever.
+        return agent["state"] == "running" or (agent["state"] in ("backoff", "starting") and int(agent.get("restarts", 0)) > 0)
+
     def ready() -> bool:
-        with kernel.client() as c:
+        with _client(kernel, bench) as c:
             devices = c.list_devices()
             agents = c.list_agents()
-        return all(d["state"] == "ready" for d in devices) and all(a["state"] == "running" for a in agents)
+        return all(d["state"] == "ready" for d in devices) and all(up(a) for a in agents)
 
-    poll_for(ready, bench.ready_timeout, interval=0.05, message="every device ready and every agent running")
+    poll_for(ready, bench.ready_timeout, interval=0.05, message="every device ready and every agent up (running or restarting by policy)")
 
 
 def _play(bench: Bench, sims: dict[str, Simulator], kernel: KernelProcess, t0: float, record: RunRecord, timeline: list[dict[str, Any]], live: LiveView | None) -> None:
     pending = list(bench.faults)
     next_view = 0.0
-    with kernel.client() as c:
+    with _client(kernel, bench) as c:
         while True:
             now = time.time()
             elapsed = now - t0
@@ -228,7 +281,7 @@ def _apply(fault: FaultSpec, sims: dict[str, Simulator], client: Any) -> float:
 
 
 def _collect(bench: Bench, kernel: KernelProcess, sims: dict[str, Simulator], record: RunRecord) -> None:
-    with kernel.client() as c:
+    with _client(kernel, bench) as c:
         record.agents = c.list_agents()
         record.devices = c.list_devices()
         record.interlocks = c.call("interlock.list")["interlocks"]

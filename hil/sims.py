@@ -65,7 +65,7 @@ class CanBusSim(Simulator):
     def __init__(self, spec: SimSpec, run_dir: Path, world: World) -> None:
         super().__init__(spec, run_dir, world)
         self.dir = run_dir / "simbus"
-        self.channel = spec.name
+        self.channel = str(spec.options.get("channel") or spec.name)
         self.hub: Any = None
         self.listener: Any = None
         self.frames: list[Frame] = []
@@ -96,7 +96,10 @@ class CanBusSim(Simulator):
         while not self._stop.is_set():
             msg = self.listener.recv(timeout=0.1)
             if msg is not None and not msg.is_error_frame:
-                self.frames.append(Frame(time.time(), msg.arbitration_id, bytes(msg.data)))
+                self._traced(msg)
+
+    def _traced(self, msg: Any) -> None:
+        self.frames.append(Frame(time.time(), msg.arbitration_id, bytes(msg.data)))
 
     def wiring(self) -> dict[str, Any]:
         return {"interface": "simbus", "channel": self.channel, "options": {"simbus_dir": str(self.dir)}}
@@ -309,7 +312,11 @@ def build_simulators(bench: Bench, run_dir: Path) -> dict[str, Simulator]:
     world = World()
     sims: dict[str, Simulator] = {}
     for spec in sorted(bench.sims.values(), key=lambda s: s.kind != "can_bus"):  # buses before their nodes
-        if spec.kind == "can_bus":
+        if spec.kind == "can_bus" and spec.options["interface"] == "socketcan":
+            from hil.linuxsims import SocketCanBusSim  # Linux-only: imported when a bench asks
+
+            sims[spec.name] = SocketCanBusSim(spec, run_dir, world)
+        elif spec.kind == "can_bus":
             sims[spec.name] = CanBusSim(spec, run_dir, world)
         elif spec.kind == "motor_controller":
             bus = sims[spec.options["bus"]]
@@ -319,6 +326,10 @@ def build_simulators(bench: Bench, run_dir: Path) -> dict[str, Simulator]:
             sims[spec.name] = GpsSim(spec, run_dir, world)
         elif spec.kind == "command_device":
             sims[spec.name] = CommandSim(spec, run_dir, world)
+        elif spec.kind == "gpio_chip" and spec.options["backend"] == "gpio-sim":
+            from hil.linuxsims import GpioSimChipSim
+
+            sims[spec.name] = GpioSimChipSim(spec, run_dir, world)
         elif spec.kind == "gpio_chip":
             sims[spec.name] = GpioSim(spec, run_dir, world)
         elif spec.kind == "fix_venue":

@@ -83,7 +83,8 @@ def _mib(value: Any) -> str:
 
 
 def render_report(report: BenchReport) -> str:
-    lines = [f"bench {report.bench}: {'PASS' if report.passed else 'FAIL'} in {report.wall_s:.1f} s", ""]
+    scale = f" (time scale x{report.time_scale:g}: the schedule and the limits below)" if report.time_scale != 1 else ""
+    lines = [f"bench {report.bench}: {'PASS' if report.passed else 'FAIL'} in {report.wall_s:.1f} s{scale}", ""]
     if report.errors:
         lines += ["errors:", *[f"  {e}" for e in report.errors], ""]
     lines.append("assertions:")

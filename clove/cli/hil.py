@@ -16,15 +16,15 @@ def cmd_hil_run(args: argparse.Namespace, error: type[Exception]) -> int:
     from hil.view import LiveView, render_report
 
     try:
-        bench = load_bench(args.bench)
+        bench = load_bench(args.bench, time_scale=args.time_scale)
     except ConfigError as err:
         raise error(err.message) from None
     if args.json:
-        report = run_bench(bench, keep_dir=args.keep)
+        report = run_bench(bench, keep_dir=args.keep, kernel_cgroup=args.kernel_cgroup)
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         with LiveView(f"bench {bench.name}", bench.duration) as view:
-            report = run_bench(bench, live=None if args.no_live else view, keep_dir=args.keep)
+            report = run_bench(bench, live=None if args.no_live else view, keep_dir=args.keep, kernel_cgroup=args.kernel_cgroup)
         print(render_report(report))
         if report.run_dir:
             print(f"run dir kept: {report.run_dir}")
@@ -39,6 +39,8 @@ def add_parsers(sub: Any, bind: Callable[[Callable[[argparse.Namespace, type[Exc
     r.add_argument("--json", action="store_true", help="the report as JSON, no live view")
     r.add_argument("--no-live", action="store_true", help="no live view")
     r.add_argument("--keep", action="store_true", help="keep the run directory (patched config, bus log, kernel state)")
+    r.add_argument("--time-scale", type=float, metavar="N", help="multiply the bench's schedule and time limits by N (a machine N times slower); overrides [bench].time_scale")
+    r.add_argument("--kernel-cgroup", metavar="DIR", help="start the kernel in this cgroup v2 directory, one of its own (as systemd's Delegate=yes gives a service)")
     r.set_defaults(func=bind(cmd_hil_run))
 
 

@@ -196,7 +196,9 @@ class DeviceRuntime:
         then takes the usual path."""
         if self.host is None or self.state not in ("starting", "ready"):
             return
-        limit = START_TIMEOUT_S if self.state == "starting" else self.spec.heartbeat_timeout
+        # A host is a fresh interpreter importing its plugin: on a slow machine, the sandboxes' start_timeout.
+        starting = max(START_TIMEOUT_S, self.broker.kernel.config.sandbox.start_timeout)
+        limit = starting if self.state == "starting" else self.spec.heartbeat_timeout
         if now - self._last_beat > limit:
             what = "did not start" if self.state == "starting" else f"sent no heartbeat for {now - self._last_beat:.1f} s"
             log.warning("device %s: host %s %s; killing it", self.name, self.host.pid, what)
