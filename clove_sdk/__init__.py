@@ -6,8 +6,9 @@
         client.noop("ping")
 """
 
-from clove.errors import CloveError, KernelUnavailable
 from clove_sdk.client import CloveClient
+from clove_sdk.errors import CloveError, KernelUnavailable
 from clove_sdk.ops import SyscallOp
+from clove_sdk.version import PROTOCOL_VERSION, __version__
 
-__all__ = ["CloveClient", "CloveError", "KernelUnavailable", "SyscallOp"]
+__all__ = ["PROTOCOL_VERSION", "CloveClient", "CloveError", "KernelUnavailable", "SyscallOp", "__version__"]

@@ -5,8 +5,8 @@ methods (``bus.send(id=0x101, data=b"\\x00\\x10")``, ``gps.write(data=b"...")``,
 ``estop.get(lines=["estop"])``); incoming data is read with :meth:`Device.recv` (frames, edges)
 or :meth:`Device.read` / :meth:`Device.readline` (serial bytes). Every call is checked against
 your grant for that device and journaled; a refusal raises
-:class:`clove.errors.PermissionDenied`, an outage :class:`clove.errors.DeviceUnavailable` or
-:class:`clove.errors.DeviceBroken`.
+:class:`clove_sdk.errors.PermissionDenied`, an outage :class:`clove_sdk.errors.DeviceUnavailable` or
+:class:`clove_sdk.errors.DeviceBroken`.
 """
 
 from __future__ import annotations
@@ -95,9 +95,9 @@ class Device:
     ) -> dict[str, Any]:
         """Submit an order through the kernel and the venue's pre-trade risk checks. Returns
         ``{client_id, status}`` once it is on its way; its execution reports arrive on the
-        stream (:meth:`executions`). A limit's refusal raises :class:`clove.errors.RiskDenied`
+        stream (:meth:`executions`). A limit's refusal raises :class:`clove_sdk.errors.RiskDenied`
         (``risk.denied``, ``details.reason`` naming the check); a symbol outside the grant
-        :class:`clove.errors.PermissionDenied` (``perm.denied``, reason ``symbol``)."""
+        :class:`clove_sdk.errors.PermissionDenied` (``perm.denied``, reason ``symbol``)."""
         args: dict[str, Any] = {"symbol": symbol, "side": side, "qty": qty, "type": type, "tif": tif}
         if price is not None:
             args["price"] = price

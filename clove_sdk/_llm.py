@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import clove.llm.errors  # noqa: F401 - registers llm.quota_exceeded and llm.unavailable for call()
+import clove_sdk.llm_errors  # noqa: F401 - registers llm.quota_exceeded and llm.unavailable for call()
 from clove_sdk._base import ClientBase
 
 

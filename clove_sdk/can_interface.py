@@ -32,8 +32,8 @@ from typing import Any
 
 import can
 
-from clove.errors import CloveError, InvalidArguments, PermissionDenied
 from clove_sdk.client import CloveClient
+from clove_sdk.errors import CloveError, InvalidArguments, PermissionDenied
 
 __all__ = ["CloveBus"]
 

@@ -5,7 +5,7 @@ address in ``CLOVE_AGENT_ENDPOINT``); elsewhere it connects to the operators' co
 (``socket_path``, else ``$CLOVE_SOCKET``, else ``/tmp/clove.sock``).
 
 Two layers, as in the original Clove SDK: :meth:`call` returns the result or raises the
-:mod:`clove.errors` class for the reply's code; the named methods keep the original return
+:mod:`clove_sdk.errors` class for the reply's code; the named methods keep the original return
 shapes (dicts with ``success``, bools, lists). Every call times out (``timeout`` seconds)
 instead of hanging on a dead kernel, raising :class:`KernelUnavailable`; a socket file that is
 missing or has no listener fails the first call at once (see :mod:`clove_sdk._probe`).
@@ -25,8 +25,7 @@ from typing import Any
 
 import zmq
 
-from clove import wire
-from clove.errors import CloveError, KernelUnavailable
+from clove_sdk import wire
 from clove_sdk._devices import DevicesMixin
 from clove_sdk._events import EventsMixin
 from clove_sdk._exec import ExecMixin
@@ -40,6 +39,7 @@ from clove_sdk._probe import kernel_listening as kernel_listening  # the CLI's l
 from clove_sdk._probe import socket_path, why_unreachable
 from clove_sdk._recording import RecordingMixin
 from clove_sdk._state import StateMixin
+from clove_sdk.errors import CloveError, KernelUnavailable
 
 
 def default_endpoint(socket_path: str | None = None) -> str:
@@ -217,7 +217,7 @@ class CloveClient(
         name: str,
         script: str,
         sandboxed: bool = True,
-        network: bool = False,
+        network: bool | str = False,
         limits: dict[str, Any] | None = None,
         restart_policy: str = "never",
         max_restarts: int = 5,
@@ -231,6 +231,8 @@ class CloveClient(
         detached: bool = False,
         device_wait: str | None = None,
         device_timeout: float | None = None,
+        egress: list[str] | None = None,
+        egress_private: list[str] | None = None,
     ) -> dict[str, Any]:
         """Start an agent. ``limits`` takes ``memory`` (bytes or "64M"), ``cpu_quota`` (µs per
         100 ms) or ``cpu`` ("20%"), and ``pids`` (or ``max_pids``); what it leaves out comes from
@@ -240,6 +242,10 @@ class CloveClient(
         starts once its devices are ready; after ``device_timeout`` seconds ``device_wait``
         decides: ``"start"`` anyway or ``"fail"`` (docs/devices.md). A child an agent spawns
         ends with its parent unless ``detached`` (which needs the ``can_detach`` right).
+        ``network=True`` gives the agent its own network namespace whose only way out is the
+        kernel's egress proxy, which admits the ``egress`` rules (``"api.example.com:443"``,
+        ``"*.pypi.org"``) and private networks only in ``egress_private`` (CIDRs);
+        ``network="full"`` the host's network (docs/egress.md).
 
         :returns: ``{success, id, name, pid, status, restart_policy, isolation}`` or
             ``{success: False, error, code}``.
@@ -271,6 +277,10 @@ class CloveClient(
             body["device_wait"] = device_wait
         if device_timeout is not None:
             body["device_timeout"] = device_timeout
+        if egress is not None:
+            body["egress"] = list(egress)
+        if egress_private is not None:
+            body["egress_private"] = list(egress_private)
         return self._compat("agent.spawn", **body)
 
     @staticmethod

@@ -13,40 +13,18 @@
 
 A plain :class:`~clove.errors.UpstreamError` raised by a provider means it could not be reached
 (connection refused or reset, DNS, TLS): retried with backoff, and counted towards marking the
-provider down. Importing this module registers the two new codes with
-:func:`clove.errors.register_error`, so clients rebuild them from replies.
+provider down. The two new codes are defined in :mod:`clove_sdk.llm_errors` (an agent's
+environment holds only the SDK) and registered there, so clients rebuild them from replies.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from clove.errors import CloveError, QuotaExceeded, UpstreamError, register_error
+from clove.errors import UpstreamError
+from clove_sdk.llm_errors import LlmQuotaExceeded, LlmUnavailable
 
 __all__ = ["LlmQuotaExceeded", "LlmUnavailable", "ProviderError", "RateLimited", "ServerError"]
-
-
-class LlmQuotaExceeded(QuotaExceeded):
-    """The request does not fit the caller's token budget (lifetime or per period), or is larger
-    than a tokens-per-minute limit could ever admit. Nothing was sent and nothing is billed.
-
-    ``details``: ``kind`` (``"lifetime"``, ``"period"``, ``"agent_tpm"``, ``"provider_tpm"``),
-    ``needed`` (the request's maximum: prompt bound + ``max_tokens``), and for budgets
-    ``budget``, ``used``, ``reserved``, ``remaining``.
-
-    Example scenarios: an agent whose ``llm_tokens`` grant is spent; a burst whose last request
-    no longer fits once the others' actual usage is settled; ``max_tokens`` larger than what is
-    left (ask for fewer).
-    """
-
-    code = "llm.quota_exceeded"
-
-
-class LlmUnavailable(CloveError):
-    """The kernel cannot serve ``think``: no ``[llm]`` table in its config, the model is offered
-    by no provider, or the provider's plugin failed to start (the message says which)."""
-
-    code = "llm.unavailable"
 
 
 class ProviderError(UpstreamError):
@@ -74,6 +52,3 @@ class ServerError(ProviderError):
 
     retryable = True
 
-
-register_error(LlmQuotaExceeded)
-register_error(LlmUnavailable)

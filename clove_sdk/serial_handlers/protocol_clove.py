@@ -37,7 +37,7 @@ from serial.serialutil import (
     to_bytes,
 )
 
-from clove.errors import CloveError, DeviceTimeout, PermissionDenied
+from clove_sdk.errors import CloveError, DeviceTimeout, PermissionDenied
 
 __all__ = ["ClientLike", "DeviceLike", "Serial", "client_factory", "default_client", "parse_url"]
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from clove import errors
 from clove.errors import CloveError, ProtocolError, SandboxError, from_wire, register_error, to_wire
+from clove_sdk import errors  # the one definition; clove.errors re-exports it
 
 #: The wire codes are a public contract: a client built today must understand a kernel built
 #: later. Changing a line here means breaking every deployed SDK; add lines, never edit them.

@@ -172,7 +172,7 @@ def test_error_reply_with_a_broken_error_map_is_still_an_error(error: Any) -> No
         [PROTOCOL],
         [PROTOCOL, wire.KIND_REPLY],
         [PROTOCOL, wire.KIND_REPLY, pack({"ok": True}), b""],
-        [b"CLOVE2", wire.KIND_REPLY, pack({"id": 1, "ok": True})],
+        [b"CLOVEx", wire.KIND_REPLY, pack({"id": 1, "ok": True})],  # CLOVE2: test_sdk_distribution.py
         [PROTOCOL, wire.KIND_REQUEST, pack({"id": 1, "ok": True})],
         [PROTOCOL, wire.KIND_REPLY, b"\xc1"],
         [PROTOCOL, wire.KIND_REPLY, pack([1, True])],

@@ -9,11 +9,13 @@ from typing import Any, final
 from clove import __version__
 from clove.kernel.syscalls.base import NoArgs, Syscall, SyscallContext
 from clove.wire import PROTOCOL
+from clove_sdk.version import SDK_REQUIREMENT
 
 
 @final
 class Hello(Syscall):
-    """``hello`` → ``{version, protocol, agent_id, name, role}``: who the kernel thinks you are."""
+    """``hello`` → ``{version, protocol, sdk, agent_id, name, role}``: who the kernel thinks you
+    are, and the ``clove-sdk`` releases that speak its protocol (``sdk``)."""
 
     name = "hello"
     right = "session"
@@ -24,6 +26,7 @@ class Hello(Syscall):
             "success": True,
             "version": __version__,
             "protocol": PROTOCOL.decode(),
+            "sdk": SDK_REQUIREMENT,
             "role": ctx.caller.kind,
             "agent_id": agent.id if agent else None,
             "name": agent.name if agent else None,
