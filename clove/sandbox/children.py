@@ -11,7 +11,7 @@ import json
 import os
 import pkgutil  # noqa: F401 - runpy.run_path imports it: imported here, every agent inherits it
 import runpy
-import select
+import selectors
 import signal
 import socket
 import sys
@@ -19,11 +19,13 @@ import threading
 import traceback
 from typing import Any, NoReturn
 
-from clove.sandbox import confine, lifeline, linux, mountview, seccomp
+from clove.sandbox import confine, lifeline, linux, loopback, mountview, seccomp
 from clove.sandbox.proctree import tree_of
+from clove.sandbox.relayloop import RelayLoop, dispatch
 from clove.sandbox.spec import ExecSpec, SpawnSpec
 
-#: Compiled by the zygote at warm-up (``{network: filter}``); None when seccomp is unavailable.
+#: Compiled by the zygote at warm-up (``{IP sockets allowed: filter}``, see
+#: :func:`.confine.inet_allowed`); None when seccomp is unavailable.
 SECCOMP: dict[bool, Any] | None = None
 #: The read end of the kernel's life line (set by the zygote at start; -1: none). Every G watches
 #: it and takes its tree down on EOF (see :mod:`clove.sandbox.lifeline`).
@@ -74,22 +76,32 @@ def run_c(spec: SpawnSpec, log_fd: int, status_w: int) -> NoReturn:
 def run_g(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str], work_mount: tuple[int, str, str, int] | None) -> NoReturn:
     """G, pid 1 of the agent's namespaces: the agent's view (``work_mount``: the loop device to
     mount over the work dir first, see :func:`.confine.work_mount_of`), then A, then pid 1's
-    duties. A spare's G comes here once a spawn has claimed it."""
+    duties. A spare's G comes here once a spawn has claimed it.
+
+    An agent with relays in its own network namespace gets ``lo`` up and the relays' listeners
+    here, before A exists (its first connection waits in the backlog, never refused); G's loop
+    relays them (:mod:`clove.sandbox.relayloop`). G stays what it was: A closes the listeners
+    with every other fd it inherits, and nothing of A's confinement changes for G's sake."""
     stage = "mounts"
+    listeners: list[socket.socket] = []
     try:
         mountview.build(spec.exposures, hidden=spec.hidden, tmp_bytes=spec.tmp_bytes, tmp_inodes=spec.tmp_inodes, work_mount=work_mount)
         stage = "proc"
         confine.mount_proc()
         stage = "hostname"
         socket.sethostname(spec.hostname)
+        if spec.relayed and "net" in entered:
+            stage = "relays"
+            loopback.bring_up_loopback()
+            listeners = loopback.listen(spec.relays)
         stage = "fork"
         agent = os.fork()
         if agent == 0:
-            _run_agent(spec, log_fd, status_w, entered)
+            _run_agent(spec, log_fd, status_w, entered, relays=[r.port for r in spec.relays] if listeners else [])
     except BaseException as err:
         fail(status_w, stage, err)
     os.close(log_fd)
-    _init_loop(agent, status_w, spec)
+    _init_loop(agent, status_w, spec, listeners)
 
 
 def _run_keeper(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) -> NoReturn:
@@ -108,12 +120,13 @@ def _run_keeper(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str])
     except BaseException as err:
         fail(status_w, "fork", err)
     os.close(log_fd)
-    _init_loop(agent, status_w, spec)
+    _init_loop(agent, status_w, spec, [])
 
 
-def _init_loop(agent: int, status_w: int, spec: SpawnSpec) -> NoReturn:
+def _init_loop(agent: int, status_w: int, spec: SpawnSpec, listeners: list[socket.socket]) -> NoReturn:
     """pid 1 duties (or the keeper's): pass signals on to the agent, reap every orphan, report
-    the agent's end; and when the kernel's life line breaks, take the whole tree down."""
+    the agent's end; when the kernel's life line breaks, take the whole tree down; relay the
+    agent's connections on ``listeners`` (one per relay of ``spec``)."""
 
     def forward(signum: int, _frame: object) -> None:
         try:
@@ -131,10 +144,17 @@ def _init_loop(agent: int, status_w: int, spec: SpawnSpec) -> NoReturn:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    poller = select.poll()
-    poller.register(wake_r, select.POLLIN)
+    selector = selectors.DefaultSelector()
+
+    def drain_wakeups(_mask: int) -> None:
+        with contextlib.suppress(OSError):
+            os.read(wake_r, 4096)
+
+    selector.register(wake_r, selectors.EVENT_READ, drain_wakeups)
     if LIFELINE >= 0:
-        poller.register(LIFELINE, select.POLLIN)
+        selector.register(LIFELINE, selectors.EVENT_READ, lambda _mask: lifeline.cut(spec))  # the kernel is gone
+    if listeners:
+        RelayLoop(selector, spec.relays, listeners)
     while True:
         while True:
             try:
@@ -146,14 +166,11 @@ def _init_loop(agent: int, status_w: int, spec: SpawnSpec) -> NoReturn:
             if pid == agent:
                 write_status(status_w, {"status": status})
                 os._exit(0)
-        for fd, _ in poller.poll():
-            if fd == LIFELINE:
-                lifeline.cut(spec)  # the kernel is gone
-            with contextlib.suppress(OSError):
-                os.read(wake_r, 4096)
+        dispatch(selector)
 
 
-def _run_agent(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) -> NoReturn:
+def _run_agent(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str], *, relays: list[int] | None = None) -> NoReturn:
+    """A: the agent. ``relays``: the ports G listens on for it (its isolation report's)."""
     stage = "fds"
     try:
         devnull = os.open("/dev/null", os.O_RDONLY)
@@ -166,7 +183,7 @@ def _run_agent(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) 
         os.chdir(spec.cwd)
         stage = "rlimits"
         confine.apply_rlimits(spec.rlimits)
-        report: dict[str, Any] = {"namespaces": entered, "uid": os.getuid()}
+        report: dict[str, Any] = {"namespaces": entered, "uid": os.getuid(), "relays": relays or []}
         if spec.uid is not None:
             stage = "uid"
             confine.drop_privileges(spec.uid)
@@ -180,11 +197,11 @@ def _run_agent(spec: SpawnSpec, log_fd: int, status_w: int, entered: list[str]) 
         if spec.landlock:
             stage = "landlock"
             writable = confine.landlock_writable(spec)
-            report["landlock"] = confine.restrict_filesystem(writable, network=spec.network)
+            report["landlock"] = confine.restrict_filesystem(writable, network=spec.network, connect_ports=spec.relay_ports)
         report["seccomp"] = False
         if spec.seccomp and SECCOMP is not None:
             stage = "seccomp"
-            seccomp.load(SECCOMP, network=spec.network)
+            seccomp.load(SECCOMP, network=confine.inet_allowed(spec))
             report["seccomp"] = True
         stage = "start"
         write_status(status_w, {"ready": report})
@@ -313,10 +330,10 @@ def _run_command(job: ExecSpec, agent: SpawnSpec | None, out_fd: int, err_fd: in
                 linux.set_no_new_privs()
             if agent.landlock:
                 stage = "landlock"
-                confine.restrict_filesystem(confine.landlock_writable(agent), network=agent.network)
+                confine.restrict_filesystem(confine.landlock_writable(agent), network=agent.network, connect_ports=agent.relay_ports)
             if agent.seccomp and SECCOMP is not None:
                 stage = "seccomp"
-                seccomp.load(SECCOMP, network=agent.network)
+                seccomp.load(SECCOMP, network=confine.inet_allowed(agent))
         stage = "exec"
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, *_FORWARDED, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)  # Python ignores SIGPIPE; a command must not inherit that

@@ -139,6 +139,13 @@ def become(uid: int, gid: int, groups: Sequence[int]) -> None:
     os.setresuid(uid, uid, uid)
 
 
-def restrict_filesystem(writable: Sequence[str], *, network: bool) -> dict[str, bool]:
-    """Landlock: read everywhere, write only under ``writable``; no TCP without network."""
-    return landlock.restrict(writable=writable, deny_tcp=not network)
+def restrict_filesystem(writable: Sequence[str], *, network: bool, connect_ports: Sequence[int] = ()) -> dict[str, bool]:
+    """Landlock: read everywhere, write only under ``writable``; no TCP without network, except
+    a connect to one of ``connect_ports`` (the agent's relays; no bind at all)."""
+    return landlock.restrict(writable=writable, deny_tcp=not network, connect_ports=() if network else connect_ports)
+
+
+def inet_allowed(spec: SpawnSpec) -> bool:
+    """Whether the agent's seccomp filter lets it make IP sockets: with the host's network, or
+    with relays to reach in a network namespace of its own (which holds nothing else)."""
+    return spec.network or spec.relayed

@@ -1,7 +1,8 @@
 """Landlock (Linux 5.13+) through raw syscalls: an unprivileged, stackable allowlist of what the
 agent may touch. Clove uses it as a second wall behind the mount namespace and the agent's uid:
 read and execute everywhere, write only under the agent's writable paths, no TCP unless the
-agent has network, no abstract Unix sockets and no signals to processes outside the sandbox.
+agent has network (or, in a network namespace of its own, a connect to its relays' ports and
+nothing else: no bind), no abstract Unix sockets and no signals to processes outside the sandbox.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _SYS_ADD_RULE: Final = 445
 _SYS_RESTRICT_SELF: Final = 446
 _CREATE_RULESET_VERSION: Final = 1
 _RULE_PATH_BENEATH: Final = 1
+_RULE_NET_PORT: Final = 2  # ABI 4
 
 FS_EXECUTE: Final = 1 << 0
 FS_WRITE_FILE: Final = 1 << 1
@@ -53,6 +55,10 @@ class _PathBeneath(ctypes.Structure):
     _fields_ = [("allowed", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
+class _NetPort(ctypes.Structure):
+    _fields_ = [("allowed", ctypes.c_uint64), ("port", ctypes.c_uint64)]
+
+
 def abi_version() -> int:
     """The kernel's Landlock ABI version, 0 when Landlock is absent or disabled."""
     result = _libc.syscall(
@@ -77,12 +83,15 @@ def restrict(
     writable: Iterable[str],
     readable: Iterable[str] = ("/",),
     deny_tcp: bool = True,
+    connect_ports: Iterable[int] = (),
     scope_signals: bool = True,
 ) -> dict[str, bool]:
     """Confine the calling process (and its future children) for good.
 
     :param writable: paths under which every file operation is allowed.
     :param readable: paths under which reading and executing are allowed.
+    :param connect_ports: with ``deny_tcp``, the TCP ports a connect may still reach (any
+        address: the caller's network namespace decides which addresses exist).
     :returns: what was enforced: ``{"fs", "tcp", "abstract_unix", "signals"}``.
     :raises OSError: when Landlock exists but a call fails (the caller decides to abort).
     """
@@ -113,6 +122,12 @@ def restrict(
                     raise OSError(err, f"landlock_add_rule {path}: {os.strerror(err)}")
             finally:
                 os.close(fd)
+        if net:
+            for port in sorted(set(connect_ports)):
+                net_rule = _NetPort(allowed=NET_CONNECT_TCP, port=port)
+                if _libc.syscall(ctypes.c_long(_SYS_ADD_RULE), ruleset, _RULE_NET_PORT, ctypes.byref(net_rule), 0) < 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"landlock_add_rule tcp port {port}: {os.strerror(err)}")
         if _libc.syscall(ctypes.c_long(_SYS_RESTRICT_SELF), ruleset, 0) < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"landlock_restrict_self: {os.strerror(err)}")

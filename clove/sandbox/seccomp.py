@@ -22,7 +22,11 @@ attacker loves. This docstring and the constants below are the one list of what 
   not tell it). Everything else is refused, ``AF_VSOCK`` (a way out of the network namespace to
   the hypervisor on a virtual machine), ``AF_PACKET``, ``AF_BLUETOOTH``, ``AF_CAN`` (devices go
   through the kernel's drivers) and other netlink protocols included. Without network the agent
-  sits in an empty network namespace and gets ``AF_UNIX`` only.
+  sits in an empty network namespace and gets ``AF_UNIX`` only, unless it has relays there
+  (:mod:`clove.sandbox.relays`: the kernel's egress proxy, its LLM gateway on ``127.0.0.1``):
+  then it gets the networked filter, since its namespace holds nothing but ``lo`` and the relays'
+  listeners, and Landlock (ABI 4+) narrows TCP to a connect to those ports
+  (:func:`clove.sandbox.confine.inet_allowed`).
 
 The filters are compiled once in the zygote (libseccomp through pyseccomp) and loaded per
 agent, which costs about 0.7 ms. Only the native architecture's syscalls are allowed at all:

@@ -22,7 +22,8 @@ A claim hands C the spec and the log pipe. C, still in the host's mount namespac
 staged image to the agent's image path, passes everything on to G, reports G and exits: from
 here the tree is the one :func:`~clove.sandbox.children.run_c` makes. G moves the work mount over
 the agent's work dir and gives it to the agent's uid, rejoins the host's network if the agent has
-network, and goes on as any G (:func:`~clove.sandbox.children.run_g`): the agent's view, A. A
+the host's (``network = "full"``; a proxied agent keeps the spare's own namespace), and goes on
+as any G (:func:`~clove.sandbox.children.run_g`): the agent's view, its relays, A. A
 restart (the agent's image exists) or another image size drops the staged image, and C makes or
 attaches the agent's own, as a fresh C would.
 

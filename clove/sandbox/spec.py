@@ -9,6 +9,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from clove.sandbox.relays import Relay
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Exposure:
@@ -39,6 +41,9 @@ class SpawnSpec:
         socket), covered in its mount view even where an exposure's bind (the script's
         directory above them) would show them; only exposures inside them are bound back
         (:mod:`clove.sandbox.mountview`).
+    :param relays: ``127.0.0.1`` TCP ports the sandbox's init listens on and relays to Unix
+        sockets (:mod:`clove.sandbox.relays`); only in the agent's own network namespace
+        (``namespaces`` and not ``network``), ignored otherwise.
     """
 
     key: str
@@ -63,6 +68,17 @@ class SpawnSpec:
     workdir_image: str | None = None
     workdir_bytes: int | None = None
     hidden: tuple[str, ...] = ()
+    relays: tuple[Relay, ...] = ()
+
+    @property
+    def relayed(self) -> bool:
+        """Whether the agent gets its relays: it has some, in a network namespace of its own."""
+        return bool(self.relays) and self.namespaces and not self.network
+
+    @property
+    def relay_ports(self) -> tuple[int, ...]:
+        """The TCP ports the agent may connect to in its namespace (none unless :attr:`relayed`)."""
+        return tuple(r.port for r in self.relays) if self.relayed else ()
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +91,7 @@ class SpawnSpec:
         data["rlimits"] = tuple(tuple(r) for r in data.get("rlimits", ()))
         data["exposures"] = tuple(Exposure(**e) for e in data.get("exposures", ()))
         data["hidden"] = tuple(data.get("hidden", ()))
+        data["relays"] = tuple(Relay.from_wire(r) for r in data.get("relays", ()))
         return cls(**data)
 
 

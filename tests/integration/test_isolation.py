@@ -96,14 +96,14 @@ def test_agents_start_and_keep_a_private_tmp_whatever_the_kernels_working_direct
         os.unlink(marker)
 
 
-def test_network_grant_allows_tcp(kernel, tcp_server, tmp_path):
+def test_full_network_grant_allows_tcp(kernel, tcp_server, tmp_path):
     port, accepted = tcp_server
     with kernel.client() as c:
-        r = c.spawn("netprobe", agent_script("probe.py"), args=[str(port), str(tmp_path / "x")], network=True)
+        r = c.spawn("netprobe", agent_script("probe.py"), args=[str(port), str(tmp_path / "x")], network="full")
     report = read_report(kernel, "netprobe")
     assert report["tcp"]["ok"], report["tcp"]
     assert report["inet_socket"]["ok"]
-    assert "net" not in r["isolation"]["namespaces"] and r["isolation"]["network"] == "host"
+    assert "net" not in r["isolation"]["namespaces"] and r["isolation"]["network"] == "full"
     assert not report["write_outside"]["ok"]
 
 

@@ -46,8 +46,8 @@ def test_no_namespaces_and_only_unix_sockets_without_network(kernel):
 
 def test_network_adds_ip_and_route_netlink_only(kernel):
     with kernel.client() as c:
-        r = c.spawn("netescaper", agent_script("escape_probe.py"), args=["net"], network=True)
-    assert r["isolation"]["seccomp"] is True and r["isolation"]["network"] == "host"
+        r = c.spawn("netescaper", agent_script("escape_probe.py"), args=["net"], network="full")
+    assert r["isolation"]["seccomp"] is True and r["isolation"]["network"] == "full"
     report = read_report(kernel, "netescaper")
     eperm, enosys = report["errnos"]["EPERM"], report["errnos"]["ENOSYS"]
     assert refused(report["clone_newuser"], eperm) and refused(report["clone3"], enosys)

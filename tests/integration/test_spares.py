@@ -81,7 +81,7 @@ def test_nothing_of_one_agent_reaches_the_next_spare(kernel) -> None:
             c.spawn(name, agent_script("fresh_probe.py"))
             reports.append(read_report(kernel, name))
             c.kill(name=name)
-        c.spawn("networked", agent_script("fresh_probe.py"), network=True)
+        c.spawn("networked", agent_script("fresh_probe.py"), network="full")
         networked = read_report(kernel, "networked")
     assert spares(kernel)["served"] - before == 3
     first, second = reports
@@ -96,7 +96,7 @@ def test_nothing_of_one_agent_reaches_the_next_spare(kernel) -> None:
         assert {point for point, _ in report["loop_mounts"]} == {report["cwd"]}
         assert len({device for _, device in report["loop_mounts"]}) == 1
     assert first["ns"]["net"] != host_net and second["ns"]["net"] != host_net
-    assert networked["ns"]["net"] == host_net  # a spare gives an agent with network the host's back
+    assert networked["ns"]["net"] == host_net  # a spare gives an agent with full network the host's back
     isolation = agent_row(kernel, "networked")["isolation"]
     assert "net" not in isolation["namespaces"] and isolation["storage"]["workdir"]["enforced"]
 

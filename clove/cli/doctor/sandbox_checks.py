@@ -40,8 +40,8 @@ def namespaces_check(ns: NamespaceFacts) -> Check:
     return Check(
         id="namespaces", title=title, status="ok", facts=data,
         summary=f"created {', '.join(ns.created)} in a child process, as root",
-        meaning="each sandboxed agent gets its own mount, uts, ipc and pid namespaces, and an empty network "
-        "namespace unless it has network, and runs as its own uid",
+        meaning="each sandboxed agent gets its own mount, uts, ipc and pid namespaces, and its own network "
+        "namespace (reaching only the kernel's relays) unless it has network \"full\", and runs as its own uid",
     )  # fmt: skip
 
 
@@ -80,7 +80,8 @@ def landlock_check(ll: LandlockFacts, sandbox: SandboxSection) -> Check:
     return Check(
         id="landlock", title=title, status="ok", facts=data,
         summary=f"ABI {ll.abi}: rules for {', '.join(have)}",
-        meaning="each agent may write only under its own directories, has no TCP without network, and cannot reach "
+        meaning="each agent may write only under its own directories, connects by TCP only to its relays unless it "
+        "has network \"full\", and cannot reach "
         "abstract Unix sockets or signal processes outside its sandbox",
     )  # fmt: skip
 

@@ -179,6 +179,7 @@ class Starter:
             rlimits=rlimits,
             interpreter=self._interpreter_paths,
             hidden=self._hidden_paths(),
+            llm_gateway=sup.config.llm is not None and sup.config.llm.endpoint.enabled,
         )
         rt.spawn_spec = launch
         try:

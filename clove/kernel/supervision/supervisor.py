@@ -47,6 +47,7 @@ from clove.kernel.core.loop import Loop
 from clove.kernel.supervision.adoption import ZYGOTE_STABLE_AFTER, Adoption
 from clove.kernel.supervision.devicewait import DeviceGate, DeviceWait
 from clove.kernel.supervision.exits import classify_exit, restart_delay, should_restart
+from clove.kernel.supervision.launchspec import network_report
 from clove.kernel.supervision.runtime import Callback, ExitHook, Handles, Runtime, WatchedFd, notify
 from clove.kernel.supervision.spares import Spares
 from clove.kernel.supervision.starting import Starter
@@ -218,8 +219,8 @@ class Supervisor:
             uid=confinement.get("uid"),
             no_new_privs=confinement.get("no_new_privs", False),
             landlock=confinement.get("landlock", {}),
-            network="host" if agent.spec.network or not agent.spec.sandboxed else "none",
             seccomp=confinement.get("seccomp", False),
+            **network_report(agent, confinement),  # network (none, proxy, full, host) and relays
         )
         if agent.state is S.STARTING:
             self.set_state(agent, S.RUNNING, pid=agent.pid)
