@@ -15,6 +15,7 @@ from clove.config import (
     parse_pids,
     validate_name,
 )
+from clove.config.egress import parse_cidrs, parse_rules
 from clove.errors import CloveError, InvalidArguments, PermissionDenied
 from clove.kernel.core.agents import Agent
 from clove.kernel.core.deferred import Deferred
@@ -63,7 +64,10 @@ class SpawnRequest:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     sandboxed: bool = True
-    network: bool = False
+    #: ``True`` (through the egress proxy, by ``egress`` rules), ``False`` or ``"full"``.
+    network: bool | str = False
+    egress: list[str] | None = None
+    egress_private: list[str] | None = None
     limits: dict[str, Any] | None = None
     restart_policy: str = "never"
     max_restarts: int = 5
@@ -123,11 +127,13 @@ class Spawn(Syscall):
             if path is not None and not os.path.isabs(path):
                 raise InvalidArguments(f"agent.spawn: {label} must be an absolute path, got {path!r}")
         limits = limits_from_wire(req.limits or {})
+        egress = egress_from_wire(req)
         parent = ctx.agent
         if parent is not None:  # an agent spawning a child: sandboxed, within its own limits and rights
             ctx.perms.check_spawn(len(ctx.kernel.supervisor.children_of(parent)))
             if not req.sandboxed or req.network and not parent.spec.network or req.interpreter or req.working_dir:
                 raise PermissionDenied("an agent's children run sandboxed, with its interpreter and no more network than it has")
+            check_child_egress(egress, parent.spec)
             if req.devices:
                 raise PermissionDenied("an agent cannot grant devices to its children", details={"grant": "devices"})
             if req.detached:
@@ -140,7 +146,10 @@ class Spawn(Syscall):
             args=tuple(req.args),
             env=dict(req.env),
             sandboxed=req.sandboxed,
-            network=req.network,
+            network=egress["network"],
+            network_full=egress["network_full"],
+            egress=egress["egress"],
+            egress_private=egress["egress_private"],
             restart=req.restart_policy,
             max_restarts=req.max_restarts,
             restart_window=float(req.restart_window),
@@ -165,6 +174,38 @@ class Spawn(Syscall):
         for_level(level).with_grants(spec.permissions)  # bad level or grants: refused before anything exists
         ctx.kernel.supervisor.spawn(spec, on_started=started, parent=parent, detached=req.detached and parent is not None)
         return deferred
+
+
+def egress_from_wire(req: SpawnRequest) -> dict[str, Any]:
+    """``network``, ``egress`` and ``egress_private`` of a spawn → the AgentConfig fields.
+
+    :raises InvalidArguments: naming the bad argument.
+    """
+    if req.network not in (True, False, "full"):
+        raise InvalidArguments(f'agent.spawn: network must be true, false or "full", got {req.network!r}', details={"argument": "network"})
+    out: dict[str, Any] = {"network": req.network is not False, "network_full": req.network == "full"}
+    for key, parse in (("egress", parse_rules), ("egress_private", parse_cidrs)):
+        try:
+            out[key] = parse(getattr(req, key) or [])
+        except ValueError as err:
+            raise InvalidArguments(f"agent.spawn: {key}: {err}", details={"argument": key}) from None
+        if out[key] and req.network is not True:
+            raise InvalidArguments(f"agent.spawn: {key} applies to network = true only (the egress proxy)", details={"argument": key})
+    return out
+
+
+def check_child_egress(egress: dict[str, Any], parent: AgentConfig) -> None:
+    """A child reaches no more than its parent: full network only from a full parent, and only
+    egress rules and private ranges its parent holds.
+
+    :raises PermissionDenied: naming what the parent lacks.
+    """
+    if egress["network_full"] and not parent.network_full:
+        raise PermissionDenied('a child cannot have network = "full" when its parent has not', details={"grant": "network"})
+    for key in ("egress", "egress_private"):
+        extra = [item for item in egress[key] if item not in getattr(parent, key)]
+        if extra:
+            raise PermissionDenied(f"a child's {key} must be among its parent's; not: {', '.join(extra)}", details={"grant": key, "not_held": extra})
 
 
 def spawn_reply(agent: Agent) -> dict[str, Any]:
