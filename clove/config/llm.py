@@ -17,7 +17,7 @@ from clove.errors import ConfigError
 from clove.llm.options import OptionError, parse_options
 from clove.llm.registry import load_registry
 
-__all__ = ["LlmAgentSettings", "LlmProviderConfig", "LlmSection", "parse_llm"]
+__all__ = ["LlmAgentSettings", "LlmEndpointSettings", "LlmProviderConfig", "LlmSection", "parse_llm"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +49,33 @@ class LlmProviderConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LlmEndpointSettings:
+    """``[llm.endpoint]``: the OpenAI-compatible HTTP endpoint on each agent's ``llm.sock``, and
+    what one agent may make it hold (docs/llm.md, "Bring your own agent framework")."""
+
+    enabled: bool = True
+    max_connections: int = 16  # open connections per agent
+    max_request_bytes: int = 4 * 1024 * 1024  # one request's body
+    max_header_bytes: int = 16 * 1024  # one request's line and headers
+    max_in_flight: int = 8  # requests per agent waiting for the gateway
+    idle_timeout: float = 60.0  # seconds a connection may wait between requests (or take to send one)
+
+
+_LLM_ENDPOINT_KEYS: Final = ("enabled", "max_connections", "max_request_bytes", "max_header_bytes", "max_in_flight", "idle_timeout")
+
+
+def _llm_endpoint(t: Table) -> LlmEndpointSettings:
+    base = LlmEndpointSettings()
+    settings = LlmEndpointSettings(
+        enabled=t.get("enabled", bool, base.enabled),
+        **{key: t.positive(key, int, getattr(base, key)) for key in _LLM_ENDPOINT_KEYS[1:5]},
+        idle_timeout=t.positive("idle_timeout", float, base.idle_timeout),
+    )
+    t.done()
+    return settings
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LlmSection:
     """``[llm]``: the gateway. Absent: ``think`` answers ``llm.unavailable``."""
 
@@ -66,6 +93,7 @@ class LlmSection:
     warn_at: float = 0.8
     defaults: LlmAgentSettings = field(default_factory=LlmAgentSettings)
     agents: dict[str, LlmAgentSettings] = field(default_factory=dict)
+    endpoint: LlmEndpointSettings = field(default_factory=LlmEndpointSettings)
 
     def agent(self, name: str) -> LlmAgentSettings:
         return self.agents.get(name, self.defaults)
@@ -181,6 +209,7 @@ def parse_llm(source: str, raw: dict[str, Any]) -> LlmSection | None:
         warn_at=t.positive("warn_at", float, 0.8),
         defaults=defaults,
         agents=agents,
+        endpoint=_llm_endpoint(Table(source, "llm.endpoint", t.get("endpoint", dict, {}))),
     )
     if section.warn_at > 1:
         raise t.fail("warn_at", f"a fraction of the budget, in (0, 1]; got {section.warn_at!r}")

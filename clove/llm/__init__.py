@@ -3,7 +3,9 @@
 Agents never talk to a model: they call ``think()`` and the kernel queues, schedules, limits,
 performs and journals the call (docs/llm.md). This package is the part without the kernel:
 
-* the provider contract (:class:`Provider`, :class:`ChatRequest`, :class:`ChatResponse`) and
+* the provider contract (:class:`Provider`, :class:`ChatRequest`, :class:`ChatResponse`; a
+  request from the OpenAI-compatible endpoint carries whole :class:`ChatMessage` conversations,
+  :class:`Tool` offers and :class:`ToolCall` answers) and
   plugin discovery (:func:`load_registry`, :data:`hookimpl`, hookspecs in
   :mod:`clove.llm.hookspecs`), for plugin authors;
 * the scheduler (:mod:`~clove.llm.scheduler`), budgets (:mod:`~clove.llm.budget`), per-minute
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from clove.llm.errors import LlmQuotaExceeded, LlmUnavailable, ProviderError, RateLimited, ServerError
 from clove.llm.provider import Provider
-from clove.llm.types import ChatRequest, ChatResponse, Image
+from clove.llm.types import ChatMessage, ChatRequest, ChatResponse, Image, Tool, ToolCall
 
 if TYPE_CHECKING:
     from clove.llm.registry import (
@@ -54,6 +56,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ChatMessage",
     "ChatRequest",
     "ChatResponse",
     "Image",
@@ -64,6 +67,8 @@ __all__ = [
     "ProviderRegistry",
     "RateLimited",
     "ServerError",
+    "Tool",
+    "ToolCall",
     "get_plugin_manager",
     "hookimpl",
     "load_registry",

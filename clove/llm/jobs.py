@@ -58,8 +58,7 @@ class Job:
         return self.prompt_bound + self.request.max_tokens
 
     def prompt_estimate(self) -> float:
-        chars = len(self.request.prompt) + len(self.request.system_instruction or "")
-        return min(float(self.prompt_bound), chars / CHARS_PER_TOKEN + 16)
+        return min(float(self.prompt_bound), self.request.text_bytes() / CHARS_PER_TOKEN + 16)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,9 @@ size cap on the answer, no redirects, no proxies from the environment, certifica
     max_tokens_field = "max_completion_tokens"   # newer OpenAI models; vLLM/llama.cpp/Ollama: "max_tokens"
 
 The key is never journaled nor shown. ``thinking_level`` becomes ``reasoning_effort``; an image
-becomes an ``image_url`` content part holding a ``data:`` URL.
+becomes an ``image_url`` content part holding a ``data:`` URL. A request with ``messages`` (the
+kernel's OpenAI-compatible endpoint) sends that conversation, its tools and ``tool_choice``, and
+the answer's ``tool_calls`` come back in :attr:`ChatResponse.tool_calls`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from clove.httpclient import HttpRequest, Transport, Urllib3Transport
 from clove.llm.errors import ProviderError, RateLimited, ServerError
 from clove.llm.provider import Provider
 from clove.llm.registry import ProviderRegistry, hookimpl
-from clove.llm.types import ChatRequest, ChatResponse
+from clove.llm.types import ChatMessage, ChatRequest, ChatResponse, Tool, ToolCall
 
 __all__ = ["OpenAIOptions", "OpenAIProvider", "clove_register_llm_providers", "parse_retry_after"]
 
@@ -105,6 +107,33 @@ class OpenAIProvider(Provider):
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body for ``request``."""
         options: OpenAIOptions = self.options
+        if request.messages:
+            messages = [message_json(m) for m in request.messages]
+        else:
+            messages = self._prompt_messages(request)
+        body: dict[str, Any] = {"model": request.model, "messages": messages, options.max_tokens_field: request.max_tokens}
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.thinking_level is not None:
+            body["reasoning_effort"] = request.thinking_level
+        if request.tools:
+            body["tools"] = [tool_json(t) for t in request.tools]
+        if request.tool_choice is not None:
+            body["tool_choice"] = json.loads(request.tool_choice) if request.tool_choice.startswith("{") else request.tool_choice
+        if request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.response_format is not None:
+            body["response_format"] = json.loads(request.response_format)
+        return body
+
+    @staticmethod
+    def _prompt_messages(request: ChatRequest) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
         if request.system_instruction:
             messages.append({"role": "system", "content": request.system_instruction})
@@ -117,12 +146,7 @@ class OpenAIProvider(Provider):
         else:
             content = request.prompt
         messages.append({"role": "user", "content": content})
-        body: dict[str, Any] = {"model": request.model, "messages": messages, options.max_tokens_field: request.max_tokens}
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
-        if request.thinking_level is not None:
-            body["reasoning_effort"] = request.thinking_level
-        return body
+        return messages
 
     def _complete(self, request: ChatRequest, deadline: float) -> ChatResponse:
         payload = json.dumps(self.body(request), ensure_ascii=False).encode("utf-8")
@@ -159,6 +183,9 @@ class OpenAIProvider(Provider):
         if isinstance(content, list):  # content parts
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         reasoning = message.get("reasoning_content") or message.get("reasoning")
+        tool_calls = _tool_calls(message.get("tool_calls"))
+        if tool_calls is None:
+            raise UpstreamError(f"LLM provider {self.name!r} sent malformed tool calls: {raw[:200]!r}")
         return ChatResponse(
             content=content if isinstance(content, str) else "",
             model=str(data.get("model") or request.model),
@@ -166,6 +193,7 @@ class OpenAIProvider(Provider):
             completion_tokens=_count(usage.get("completion_tokens")),
             finish_reason=choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None,
             reasoning=reasoning if isinstance(reasoning, str) else None,
+            tool_calls=tool_calls,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -174,6 +202,51 @@ class OpenAIProvider(Provider):
 
     def _close(self) -> None:
         self._transport.close()
+
+
+def message_json(message: ChatMessage) -> dict[str, Any]:
+    """One conversation message as the chat-completions API takes it."""
+    out: dict[str, Any] = {"role": message.role}
+    if message.images:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+        parts.extend({"type": "image_url", "image_url": {"url": url}} for url in message.images)
+        out["content"] = parts
+    else:
+        out["content"] = message.content
+    if message.name is not None:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in message.tool_calls]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def tool_json(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        function["description"] = tool.description
+    if tool.parameters is not None:
+        function["parameters"] = json.loads(tool.parameters)
+    if tool.strict is not None:
+        function["strict"] = tool.strict
+    return {"type": "function", "function": function}
+
+
+def _tool_calls(raw: Any) -> tuple[ToolCall, ...] | None:
+    """The answer's ``tool_calls``; ``None`` when they are malformed."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        return None
+    calls = []
+    for item in raw:
+        function = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            return None
+        arguments = function.get("arguments")
+        calls.append(ToolCall(str(item.get("id") or ""), function["name"], arguments if isinstance(arguments, str) else json.dumps(arguments or {})))
+    return tuple(calls)
 
 
 def _count(value: Any) -> int | None:

@@ -86,12 +86,10 @@ class Provider(abc.ABC):
         tokenizers (never more tokens than UTF-8 bytes) plus template overhead and
         :attr:`image_tokens`; override it when the provider knows better.
         """
-        size = len(request.prompt.encode("utf-8"))
-        messages = 1
-        if request.system_instruction:
-            size += len(request.system_instruction.encode("utf-8"))
-            messages += 1
-        return size + MESSAGE_OVERHEAD * messages + REPLY_OVERHEAD + (self.image_tokens if request.image is not None else 0)
+        # Tools and tool calls are JSON the template renders: their bytes bound their tokens too.
+        tools = len(request.tools) + sum(len(m.tool_calls) for m in request.messages)
+        overhead = MESSAGE_OVERHEAD * (request.message_count() + tools) + REPLY_OVERHEAD
+        return request.text_bytes() + overhead + self.image_tokens * request.image_count()
 
     def describe(self) -> dict[str, Any]:
         """Non-secret facts for ``clove llm`` (base URL, model...); never keys."""

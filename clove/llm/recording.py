@@ -4,7 +4,8 @@ Every request ends in one journal record (:func:`request_details` is its ``detai
 ``[llm].record = true`` the record also holds the prompt, system instruction and answer (the
 journal clips strings at 2000 characters) and the SHA-256 of each, and :class:`Recording`
 appends the whole texts to ``<state_dir>/llm/recording.jsonl`` (mode 0600), one JSON line per
-request.
+request. A conversation from the OpenAI-compatible endpoint is kept whole (``messages``, the
+tools' names, and the answer's ``tool_calls``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any, final
 
 from clove.llm.jobs import Job, Verdict
+from clove.llm.types import ChatMessage, ToolCall
 
 __all__ = ["Recording", "request_details"]
 
@@ -45,6 +47,21 @@ def request_details(job: Job, outcome: str, verdict: Verdict, now: float) -> dic
     return details
 
 
+def _call(call: ToolCall) -> dict[str, str]:
+    return {"id": call.id, "name": call.name, "arguments": call.arguments}
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [_call(c) for c in message.tool_calls]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.images:
+        out["images"] = len(message.images)
+    return out
+
+
 @final
 class Recording:
     """The recording file (opened on first use; ``path=None``: journal fields only)."""
@@ -57,8 +74,13 @@ class Recording:
         """Add the texts and their hashes to ``details``; append the whole texts to the file."""
         request = job.request
         answer = verdict.response.content if verdict.response is not None else None
-        texts = {"prompt": request.prompt, "system_instruction": request.system_instruction, "answer": answer,
+        texts: dict[str, Any] = {"prompt": request.prompt, "system_instruction": request.system_instruction, "answer": answer,
                  "temperature": request.temperature, "thinking_level": request.thinking_level}  # fmt: skip
+        if request.messages:  # a conversation from the OpenAI-compatible endpoint: keep all of it
+            texts["messages"] = [_message(m) for m in request.messages]
+            texts["tools"] = [t.name for t in request.tools]
+        if verdict.response is not None and verdict.response.tool_calls:
+            texts["tool_calls"] = [_call(c) for c in verdict.response.tool_calls]
         details.update(texts)
         details["prompt_sha256"] = hashlib.sha256(request.prompt.encode("utf-8")).hexdigest()
         if answer is not None:

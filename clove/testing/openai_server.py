@@ -11,6 +11,12 @@ gateway's bound). The answer has ``completion_tokens`` tokens: a fixed number, `
 request's ``max_tokens``), or by default the reply's words; never more than ``max_tokens``
 (then ``finish_reason`` is ``"length"``).
 
+Tools: when a request offers ``tools`` (and ``tool_choice`` is not ``"none"``) and its last
+message is not a tool's result, the fake model calls the first tool (or the one ``tool_choice``
+names) with ``tool_arguments[name]`` (default ``"{}"``), ``finish_reason`` ``"tool_calls"``.
+Once the last message is a tool's result it answers ``tool_reply`` with ``{result}`` replaced
+by that result: a two-step tool-using conversation, deterministic.
+
 Failures are queued rules, consumed in order by the requests they match (``match``: a substring
 of the last user message; ``None``: any)::
 
@@ -53,6 +59,9 @@ def prompt_tokens(messages: list[dict[str, Any]]) -> int:
         else:
             text = str(content or "")
         total += math.ceil(len(text) / 4) + 4
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {} if isinstance(call, dict) else {}
+            total += math.ceil(len(str(function.get("arguments", ""))) / 4) + 4
     return total
 
 
@@ -171,8 +180,12 @@ class FakeOpenAIServer(BackgroundServer):
         completion_tokens: int | str | None = None,
         reply: str = "reply to: {prompt}",
         api_key: str | None = None,
+        tool_arguments: dict[str, str] | None = None,
+        tool_reply: str = "the tool said: {result}",
     ) -> None:
         self.models = models
+        self.tool_arguments = dict(tool_arguments or {})
+        self.tool_reply = tool_reply
         self.latency = latency
         self.latency_per_token = latency_per_token
         self.completion_tokens = completion_tokens
@@ -299,6 +312,10 @@ class FakeOpenAIServer(BackgroundServer):
             kind = "rate_limit_exceeded" if rule.status == 429 else "server_error"
             handler._json(rule.status, rule.body or {"error": {"message": f"fake failure {rule.status}", "type": kind}}, headers)
             return
+        tool = self._tool_to_call(call)
+        if tool is not None:
+            self._call_tool(handler, call, tool)
+            return
         words, finish = self._words(call)
         if self._stopping.wait(self.latency + self.latency_per_token * len(words)):
             handler.close_connection = True
@@ -316,8 +333,43 @@ class FakeOpenAIServer(BackgroundServer):
                       "total_tokens": call.prompt_tokens + call.completion_tokens},
         })  # fmt: skip
 
+    def _tool_to_call(self, call: ChatCall) -> str | None:
+        """The tool the fake model calls: with tools offered and ``tool_choice`` not ``none``,
+        unless the last message is already a tool's result."""
+        tools = call.body.get("tools")
+        choice = call.body.get("tool_choice")
+        last = call.messages[-1] if call.messages else {}
+        if not isinstance(tools, list) or not tools or choice == "none" or (isinstance(last, dict) and last.get("role") == "tool"):
+            return None
+        if isinstance(choice, dict):
+            return str((choice.get("function") or {}).get("name"))
+        return str(tools[0]["function"]["name"])
+
+    def _call_tool(self, handler: _Handler, call: ChatCall, name: str) -> None:
+        if self._stopping.wait(self.latency):
+            handler.close_connection = True
+            return
+        arguments = self.tool_arguments.get(name, "{}")
+        call.status = 200
+        call.prompt_tokens = prompt_tokens(call.messages)
+        call.completion_tokens = math.ceil(len(arguments) / 4) + 4
+        call.extra["tool_call"] = name
+        handler._json(200, {
+            "id": f"chatcmpl-fake-{next(self._ids)}", "object": "chat.completion", "created": int(time.time()), "model": call.model,
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": None,
+                "tool_calls": [{"id": f"call_fake_{next(self._ids)}", "type": "function", "function": {"name": name, "arguments": arguments}}],
+            }}],
+            "usage": {"prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens,
+                      "total_tokens": call.prompt_tokens + call.completion_tokens},
+        })  # fmt: skip
+
     def _words(self, call: ChatCall) -> tuple[list[str], str]:
-        words = self.reply.replace("{prompt}", call.prompt).split() or ["ok"]
+        last = call.messages[-1] if call.messages else {}
+        if isinstance(last, dict) and last.get("role") == "tool":  # answer from the tool's result
+            words = self.tool_reply.replace("{result}", str(last.get("content") or "")).split() or ["ok"]
+        else:
+            words = self.reply.replace("{prompt}", call.prompt).split() or ["ok"]
         wanted = self.completion_tokens
         limit = call.max_tokens if call.max_tokens is not None else 1 << 30
         if wanted == "max":

@@ -63,4 +63,6 @@ def think_reply(job: Job, verdict: Verdict, now: float) -> dict[str, Any]:
     }
     if response.reasoning is not None:
         reply["reasoning"] = response.reasoning
+    if response.tool_calls:  # only a request that offered tools (the OpenAI-compatible endpoint)
+        reply["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls]
     return reply
