@@ -166,6 +166,24 @@ class Dispatcher:
         """Kernel time used per caller since boot, for ``kernel.info`` and metrics."""
         return [flow.figures() for sock, flow in list(self.flows.items()) if not sock.closed]
 
+    def _flow_of(self, agent_id: int | None) -> Flow | None:
+        """An agent's flow, or the operators' (``None``); ``None`` before its first request."""
+        channels = self.kernel.channels
+        if agent_id is None:
+            sock = channels.control
+        else:
+            entry = channels.agent_sockets.get(agent_id)
+            sock = entry[0] if entry is not None else None
+        return self.flows.get(sock) if sock is not None else None
+
+    def agent_figures(self, agent_id: int) -> dict[str, int]:
+        """One agent's kernel time, calls, denials and throttling episodes since boot (zeros
+        before its first request), for ``metrics.agent(s)``."""
+        flow = self._flow_of(agent_id)
+        if flow is None:
+            return {"kernel_time_us": 0, "calls": 0, "denied": 0, "throttled": 0}
+        return {"kernel_time_us": flow.used_ns // 1000, "calls": flow.calls, "denied": flow.denied, "throttled": flow.throttled}
+
     def _session(self, raw: list[zmq.Frame]) -> OperatorSession:
         sessions = self.kernel.sessions
         routing = raw[0].bytes
@@ -371,6 +389,8 @@ class Dispatcher:
             category = Category.SECURITY if denied else (syscall.category if syscall else Category.SYSCALL)
         agent = self.kernel.supervisor.table.get(caller.agent_id) if caller.agent_id is not None else None
         call = request.call if request else None
+        if denied and mark != "replayed" and (flow := self._flow_of(caller.agent_id)) is not None:
+            flow.denied += 1
         if isinstance(error, PermissionDenied) and mark != "replayed":  # a replayed denial blocked nothing now
             self.kernel.events.emit(
                 "SYSCALL_BLOCKED",

@@ -48,6 +48,7 @@ class Flow:
     credit_ns: int = 0
     used_ns: int = 0
     calls: int = 0
+    denied: int = 0  # requests refused (perm.denied, resource limits, proto.*): what `clove top` shows
     throttled: int = 0
     throttled_until: float = 0.0
     label: dict[str, object] = field(default_factory=dict)
@@ -82,5 +83,6 @@ class Flow:
             "weight": self.weight,
             "kernel_time_us": self.used_ns // 1000,
             "calls": self.calls,
+            "denied": self.denied,
             "throttled": self.throttled,
         }

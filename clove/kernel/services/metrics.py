@@ -73,6 +73,8 @@ class MetricsService:
     ) -> None:
         self.supervisor = supervisor
         self.held_by = held_by
+        #: An agent's kernel time, calls, denials and throttling (the dispatcher's, set at boot).
+        self.kernel_time_by: Callable[[int], dict[str, int]] | None = None
         self.emit = emit
         self.journal_warning = journal_warning
         self.procfs = procfs or ProcFS()
@@ -113,7 +115,7 @@ class MetricsService:
 
     def agent(self, agent: Agent) -> dict[str, Any]:
         """``{success, agent_id, name, status, uptime_ms, restarts, parent_id, process, cgroup,
-        held}``."""
+        held, kernel}``."""
         now = self.clock()
         return {
             "success": True,
@@ -126,6 +128,7 @@ class MetricsService:
             "process": self.sampler.process(agent, now),
             "cgroup": self.sampler.cgroup(agent, self.cgroup_of(agent), now),
             "held": self.held_by(agent.id) if self.held_by is not None else {},
+            "kernel": self.kernel_time_by(agent.id) if self.kernel_time_by is not None else {},
         }
 
     def visible_agents(self, caller_id: int | None) -> list[Agent]:
