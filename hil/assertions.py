@@ -25,7 +25,7 @@ class Frame:
 
 @dataclass(slots=True)
 class RunRecord:
-    """Everything a run leaves for the assertions."""
+    """Everything a run leaves for the assertions (and the HTML report)."""
 
     journal: list[dict[str, Any]] = field(default_factory=list)
     journal_ok: bool = False
@@ -40,6 +40,11 @@ class RunRecord:
     logs: dict[str, str] = field(default_factory=dict)  # agent name → its log
     venue_open: dict[str, int] = field(default_factory=dict)  # fix_venue sim → open orders at the end
     device_restarts_at_start: dict[str, int] = field(default_factory=dict)  # device → host restarts before the bench's clock started
+    # For the report's plots (hil/report), not the assertions: when the bench's clock started,
+    # each simulator's sampled series (sim → series → rows) and state values the report reads.
+    t0: float = 0.0
+    tracks: dict[str, dict[str, list[tuple[Any, ...]]]] = field(default_factory=dict)
+    state_values: dict[str, Any] = field(default_factory=dict)  # "scope:key" → value
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from clove.testing.kernel import KernelProcess, poll_for
 from clove_sdk import CloveClient
 from hil.assertions import Outcome, RunRecord, check
 from hil.bench import Bench, FaultSpec
+from hil.report.sources import REPORT_STATE_KEYS
 from hil.sims import Simulator, build_simulators
 
 if sys.version_info >= (3, 11):
@@ -48,6 +49,7 @@ class BenchReport:
     errors: list[str] = field(default_factory=list)
     kernel_pid: int | None = None  # to check nothing of it outlived the run
     time_scale: float = 1.0  # the bench's times and limits were multiplied by it
+    record: RunRecord | None = None  # what the run left, for the HTML report's plots (hil/report)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -182,7 +184,7 @@ def run_bench(bench: Bench, *, live: LiveView | None = None, keep_dir: bool = Fa
         _wait_ready(kernel, bench)
         with _client(kernel, bench) as c:  # what start-up cost is not the run's: its clock starts now
             record.device_restarts_at_start = {d["name"]: int(d.get("restarts", 0)) for d in c.list_devices()}
-        t0 = time.time()
+        t0 = record.t0 = time.time()
         for sim in sims.values():
             sim.mark_start(t0)
         _play(bench, sims, kernel, t0, record, timeline, live)
@@ -211,6 +213,7 @@ def run_bench(bench: Bench, *, live: LiveView | None = None, keep_dir: bool = Fa
         run_dir=str(run_dir) if keep_dir else "",
         errors=errors,
         kernel_pid=kernel_pid,
+        record=record,
         time_scale=bench.time_scale,
     )
     if not keep_dir:
@@ -240,7 +243,7 @@ def _wait_ready(kernel: KernelProcess, bench: Bench) -> None:
 
 def _play(bench: Bench, sims: dict[str, Simulator], kernel: KernelProcess, t0: float, record: RunRecord, timeline: list[dict[str, Any]], live: LiveView | None) -> None:
     pending = list(bench.faults)
-    next_view = 0.0
+    next_view = next_sample = 0.0
     with _client(kernel, bench) as c:
         while True:
             now = time.time()
@@ -253,6 +256,10 @@ def _play(bench: Bench, sims: dict[str, Simulator], kernel: KernelProcess, t0: f
             for sim in sims.values():
                 for note in sim.expired(now):
                     timeline.append({"t": round(time.time() - t0, 3), "fault": note, "kind": "ended"})
+            if now >= next_sample:  # the report's series: 10 Hz is smooth enough for a plot
+                for sim in sims.values():
+                    sim.sample(now)
+                next_sample = now + 0.1
             if elapsed >= bench.duration:
                 return
             if live is not None and now >= next_view:
@@ -289,6 +296,8 @@ def _collect(bench: Bench, kernel: KernelProcess, sims: dict[str, Simulator], re
             if spec.kind == "state_key":
                 scope, key = spec.options["scope"], spec.options["key"]
                 record.state[f"{scope}:{key}"] = c.fetch(key, scope=scope).get("exists", False)
+        for scope, key in REPORT_STATE_KEYS:
+            record.state_values[f"{scope}:{key}"] = c.fetch(key, scope=scope).get("value")
         for agent in record.agents:
             record.logs[agent["name"]] = c.call("agent.logs", name=agent["name"], offset=0, max_bytes=1 << 20)["data"].decode(errors="replace")
     for sim in sims.values():

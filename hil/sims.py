@@ -15,6 +15,7 @@ from typing import Any
 
 from hil.assertions import Frame, RunRecord
 from hil.bench import Bench, FaultSpec, SimSpec
+from hil.report.track import Track
 from hil.world import World
 
 
@@ -51,6 +52,10 @@ class Simulator:
         for _, _, undo in done:
             undo()
         return [label for _, label, _ in done]
+
+    def sample(self, now: float) -> None:
+        """Record what the report plots and nothing else keeps (the harness calls it about ten
+        times a second while the bench runs; ``now`` is ``time.time()``)."""
 
     def collect(self, record: RunRecord) -> None:
         """Add what it observed to the run record."""
@@ -161,6 +166,7 @@ class MotorSim(Simulator):
         self.bus_sim = bus
         self.can: Any = None
         self.controller: Any = None
+        self.pose = Track()  # (t, x, y, heading) of the shared world
 
     def start(self) -> None:
         from hil.motor import MotorController
@@ -168,8 +174,13 @@ class MotorSim(Simulator):
         self.can = self.bus_sim.bus()
         self.controller = MotorController(self.can, self.world).start()
 
+    def sample(self, now: float) -> None:
+        pose = self.world.pose()  # where the rover is: the path the report draws
+        self.pose.add(now, pose.x, pose.y, pose.heading)
+
     def collect(self, record: RunRecord) -> None:
         record.motor[self.name] = list(self.controller.speed_history())
+        record.tracks[self.name] = {"pose": list(self.pose.rows)}
 
     def stop(self) -> None:
         if self.controller is not None:
@@ -270,6 +281,7 @@ class VenueSim(Simulator):
     def __init__(self, spec: SimSpec, run_dir: Path, world: World) -> None:
         super().__init__(spec, run_dir, world)
         self.venue: Any = None
+        self.open_orders = Track()  # (t, {account: open orders})
 
     def start(self) -> None:
         from hil.exchange.venue import SimVenue
@@ -299,8 +311,18 @@ class VenueSim(Simulator):
             return super().apply(fault)
         return time.time()
 
+    def sample(self, now: float) -> None:
+        # Open orders per account (the exchange driver sends each agent's as its account).
+        counts: dict[str, int] = {}
+        for session in self.venue.sessions():
+            for order in self.venue.orders(session, open_only=True):
+                counts[order.account or session] = counts.get(order.account or session, 0) + 1
+        self.open_orders.add(now, counts)
+
     def collect(self, record: RunRecord) -> None:
         record.venue_open[self.name] = sum(len(self.venue.orders(s, open_only=True)) for s in self.venue.sessions())
+        fills = [(f.time, f.account or f.session, f.symbol, f.qty if f.side == "buy" else -f.qty) for f in self.venue.fills()]
+        record.tracks[self.name] = {"open_orders": list(self.open_orders.rows), "fills": fills}
 
     def stop(self) -> None:
         if self.venue is not None:
