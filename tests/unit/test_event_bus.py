@@ -99,6 +99,7 @@ def test_sessions_get_ids_and_are_reaped_when_their_process_dies() -> None:
     assert sessions.reap(now=10.5) == 0  # at most once a second
     assert sessions.reap(now=11.1) == 1 and closed == [100] and sessions.lookup(b"r1") is None
     assert parse_peer_address(None) == (None, None, None) and parse_peer_address("garbage") == (None, None, None)
+    assert parse_peer_address("localhost:0:0:0") == (0, 0, None)  # a peer in a pid namespace we cannot see
 
 
 def test_async_results_are_per_caller_json_and_never_dropped() -> None:

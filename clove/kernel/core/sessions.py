@@ -31,16 +31,19 @@ class OperatorSession:
 
 
 def parse_peer_address(value: str | None) -> tuple[int | None, int | None, int | None]:
-    """``"localhost:0:0:4242"`` → ``(0, 0, 4242)``; unknown parts are None."""
+    """``"localhost:0:0:4242"`` → ``(0, 0, 4242)``; unknown parts are None. A pid of 0 is
+    unknown too: the peer lives in a pid namespace this kernel cannot see into (a kernel in a
+    container, its operator on the host), so its liveness cannot be checked by pid."""
     if not value:
         return None, None, None
     parts = value.rsplit(":", 3)
     if len(parts) != 4:
         return None, None, None
     try:
-        return int(parts[1]), int(parts[2]), int(parts[3])
+        uid, gid, pid = int(parts[1]), int(parts[2]), int(parts[3])
     except ValueError:
         return None, None, None
+    return uid, gid, pid or None
 
 
 def _pid_alive(pid: int) -> bool:
