@@ -5,14 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-guarantees lint test test-vm vm-setup clean-vm bench clean
+.PHONY: demo demo-guarantees lint test test-vm vm-setup fleet-setup ops-setup console-setup image clean-vm bench clean
 
 PLUGINS := plugins/serial plugins/can plugins/gpio plugins/exchange
 
-$(STAMP): pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
+# clove_sdk is its own distribution (clove-sdk), which clove depends on: installed editable
+# from its directory so the pip resolver takes it from the checkout, never from an index.
+$(STAMP): pyproject.toml clove_sdk/pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]' $(foreach p,$(PLUGINS),-e $(p))
+	$(BIN)/pip install --quiet -e './clove_sdk[can,serial]' -e '.[test]' $(foreach p,$(PLUGINS),-e $(p))
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,7 +25,7 @@ demo-guarantees: $(STAMP)
 
 # The lint stage: style (ruff), types (mypy --strict), and the floors of docs/architecture.md
 # (import-linter contracts in pyproject.toml). `make test` runs it first.
-LINTED := clove clove_sdk hil plugins tests bench examples
+LINTED := clove clove_sdk hil plugins tests bench examples container
 TYPED := clove clove_sdk hil plugins/serial/clove_driver_serial plugins/can/clove_driver_can plugins/gpio/clove_driver_gpio plugins/exchange/clove_driver_exchange
 
 lint: $(STAMP)
@@ -31,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/python -m mypy $(TYPED)
 	$(BIN)/lint-imports
 
-test: lint vm-setup
+test: lint vm-setup fleet-setup ops-setup console-setup
 	$(BIN)/python -m pytest -q
 
 # The test guest (docs/testing.md): qemu, busybox-static, can-utils, gpiod tools by package name,
@@ -40,6 +42,29 @@ test: lint vm-setup
 # where it cannot be set up, the reason is recorded and the guest tier skips with it.
 vm-setup: $(STAMP)
 	$(BIN)/python -m hil.vm setup
+
+# The servers and tools some tests start, by Debian package, installed where missing (as root;
+# elsewhere those tests skip with the reason): clove.testing.syspackages.
+# The fleet tests' hub (docs/fleet.md).
+fleet-setup: $(STAMP)
+	$(BIN)/python -m clove.testing.syspackages --for tests/fleet nats-server=nats-server
+
+# The Prometheus server the metrics test scrapes with, and systemd-analyze for the unit file
+# check (docs/metrics.md, README "Deploying on a board").
+ops-setup: $(STAMP)
+	$(BIN)/python -m clove.testing.syspackages --for "the Prometheus and systemd unit tests" prometheus=prometheus systemd-analyze=systemd
+
+# The container image (docs/container.md): Debian's debootstrap and podman (installed where
+# missing, as root), a minbase rootfs cached in $$CLOVE_IMAGE_CACHE (else ~/.cache/clove-image)
+# and reused; rebuilt only when the sources it bakes in change. Prints the image reference.
+image: $(STAMP)
+	$(BIN)/python container/build.py
+
+# The web console's browser test (tests/integration/test_console.py, docs/console.md): Debian's
+# chromium and chromium-driver, installed where missing (as root; elsewhere that test skips
+# with the reason). Selenium comes with the test extra.
+console-setup: $(STAMP)
+	$(BIN)/python -m clove.testing.syspackages --for "the console's browser test" chromium=chromium chromedriver=chromium-driver
 
 # The whole guest tier, the long rover-on-a-Linux-board selection included.
 test-vm: vm-setup

@@ -29,7 +29,8 @@ from common import METRIC_HEADERS, Metric, fmt_num, print_table  # noqa: E402
 BENCHES = (
     "noop_latency", "noop_breakdown", "throughput", "spawn_latency", "neighbour", "kernel_rss", "state_ops",
     "messaging", "llm_gateway", "device_can", "device_fanout", "device_can_filter", "device_serial", "interlock_latency", "trading", "recording_overhead",
-    "containment", "compiled_core",
+    "containment", "compiled_core", "top_refresh", "relay", "egress", "llm_endpoint", "prometheus_scrape", "console_cpu",
+    "fleet_ship", "fleet_estop",
 )  # fmt: skip
 TIME_LIMIT_S = 170
 

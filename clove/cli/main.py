@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clove.cli import devices, doctor, hil, postmortem, render, replay
-from clove.config import parse_cpu, parse_memory
+from clove.cli import console as web_console
+from clove.cli import devices, doctor, fleet, hil, mcp, postmortem, render, replay
+from clove.cli import top as top_view
+from clove.cli.spawnargs import spawn_limits
 from clove.errors import CloveError, KernelUnavailable
 from clove_sdk.client import CloveClient, default_endpoint, kernel_listening
 
@@ -59,19 +61,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_spawn(args: argparse.Namespace) -> int:
-    limits: dict[str, Any] = {}
     try:
-        if args.memory:
-            limits["memory"] = parse_memory(args.memory)
-        if args.cpu:
-            cpu: str | int = args.cpu
-            if not args.cpu.strip().endswith("%"):
-                if not args.cpu.strip().isdigit():
-                    raise ValueError(f"--cpu takes a percentage like '20%' or µs per 100 ms, got {args.cpu!r}")
-                cpu = int(args.cpu)
-            limits["cpu_quota"] = parse_cpu(cpu)
-        if args.pids is not None:
-            limits["pids"] = args.pids
+        limits = spawn_limits(args.memory, args.cpu, args.pids)
     except ValueError as err:
         raise CliError(f"spawn: {err}") from None
     if not os.path.isfile(args.script):
@@ -87,7 +78,7 @@ def cmd_spawn(args: argparse.Namespace) -> int:
             args.name,
             args.script,
             sandboxed=not args.no_sandbox,
-            network=args.network,
+            network="full" if args.network_full else args.network,
             limits=limits or None,
             restart_policy=args.restart,
             max_restarts=args.max_restarts,
@@ -271,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--restart", choices=["never", "on-failure", "always"], default="never")
     s.add_argument("--max-restarts", type=int, default=5)
     s.add_argument("--restart-window", type=int, default=300, help="seconds")
-    s.add_argument("--network", action="store_true", help="give the agent network access")
+    s.add_argument("--network", action="store_true", help="network through the kernel's egress proxy (its egress rules)")
+    s.add_argument("--network-full", action="store_true", help="the host's whole network (no proxy)")
     s.add_argument("--no-sandbox", action="store_true", help="run without namespaces or uid drop (trusted code only)")
     s.add_argument("--env", action="append", metavar="KEY=VALUE")
     s.add_argument("--interpreter", help="python interpreter for this agent (default: the kernel's)")
@@ -298,7 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     lm.set_defaults(func=cmd_llm)
 
     devices.add_parsers(sub, common, lambda cmd: lambda args: cmd(args, _client, _emit, CliError))
+    top_view.add_parsers(sub, common, lambda cmd: lambda args: cmd(args, _client, _emit, CliError))
+    web_console.add_parsers(sub, common, lambda cmd: lambda args: cmd(args, _client, _emit, CliError))
     hil.add_parsers(sub, lambda cmd: lambda args: cmd(args, CliError))
+    mcp.add_parsers(sub, common, lambda cmd: lambda args: cmd(args, _client, CliError))
+    fleet.add_parsers(sub, lambda cmd: lambda args: cmd(args, CliError))
     doctor.add_parsers(sub)
     replay.add_parsers(sub, common, lambda cmd: lambda args: cmd(args, _client, _emit, CliError))
     postmortem.add_parsers(sub, common, lambda cmd: lambda args: cmd(args, _client, _emit, CliError))

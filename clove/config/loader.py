@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from clove.config.devices import DeviceSpec, parse_agent_grants, parse_devices
+from clove.config.egress import parse_cidrs, parse_egress, parse_rules
+from clove.config.fleet import parse_fleet
 from clove.config.interlocks import parse_interlocks
 from clove.config.llm import parse_llm
 from clove.config.model import (
@@ -41,6 +43,7 @@ from clove.config.model import (
     SupervisorSection,
     default_state_dir,
 )
+from clove.config.prometheus import parse_metrics
 from clove.config.values import Table, parse_cpu, parse_memory, parse_pids, parse_size, validate_name
 from clove.drivers.grants import DeviceGrant
 from clove.errors import CloveError, ConfigError
@@ -77,13 +80,19 @@ def _agent(source: str, name: str, data: Any, base_dir: Path, devices: dict[str,
         raise t.fail("cpu", "give either cpu or cpu_quota, not both")
     working_dir = t.get("working_dir", str, None)
     interpreter = t.get("interpreter", str, None)
+    network = t.get("network", str if isinstance(t.data.get("network"), str) else bool, False)
+    if network not in (True, False, "full"):
+        raise t.fail("network", f"expected true, false or \"full\", got {network!r}")
     agent = AgentConfig(
         name=name,
         script=str((base_dir / script).resolve()),
         args=tuple(args),
         env=dict(env),
         sandboxed=t.get("sandboxed", bool, True),
-        network=t.get("network", bool, False),
+        network=network is not False,
+        network_full=network == "full",
+        egress=t.parsed("egress", parse_rules, ()),
+        egress_private=t.parsed("egress_private", parse_cidrs, ()),
         memory_bytes=t.parsed("memory", parse_memory, None),
         cpu_quota_us=cpu if cpu is not None else quota,
         pids=t.parsed("pids", parse_pids, None),
@@ -100,6 +109,9 @@ def _agent(source: str, name: str, data: Any, base_dir: Path, devices: dict[str,
     )
     if agent.max_restarts < 0:
         raise t.fail("max_restarts", f"must be >= 0, got {agent.max_restarts}")
+    if (agent.egress or agent.egress_private) and (not agent.network or agent.network_full):
+        key, network = ("egress" if agent.egress else "egress_private"), ('"full"' if agent.network_full else "false")
+        raise t.fail(key, f"applies to network = true only (the egress proxy); this agent has network = {network}")
     if not math.isfinite(agent.device_timeout):  # a start must not wait for ever
         raise t.fail("device_timeout", f"must be a finite number of seconds, got {agent.device_timeout}")
     t.done()
@@ -325,6 +337,9 @@ def load_config(path: str | os.PathLike[str] | None) -> KernelConfig:
         raise ConfigError(f"{source}: [agents]: expected a table of agent tables")
     agents = tuple(_agent(source, name, data, base_dir, by_name) for name, data in agents_raw.items())
     llm = parse_llm(source, raw)  # loads only the allowlisted provider plugins
+    egress = parse_egress(source, raw)
+    fleet = parse_fleet(source, raw, base_dir)
+    metrics = parse_metrics(source, raw)
     return KernelConfig(
-        kernel=kernel, sandbox=sandbox, supervisor=supervisor, logs=logs, retention=retention, postmortem=postmortem, recording=recording, limits=limits, journal=journal, agents=agents, llm=llm, devices=devices, interlocks=interlocks, source=source
+        kernel=kernel, sandbox=sandbox, supervisor=supervisor, logs=logs, retention=retention, postmortem=postmortem, recording=recording, limits=limits, journal=journal, agents=agents, llm=llm, devices=devices, interlocks=interlocks, egress=egress, fleet=fleet, metrics=metrics, source=source
     )

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from clove.config.devices import DeviceSpec
+from clove.config.egress import EgressSection
+from clove.config.fleet import FleetSection
 from clove.config.interlocks import InterlockSpec
 from clove.config.llm import LlmSection
+from clove.config.prometheus import MetricsSection
 from clove.drivers.grants import DeviceGrant
 from clove.policy import LEVELS as LEVELS  # the permission levels are the policy's
 from clove.wire import DEFAULT_SOCKET as DEFAULT_SOCKET  # where the kernel listens unless told
@@ -23,7 +26,7 @@ RESTART_POLICIES: Final = ("never", "on-failure", "always")
 #: What an agent does when the devices it holds grants on are not ready by its ``device_timeout``.
 DEVICE_WAIT_POLICIES: Final = ("start", "fail")
 #: The top-level tables a config may hold.
-TABLES: Final = ("kernel", "sandbox", "supervisor", "logs", "retention", "postmortem", "recording", "limits", "journal", "agents", "llm", "devices", "interlocks")
+TABLES: Final = ("kernel", "sandbox", "supervisor", "logs", "retention", "postmortem", "recording", "limits", "journal", "agents", "llm", "devices", "interlocks", "egress", "fleet", "metrics")
 
 
 def default_state_dir() -> str:
@@ -180,7 +183,15 @@ class AgentConfig:
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     sandboxed: bool = True
+    #: ``network = true``: the agent has its own network namespace that reaches only the
+    #: kernel's egress proxy, which admits its ``egress`` rules; with ``network_full`` as well
+    #: (``network = "full"``) it shares the host's network, as before the proxy existed.
     network: bool = False
+    network_full: bool = False
+    #: What the egress proxy admits for this agent (docs/egress.md): ``host[:port]`` rules in
+    #: canonical form, and the private ranges it may reach despite being private.
+    egress: tuple[str, ...] = ()
+    egress_private: tuple[str, ...] = ()
     memory_bytes: int | None = None
     cpu_quota_us: int | None = None
     pids: int | None = None
@@ -214,4 +225,9 @@ class KernelConfig:
     llm: LlmSection | None = None
     devices: tuple[DeviceSpec, ...] = ()
     interlocks: tuple[InterlockSpec, ...] = ()
+    egress: EgressSection = field(default_factory=EgressSection)
+    #: ``[fleet]``: joining a fleet over NATS JetStream (docs/fleet.md); ``None``: no fleet link.
+    fleet: FleetSection | None = None
+    #: ``[metrics]``: the Prometheus exporter (docs/metrics.md); off unless ``listen`` is set.
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     source: str | None = None

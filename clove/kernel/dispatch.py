@@ -255,14 +255,18 @@ class Dispatcher:
         perms.require(syscall.right, request.call)
         return syscall.execute(SyscallContext(self.kernel, caller, agent, perms, session), syscall.parse(request.body))
 
-    def perform(self, session: OperatorSession, call: str, body: dict[str, Any], done: Callable[[Any, CloveError | None], None]) -> None:
+    def perform(
+        self, session: OperatorSession, call: str, body: dict[str, Any], done: Callable[[Any, CloveError | None], None],
+        *, mark: str = "rerun",
+    ) -> None:  # fmt: skip
         """Run ``call`` as operator ``session`` (its permissions, never more) with no socket, but
-        authorized, executed and journaled like its requests; ``done`` gets the result or error."""
+        authorized, executed and journaled like its requests, marked ``mark`` (``rerun``: an
+        operator's replay; ``fleet``: a signed fleet command); ``done`` gets the result or error."""
         caller, started = Caller("operator", session_id=session.id), time.perf_counter_ns()
         request, syscall = wire.Request("rerun", call, body), self.registry.get(call)
 
         def finish(value: Any, error: CloveError | None) -> None:
-            self._record(caller, request, syscall, started, error, mark="rerun")
+            self._record(caller, request, syscall, started, error, mark=mark)
             done(value, error)
 
         try:
@@ -382,7 +386,8 @@ class Dispatcher:
     ) -> dict[str, Any] | None:
         """Journal one request (and emit SYSCALL_BLOCKED for a denial); the record, or ``None``
         when the audit config leaves it out or it was counted into a denial aggregate.
-        ``mark``: ``replayed`` (answered from a recording) or ``rerun`` (an operator's replay)."""
+        ``mark``: ``replayed`` (answered from a recording), ``rerun`` (an operator's replay) or
+        ``fleet`` (a signed fleet command)."""
         # Refusals for want of disk count as denials: the journal aggregates a flood of them.
         denied = isinstance(error, (PermissionDenied, ResourceExhausted)) or (error is not None and error.code.startswith("proto."))
         if category is None:

@@ -4,6 +4,7 @@ runs the orderly shutdown (stop agents, remove cgroups, flush the journal, remov
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import resource
@@ -27,8 +28,10 @@ from clove.kernel.core.lifecycle import lifecycle_events
 from clove.kernel.core.loop import Loop, Timer
 from clove.kernel.core.sessions import OperatorSession, OperatorSessions
 from clove.kernel.dispatch import Dispatcher
+from clove.kernel.services import egress as egress_service
 from clove.kernel.services import exec as exec_service
-from clove.kernel.services import files, interlocks, messaging, metrics, state
+from clove.kernel.services import files, interlocks, llmhttp, messaging, metrics, prometheus, state
+from clove.kernel.services import fleet as fleet_service
 from clove.kernel.services import http as http_service
 from clove.kernel.services import llm as llm_service
 from clove.kernel.services.devices import broker as devices
@@ -58,6 +61,7 @@ if TYPE_CHECKING:
     from clove.kernel.services.messaging import MessagingService
     from clove.kernel.services.metrics import MetricsService
     from clove.kernel.services.postmortem.service import PostmortemService
+    from clove.kernel.services.prometheus_exporter import PrometheusExporter
     from clove.kernel.services.recording.recorder import Recorder
     from clove.kernel.services.recording.replay import ReplayService
     from clove.kernel.services.state import StateService
@@ -87,11 +91,14 @@ SERVICES: tuple[Callable[[ServiceRegistry], None], ...] = (
     http_service.attach,
     metrics.attach,
     llm_service.attach,
+    llmhttp.attach,  # the OpenAI-compatible endpoint on each agent's llm.sock; after llm
     devices.attach,
     interlocks.attach,
     recording.attach,
     replay.attach,
     postmortem.attach,
+    fleet_service.attach,  # last: it reports on the devices and interlocks
+    egress_service.attach,
 )
 
 
@@ -136,6 +143,7 @@ class Kernel:
         self.replay: ReplayService  # ...and hands it those of replayed agents
         self.postmortem: PostmortemService
         self.llm: LlmService
+        self.prometheus: PrometheusExporter | None = None  # the Prometheus exporter, set in start()
         self.started_at = time.time()
         self._stopping = False
         self._stop_deadline = 0.0
@@ -190,6 +198,12 @@ class Kernel:
         for attach in SERVICES:
             attach(self)
         self.replay.perform = self.dispatcher.perform  # an operator's replay performs calls through it
+        fleet = getattr(self, "fleet", None)  # set by fleet_service.attach with a [fleet] table
+        if fleet is not None:
+            fleet.perform = functools.partial(self.dispatcher.perform, mark="fleet")  # ...and so does a signed fleet command
+        # Last: it reads every service. None unless [metrics] listen is set (docs/metrics.md).
+        self.prometheus = prometheus.attach(self, syscall_names=self.dispatcher.registry, kernel_time=self.dispatcher.figures)
+        self.metrics.kernel_time_by = self.dispatcher.agent_figures  # metrics.agent(s) report each agent's kernel time
         self.supervisor.spares.prepare()
         control = self.channels.control
         assert control is not None  # noqa: S101 - bind_control just set it

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from clove.testing import syspackages
 from clove.testing.kernel import poll_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,13 +27,11 @@ HUB_CONFIG = ROOT / "configs" / "fleet-hub.conf"
 PASSWORDS = {"admin": "change-me-admin", "operator": "change-me-operator", "board-a": "change-me-board-a", "board-b": "change-me-board-b", "board-c": "change-me-board-c"}
 
 
-def _nats_server() -> str | None:
-    """The binary; installed with apt where missing and we are root (as `make fleet-setup`)."""
-    found = shutil.which("nats-server") or (os.path.exists("/usr/sbin/nats-server") and "/usr/sbin/nats-server") or None
-    if found is None and os.geteuid() == 0 and not os.environ.get("CLOVE_NO_APT"):
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "nats-server"], capture_output=True, timeout=300, check=False)
-        found = shutil.which("nats-server") or (os.path.exists("/usr/sbin/nats-server") and "/usr/sbin/nats-server") or None
-    return found
+def _nats_server() -> tuple[str | None, str]:
+    """The binary (installed with apt where missing and we are root, as `make fleet-setup`), or
+    ``None`` and why not."""
+    reason = syspackages.ensure({"nats-server": "nats-server"})
+    return (None, reason) if reason is not None else (syspackages.which("nats-server"), "")
 
 
 def free_port() -> int:
@@ -150,9 +149,9 @@ async def _quiet(err: Exception) -> None:
 
 @pytest.fixture
 def hub() -> Iterator[Hub]:
-    binary = _nats_server()
+    binary, why = _nats_server()
     if binary is None:
-        pytest.skip("nats-server is not installed and cannot be installed here (run `make fleet-setup` as root)")
+        pytest.skip(f"no nats-server: {why}")
     workdir = Path(tempfile.mkdtemp(prefix="clvhub", dir="/tmp"))
     h = Hub(binary, workdir)
     try:

@@ -286,7 +286,7 @@ def test_unknown_table(tmp_path: Path, table: str) -> None:
     err = config_error(path)
     assert (
         err.message
-        == f"{path}: [{table}]: unknown table (known: agents, devices, interlocks, journal, kernel, limits, llm, logs, postmortem, recording, retention, sandbox, supervisor)"
+        == f"{path}: [{table}]: unknown table (known: agents, devices, egress, fleet, interlocks, journal, kernel, limits, llm, logs, metrics, postmortem, recording, retention, sandbox, supervisor)"
     )
 
 

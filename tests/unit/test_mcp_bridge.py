@@ -86,6 +86,10 @@ def test_an_endless_line_is_refused() -> None:
     client = FakeClient()
     client.inbox = [{"from_id": 7, "message": {"mcp": "x" * CHUNK, "more": True}}] * (mcp_bridge.MAX_LINE // CHUNK + 2)
     link = MessageLink(client, peer=7)  # type: ignore[arg-type]
-    with pytest.raises(PeerGone, match="over"):
+
+    def drain() -> None:
         while client.inbox:
             assert link.receive_lines(timeout=0) == []
+
+    with pytest.raises(PeerGone, match="over"):
+        drain()
