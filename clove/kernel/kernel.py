@@ -31,7 +31,6 @@ from clove.kernel.dispatch import Dispatcher
 from clove.kernel.services import egress as egress_service
 from clove.kernel.services import exec as exec_service
 from clove.kernel.services import files, interlocks, llmhttp, messaging, metrics, prometheus, state
-from clove.kernel.services import fleet as fleet_service
 from clove.kernel.services import http as http_service
 from clove.kernel.services import llm as llm_service
 from clove.kernel.services.devices import broker as devices
@@ -83,6 +82,15 @@ def _raise_fd_limit() -> None:
 #: The agent services, attached at boot in this order. Each ``attach(kernel)`` builds its
 #: service, sets it on the kernel and registers housekeeping and shutdown hooks; a service sees
 #: the kernel only as a :class:`~clove.kernel.services.host.ServiceHost`.
+def _attach_fleet(kernel: ServiceRegistry) -> None:
+    """The fleet link, with a ``[fleet]`` table only: nats-py and cryptography are imported then,
+    not by every kernel (about 0.1 s of each start here, 9 times that on a slow board)."""
+    if kernel.config.fleet is not None:
+        from clove.kernel.services import fleet
+
+        fleet.attach(kernel)
+
+
 SERVICES: tuple[Callable[[ServiceRegistry], None], ...] = (
     state.attach,
     messaging.attach,
@@ -97,7 +105,7 @@ SERVICES: tuple[Callable[[ServiceRegistry], None], ...] = (
     recording.attach,
     replay.attach,
     postmortem.attach,
-    fleet_service.attach,  # last: it reports on the devices and interlocks
+    _attach_fleet,  # last: it reports on the devices and interlocks
     egress_service.attach,
 )
 
@@ -198,7 +206,7 @@ class Kernel:
         for attach in SERVICES:
             attach(self)
         self.replay.perform = self.dispatcher.perform  # an operator's replay performs calls through it
-        fleet = getattr(self, "fleet", None)  # set by fleet_service.attach with a [fleet] table
+        fleet = getattr(self, "fleet", None)  # set by the fleet service's attach with a [fleet] table
         if fleet is not None:
             fleet.perform = functools.partial(self.dispatcher.perform, mark="fleet")  # ...and so does a signed fleet command
         # Last: it reads every service. None unless [metrics] listen is set (docs/metrics.md).

@@ -47,7 +47,9 @@ def _caught_up(hub: Hub, board: str, last_id: int) -> dict | None:
 
 def test_inventory_appears_and_a_stopped_board_is_lost(hub: Hub, make_kernel: Callable[..., KernelProcess]) -> None:
     metrics_port = free_port()
-    a = make_kernel(hub.board_config("board-a") + f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\ninterval = 0.2\n')
+    # board-a must read "up" throughout, even with a heartbeat late on a loaded machine; board-b
+    # must read "lost" soon after it stops.
+    a = make_kernel(hub.board_config("board-a", lost_after=15.0) + f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\ninterval = 0.2\n')
     b = make_kernel(hub.board_config("board-b"))
     with a.client() as c:
         c.spawn("ticker", agent_script("healthy.py"))
@@ -63,7 +65,7 @@ def test_inventory_appears_and_a_stopped_board_is_lost(hub: Hub, make_kernel: Ca
     assert _agents(boards["board-b"]) == {}
     assert entry_a["kernel"]["pid"] == a.pid and entry_b["kernel"]["pid"] == b.pid
     assert entry_a["isolation"]["backend"] and entry_a["interlocks_engaged"] == {} and entry_a["journal_last_id"] > 0
-    assert entry_a["lost_after"] == 2.0
+    assert entry_a["lost_after"] == 15.0 and entry_b["lost_after"] == 2.0
     # The Prometheus exporter reads the link's state (clove_fleet_connected).
     poll_for(lambda: "clove_fleet_connected 1.0" in _metrics(metrics_port), 10, interval=0.1, message="clove_fleet_connected 1")
 

@@ -37,7 +37,7 @@ def _board(hub: Hub, board: str, keys: dict[str, Path]) -> str:
     def public(name: str) -> str:
         return public_key_text(load_private_key(keys[name]).public_key())
 
-    return hub.board_config(board) + f"""command_window = 30.0
+    return hub.board_config(board, lost_after=15.0) + f"""command_window = 30.0
 
 [fleet.operators.site-team]
 public_key = "{public("site")}"
