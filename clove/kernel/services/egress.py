@@ -189,9 +189,8 @@ class EgressService:
 
     def _discard_cgroup(self) -> None:
         if self.cgroup is not None:
-            try:
-                self.cgroup.kill_all()
-                self.cgroup.remove()
+            try:  # a busy cgroup is retried by the supervisor's housekeeping, not leaked
+                self.kernel.supervisor.discard_cgroup(self.cgroup)
             except (OSError, SandboxError) as err:
                 log.warning("egress: cgroup cleanup failed: %s", err)
             self.cgroup = None

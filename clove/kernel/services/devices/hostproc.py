@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -29,7 +30,13 @@ log = logging.getLogger(__name__)
 class HostProcess:
     """A started host. ``pidfd`` becomes readable when it exits; then call :meth:`reap`."""
 
-    def __init__(self, spec: DeviceSpec, incarnation: int, *, endpoint: str, heartbeat: float) -> None:
+    def __init__(
+        self, spec: DeviceSpec, incarnation: int, *, endpoint: str, heartbeat: float,
+        discard: Callable[[AgentCgroup], None],
+    ) -> None:  # fmt: skip
+        """:param discard: kills and removes a cgroup, retrying later while it is busy (the
+        supervisor's :meth:`~clove.kernel.supervision.supervisor.Supervisor.discard_cgroup`)."""
+        self.discard = discard
         self.spec = spec
         self.incarnation = incarnation
         self.endpoint = endpoint
@@ -144,8 +151,7 @@ class HostProcess:
     def _discard_cgroup(self) -> None:
         if self.cgroup is not None:
             try:
-                self.cgroup.kill_all()
-                self.cgroup.remove()
+                self.discard(self.cgroup)
             except (OSError, SandboxError) as err:
                 log.warning("device %s: cgroup cleanup failed: %s", self.spec.name, err)
             self.cgroup = None

@@ -99,7 +99,10 @@ class DeviceRuntime:
         if self.broker.stopping:
             return
         self.incarnation += 1
-        host = HostProcess(self.spec, self.incarnation, endpoint=self.broker.endpoint, heartbeat=HEARTBEAT_S)
+        host = HostProcess(
+            self.spec, self.incarnation, endpoint=self.broker.endpoint, heartbeat=HEARTBEAT_S,
+            discard=self.broker.kernel.supervisor.discard_cgroup,
+        )  # fmt: skip
         host.state_dir = self.broker.driver_state_dir(self.name)
         self.state = "starting"
         self._started_at = self._last_beat = time.monotonic()
