@@ -25,7 +25,6 @@ call that hangs stops the heartbeats, and the kernel restarts the host.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -41,12 +40,12 @@ from clove.drivers.base import Caller, Driver
 from clove.drivers.registry import load_drivers
 from clove.drivers.schema import FieldError
 from clove.errors import CloveError, ConfigError, DeviceBroken, DeviceError, InternalError, to_wire
+from clove.helperproc import harden, read_spec
 
 log = logging.getLogger("clove.drivers.host")
 
 EXIT_STOPPED, EXIT_OPEN_FAILED, EXIT_BROKEN = 0, 3, 4
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: no enum object per check
-_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
 
 
 def pack(message: dict[str, Any]) -> bytes:
@@ -55,26 +54,6 @@ def pack(message: dict[str, Any]) -> bytes:
 
 def unpack(raw: bytes) -> Any:
     return msgpack.unpackb(raw, raw=False)
-
-
-def _read_spec(fd: int) -> dict[str, Any]:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    os.close(fd)
-    spec = unpack(b"".join(chunks))
-    if not isinstance(spec, dict):
-        raise SystemExit("clove driver host: bad start spec")
-    return spec
-
-
-def _harden() -> None:
-    """Die with the kernel; never gain privileges through exec."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    if os.getppid() == 1:  # the kernel died before PDEATHSIG was set
-        raise SystemExit(EXIT_STOPPED)
 
 
 class Host:
@@ -242,8 +221,8 @@ def _build_driver(spec: dict[str, Any]) -> Driver:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    spec = _read_spec(int(args[0]))
-    _harden()
+    spec = read_spec(int(args[0]), "clove driver host")
+    harden(EXIT_STOPPED)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s host[{spec.get('device')}] %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_STOPPED))  # before the driver exists
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()

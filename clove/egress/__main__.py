@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
-import signal
 import socket
 import sys
 from typing import Any
@@ -25,31 +23,11 @@ import msgpack
 
 from clove.egress.link import Link
 from clove.egress.proxy import EgressProxy, Limits
+from clove.helperproc import harden, read_spec
 
 log = logging.getLogger("clove.egress")
 
-_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
 HEARTBEAT_S = 1.0
-
-
-def _read_spec(fd: int) -> dict[str, Any]:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    os.close(fd)
-    spec = msgpack.unpackb(b"".join(chunks), raw=False)
-    if not isinstance(spec, dict):
-        raise SystemExit("clove egress: bad start spec")
-    return spec
-
-
-def _harden() -> None:
-    """Die with the kernel; never gain privileges through exec."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    if os.getppid() == 1:  # the kernel died before PDEATHSIG was set
-        raise SystemExit(0)
 
 
 async def _run(spec: dict[str, Any]) -> None:
@@ -121,8 +99,8 @@ async def _beat(link: Link) -> None:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s egress %(levelname)s %(message)s")
-    spec = _read_spec(int(argv[1]))
-    _harden()
+    spec = read_spec(int(argv[1]), "clove egress")
+    harden(0)
     os.umask(0o077)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_run(spec))
