@@ -45,20 +45,26 @@ class Refused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    connections: int = 32
-    connect_rate: float = 10.0
-    connect_burst: int = 20
-    bytes_per_second: int = 8 << 20
-    bytes_burst: int = 1 << 20
-    bytes_budget: int | None = None
-    header_bytes: int = 16 << 10
-    idle_timeout: float = 120.0
-    connect_timeout: float = 10.0
+    """One agent's limits as the kernel sends them: every field, always. The defaults and their
+    meaning are the config's (:class:`clove.config.egress.EgressLimits`), written in one place."""
+
+    connections: int
+    connect_rate: float
+    connect_burst: int
+    bytes_per_second: int
+    bytes_burst: int
+    bytes_budget: int | None
+    header_bytes: int
+    idle_timeout: float
+    connect_timeout: float
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Limits:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        """:raises ValueError: a field is missing (the kernel and the proxy disagree)."""
+        missing = sorted(set(cls.__dataclass_fields__) - set(data))
+        if missing:
+            raise ValueError(f"egress limits without {', '.join(missing)}")
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
 @dataclass(eq=False)
