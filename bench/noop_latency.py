@@ -7,7 +7,8 @@ Three client paths, measured in interleaved blocks so that machine noise hits th
 * ``sdk``:    ``CloveClient.call("noop", msg="x")`` on the control socket;
 
 plus ``agent sdk`` / ``agent raw``: the same loops run by a sandboxed agent over its own
-per-agent socket, read back from the agent's log. Ratios are against ``bare`` (target ≤ 1.3 at p50).
+per-agent socket, read back from the agent's log. Ratios are against ``bare``; the targets (issue
+15) are for the SDK's round trip: p50 ≤ 1.2 and p99 ≤ 1.5 times the bare echo's.
 """
 
 from __future__ import annotations
@@ -67,9 +68,13 @@ def _agent_samples(client: CloveClient) -> dict[str, list[int]]:
     raise RuntimeError(f"no results in the agent's log: {logs['data'][-2000:]!r}")
 
 
-def _add(report: Report, label: str, stats: Stats, bare: Stats) -> None:
-    report.add(f"{label} p50", stats.p50, "µs", baseline=bare.p50, baseline_name="bare p50", target="≤1.3")
-    report.add(f"{label} p99", stats.p99, "µs", baseline=bare.p99, baseline_name="bare p99")
+#: Targets of the SDK's round trip against the bare echo (the raw rows show the protocol's own share).
+TARGET_P50, TARGET_P99 = "≤1.2x", "≤1.5x"
+
+
+def _add(report: Report, label: str, stats: Stats, bare: Stats, *, sdk: bool) -> None:
+    report.add(f"{label} p50", stats.p50, "µs", baseline=bare.p50, baseline_name="bare p50", target=TARGET_P50 if sdk else "")
+    report.add(f"{label} p99", stats.p99, "µs", baseline=bare.p99, baseline_name="bare p99", target=TARGET_P99 if sdk else "")
 
 
 def run(report: Report, say: Callable[[str], None]) -> None:
@@ -97,10 +102,10 @@ def run(report: Report, say: Callable[[str], None]) -> None:
     bare = stats["bare"]
     report.add("bare echo p50", bare.p50, "µs")
     report.add("bare echo p99", bare.p99, "µs")
-    _add(report, "kernel raw", stats["raw"], bare)
-    _add(report, "kernel sdk", stats["sdk"], bare)
-    _add(report, "agent raw", stats["agent raw"], bare)
-    _add(report, "agent sdk", stats["agent sdk"], bare)
+    _add(report, "kernel raw", stats["raw"], bare, sdk=False)
+    _add(report, "kernel sdk", stats["sdk"], bare, sdk=True)
+    _add(report, "agent raw", stats["agent raw"], bare, sdk=False)
+    _add(report, "agent sdk", stats["agent sdk"], bare, sdk=True)
     report.add("kernel added (raw-bare) p50", stats["raw"].p50 - bare.p50, "µs")
     report.add("SDK overhead (sdk-raw) p50", stats["sdk"].p50 - stats["raw"].p50, "µs")
     report.details["stats_us"] = {name: stats_dict(s) for name, s in stats.items()}

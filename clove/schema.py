@@ -201,6 +201,9 @@ def _fields_of(cls: type[Any]) -> tuple[tuple[_Field, ...], frozenset[str]]:
     return cached
 
 
+_STR: frozenset[type] = frozenset({str})
+
+
 def _check(value: Any, hint: Any) -> bool:
     if hint is Any or type(value) is hint:  # the fast, common case (type(True) is bool, not int)
         return True
@@ -218,7 +221,11 @@ def _check(value: Any, hint: Any) -> bool:
         return isinstance(value, list) and all(_check(v, item) for v in value)
     if origin is dict:
         key, item = typing.get_args(hint) or (Any, Any)
-        return isinstance(value, dict) and all(_check(k, key) and _check(v, item) for k, v in value.items())
+        if not isinstance(value, dict):
+            return False
+        if key is str and item is Any:  # a message's shape: only its keys to check, at C speed
+            return set(map(type, value)) <= _STR or all(isinstance(k, str) for k in value)
+        return all(_check(k, key) and _check(v, item) for k, v in value.items())
     return isinstance(value, hint)
 
 

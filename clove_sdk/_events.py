@@ -35,4 +35,12 @@ class EventsMixin(ClientBase):
     def emit_event(self, event_type: str, data: Any = None) -> dict[str, Any]:
         """Publish a custom event (kernel event names are refused; at most 1 MiB encoded).
         :returns: ``{success, event}``."""
-        return self._compat("events.emit", event_type=event_type, data=data)
+        # The kernel need not send ``data`` back (``echo``): it is put back here. ``data`` goes
+        # last, where the kernel can take it as encoded here rather than encode it again.
+        reply = self._compat("events.emit", event_type=event_type, echo=False, data=data)
+        if not reply.get("success") and reply.get("code") == "proto.invalid_args" and reply.get("details", {}).get("argument") == "echo":
+            return self._compat("events.emit", event_type=event_type, data=data)  # a kernel without ``echo``
+        event = reply.get("event")
+        if isinstance(event, dict) and "data" not in event:
+            event["data"] = data
+        return reply

@@ -27,11 +27,12 @@ class MessagingMixin(ClientBase):
         :returns: ``{success, delivered_to}``; failures carry ``code`` ``notfound`` (no such
             live recipient), ``ipc.mailbox_full`` or ``quota.exceeded`` (above 256 KiB).
         """
-        body: dict[str, Any] = {"message": message}
+        body: dict[str, Any] = {}
         if to is not None:
             body["to"] = to
         if to_name is not None:
             body["to_name"] = to_name
+        body["message"] = message  # last: the kernel passes it on as encoded here
         return self._compat("ipc.send", **body)
 
     def recv_messages(self, max_messages: int = 10, timeout: float | None = None) -> dict[str, Any]:
@@ -48,4 +49,4 @@ class MessagingMixin(ClientBase):
 
         :returns: ``{success, delivered_count, full}`` (``full``: ids whose mailbox was full).
         """
-        return self._compat("ipc.broadcast", message=message, include_self=include_self)
+        return self._compat("ipc.broadcast", include_self=include_self, message=message)  # message last, as in send

@@ -41,6 +41,22 @@ from clove_sdk._recording import RecordingMixin
 from clove_sdk._state import StateMixin
 from clove_sdk.errors import CloveError, KernelUnavailable
 
+# pyzmq's base-class calls on plain int flags: the sugar's send_multipart and recv_multipart add
+# several µs of checks and flag objects to every call.
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_SNDMORE = int(zmq.SNDMORE)
+
+
+def _recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """One multipart message (waits up to the socket's ``RCVTIMEO``: :class:`zmq.Again`)."""
+    frame = _recv(sock, 0, False)
+    frames = [frame.bytes]
+    while frame.more:  # the rest of a multipart message is there at once
+        frame = _recv(sock, 0, False)
+        frames.append(frame.bytes)
+    return frames
+
 
 def default_endpoint(socket_path: str | None = None) -> str:
     """The endpoint a client with these arguments connects to."""
@@ -125,7 +141,8 @@ class CloveClient(
             late reply cannot be mistaken for the next call's); at once when the socket file is
             missing or nothing listens on it, or the client was closed.
         """
-        if self._sock is None:
+        sock = self._sock
+        if sock is None:
             raise KernelUnavailable(
                 f"the client of {self.endpoint} is closed (disconnect() or close()): call connect() to open it again",
                 details={"endpoint": self.endpoint, "call": syscall},
@@ -133,22 +150,24 @@ class CloveClient(
         if not self._probed:
             self._probe(syscall)
         request_id = next(self._ids)
-        self._sock.send_multipart(wire.encode_request(request_id, syscall, body))
+        _send(sock, wire.PROTOCOL, _SNDMORE)  # the header frames are constants
+        _send(sock, wire.KIND_REQUEST, _SNDMORE)
+        _send(sock, wire.request_payload(request_id, syscall, body), 0)
         wait = self.timeout if reply_timeout is None else reply_timeout
         own = body.get("timeout")
-        if isinstance(own, (int, float)) and not isinstance(own, bool):
+        if own is not None and isinstance(own, (int, float)) and not isinstance(own, bool):
             wait = max(wait, float(own) + 5.0)  # the kernel answers by then, even if with nothing
         deadline = time.monotonic() + wait
         remaining_ms = max(1, int(wait * 1000))
         while True:
             # RCVTIMEO rather than a poll per call: pyzmq builds a Poller for each poll().
             if remaining_ms != self._rcvtimeo:
-                self._sock.setsockopt(zmq.RCVTIMEO, remaining_ms)
+                sock.setsockopt(zmq.RCVTIMEO, remaining_ms)
                 self._rcvtimeo = remaining_ms
             try:
-                frames = self._sock.recv_multipart()
+                frames = _recv_frames(sock)
             except zmq.Again:
-                self._sock.close(linger=0)
+                sock.close(linger=0)
                 self._open_socket()
                 raise KernelUnavailable(
                     f"no reply from the kernel at {self.endpoint} within {wait:g} s",

@@ -11,6 +11,11 @@ echoes the id and is ``{"id", "ok": true, "result": any}`` or
 msgpack rather than JSON: it carries bytes (device frames, file contents) without base64 and
 decodes in about 1.5 µs, so the envelope costs little next to a ~60 µs ZeroMQ round trip.
 
+Large values are not encoded twice: :func:`encoded_tail` finds a request's last value (a message,
+an event's data) as the client encoded it, and a :class:`Packed` value (already encoded) is
+spliced into a reply as it is (:func:`ok_reply`, :func:`pack_spliced`), byte for byte what
+encoding its decoded form would give.
+
 The version is the first frame, and the ``clove-sdk`` release carries the same number as its
 major version (:mod:`clove_sdk.version`). Either side meeting another version says so plainly:
 the kernel answers ``proto.version`` naming the SDK release it needs; the SDK, handed a reply of
@@ -21,8 +26,10 @@ it lives in the SDK (an agent's environment has nothing else) and the kernel imp
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final, cast, final
 
 import msgpack
 
@@ -44,15 +51,21 @@ __all__ = [
     "MAX_DEPTH",
     "PROTOCOL",
     "PROTOCOL_VERSION",
+    "SPLICE_MIN_BYTES",
     "BadRequest",
+    "Packed",
     "Reply",
     "Request",
     "decode_reply",
     "decode_request",
     "encode_reply",
     "encode_request",
+    "encoded_tail",
     "error_reply",
     "ok_reply",
+    "pack",
+    "pack_spliced",
+    "request_payload",
     "too_deep",
 ]
 
@@ -73,11 +86,13 @@ MAX_DEPTH: Final = 100
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A decoded request. ``id`` is echoed in the reply; ``call`` names the syscall."""
+    """A decoded request. ``id`` is echoed in the reply; ``call`` names the syscall; ``payload``
+    is the frame it was decoded from (for :func:`encoded_tail`; empty when built by hand)."""
 
     id: int | str
     call: str
     body: dict[str, Any] = field(default_factory=dict)
+    payload: bytes | memoryview = field(default=b"", repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,20 +114,149 @@ class BadRequest(Exception):
         self.request_id = request_id
 
 
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+@final
+class Packed:
+    """A value already msgpack-encoded (a message as its sender encoded it, an event encoded once
+    for every queue): :func:`ok_reply` and :func:`pack_spliced` copy its bytes into a reply
+    instead of encoding it again. A handler may return one as its result.
+
+    It may be held in pieces (what :func:`pack_spliced` builds), joined only where one buffer is
+    needed (:attr:`data`): a reply joins them once, with its own envelope.
+    """
+
+    __slots__ = ("_data", "parts")
+
+    def __init__(self, data: bytes | memoryview | None = None, *, parts: tuple[bytes | memoryview, ...] = ()) -> None:
+        self.parts = (data,) if data is not None else parts
+        self._data = data
+
+    @property
+    def data(self) -> bytes | memoryview:
+        """The encoding in one buffer."""
+        if self._data is None:
+            self._data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+            self.parts = (self._data,)
+        return self._data
+
+    def __len__(self) -> int:
+        return sum(map(len, self.parts))
+
+    def value(self) -> Any:
+        """The decoded value (for a recording, a test)."""
+        return _unpack(self.data)
 
 
-def _unpack(data: bytes) -> Any:
+_local = threading.local()
+#: A packer that grew past this for one large value is dropped rather than kept at that size.
+_KEEP_PACKER_BYTES: Final = 1 << 20
+
+
+def pack(obj: Any) -> bytes:
+    """``obj`` msgpack-encoded as every Clove message is (``use_bin_type``).
+
+    One packer per thread, kept: ``msgpack.packb`` builds a packer and its buffer on every call.
+    (A packer runs no Python code for the plain values a reply holds, so it is never re-entered.)
+    """
+    packer: msgpack.Packer | None = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    data: bytes = packer.pack(obj)
+    if len(data) > _KEEP_PACKER_BYTES:
+        _local.packer = None  # its buffer stays at its largest size: let it go
+    return data
+
+
+_pack = pack
+
+
+def _unpack(data: bytes | memoryview) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
 
 
 def encode_request(request_id: int | str, call: str, body: dict[str, Any] | None = None) -> list[bytes]:
     """Frames for a request (a DEALER sends these as they are)."""
-    return [PROTOCOL, KIND_REQUEST, _pack({"id": request_id, "call": call, "body": body or {}})]
+    return [PROTOCOL, KIND_REQUEST, request_payload(request_id, call, body)]
 
 
-def _peek_id(payload: bytes) -> int | str | None:
+def request_payload(request_id: int | str, call: str, body: dict[str, Any] | None = None) -> bytes:
+    """A request's payload frame (after :data:`PROTOCOL` and :data:`KIND_REQUEST`). Values the
+    kernel may pass on as they are (:func:`encoded_tail`) go last in ``body``."""
+    return _pack({"id": request_id, "call": call, "body": body or {}})
+
+
+def _map_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x80 | count,))
+    return (b"\xde" + count.to_bytes(2, "big")) if count < 0x10000 else (b"\xdf" + count.to_bytes(4, "big"))
+
+
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x90 | count,))
+    return (b"\xdc" + count.to_bytes(2, "big")) if count < 0x10000 else (b"\xdd" + count.to_bytes(4, "big"))
+
+
+#: How :func:`encode_request` begins every payload: a map of three, ``id`` first.
+_REQUEST_HEAD: Final = b"\x83" + _pack("id")
+#: Below this, encoding a value again costs less than finding and splicing its bytes.
+SPLICE_MIN_BYTES: Final = 32 * 1024
+
+
+def encoded_tail(request: Request, key: str, min_bytes: int = SPLICE_MIN_BYTES) -> memoryview | None:
+    """``request.body[key]`` exactly as the client encoded it (a view of the payload, no copy),
+    when it is the payload's last value and everything before it is encoded as
+    :func:`encode_request` would (the SDK's layout: ``id``, ``call``, ``body``, that key last in
+    the body). ``None`` otherwise, and for a value under ``min_bytes``: the caller encodes the
+    decoded value instead.
+
+    Only for a request :func:`decode_request` accepted, so the bytes are known to decode to a
+    value within every bound. The check is exact: the payload must begin with the canonical
+    encoding of everything before the value, and since it decoded with nothing left over, what
+    follows is that one value's encoding. Costs a few small encodes, nothing per byte of the value.
+    """
+    body, payload = request.body, request.payload
+    if len(payload) < max(min_bytes, 1) or not body or next(reversed(body)) != key:
+        return None
+    parts = [_REQUEST_HEAD, _pack(request.id), _pack("call"), _pack(request.call), _pack("body"), _map_header(len(body))]
+    for name, value in body.items():
+        parts.append(_pack(name))
+        if name == key:
+            break
+        parts.append(_pack(value))
+    prefix = b"".join(parts)
+    size = len(prefix)
+    if len(payload) - size < max(min_bytes, 1) or payload[:size] != prefix:
+        return None
+    return memoryview(payload)[size:]
+
+
+def pack_spliced(value: Any) -> Packed:
+    """``value`` encoded, with any :class:`Packed` inside it (in maps and lists) copied in as it
+    is: the bytes :func:`pack` would give for the decoded value. Walks maps and lists in
+    Python, so meant for small frames around large packed values (a receive's messages)."""
+    parts: list[bytes | memoryview] = []
+    _splice(value, parts)
+    return Packed(parts=tuple(parts))
+
+
+def _splice(value: Any, parts: list[bytes | memoryview]) -> None:
+    kind = type(value)
+    if kind is Packed:
+        parts.extend(value.parts)
+    elif kind is dict:
+        parts.append(_map_header(len(value)))
+        for key, item in value.items():
+            parts.append(_pack(key))
+            _splice(item, parts)
+    elif kind is list:
+        parts.append(_array_header(len(value)))
+        for item in value:
+            _splice(item, parts)
+    else:
+        parts.append(_pack(value))
+
+
+def _peek_id(payload: bytes | memoryview) -> int | str | None:
     """The request id of an oversized payload, read without decoding the rest (the SDK packs
     ``id`` first; anything else gives up after three keys)."""
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=len(payload))
@@ -135,8 +279,8 @@ def _valid_id(value: Any) -> bool:
     )
 
 
-def decode_request(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Request:
-    """Decode request frames (without any routing id).
+def decode_request(frames: Sequence[bytes | memoryview], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Request:
+    """Decode request frames (without any routing id); a large frame may be a view.
 
     :raises BadRequest: wrapping ``proto.malformed``, ``proto.too_large`` or ``proto.version``,
         with the request id when the payload was readable.
@@ -145,7 +289,7 @@ def decode_request(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYT
         raise BadRequest(ProtocolError(f"expected 3 frames, got {len(frames)}", details={"frames": len(frames)}))
     version, kind, payload = frames
     if version != PROTOCOL:
-        got = version[:16].decode("latin-1")
+        got = bytes(version[:16]).decode("latin-1")
         raise BadRequest(
             VersionMismatch(
                 f"unsupported protocol version {got!r}: this kernel speaks {PROTOCOL.decode()}; "
@@ -154,7 +298,7 @@ def decode_request(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYT
             )
         )
     if kind != KIND_REQUEST:
-        raise BadRequest(ProtocolError("expected a request frame (REQ)", details={"kind": kind[:16].decode("latin-1")}))
+        raise BadRequest(ProtocolError("expected a request frame (REQ)", details={"kind": bytes(kind[:16]).decode("latin-1")}))
     if len(payload) > max_bytes:
         raise BadRequest(
             MessageTooLarge(
@@ -164,28 +308,33 @@ def decode_request(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYT
             _peek_id(payload),
         )
     try:
-        message = _unpack(payload)
+        message = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)  # _unpack, inline: every request
     except Exception as err:  # msgpack raises several unrelated types for bad input
         raise BadRequest(ProtocolError(f"payload is not valid msgpack: {type(err).__name__}")) from None
-    if not isinstance(message, dict):
+    if type(message) is not dict:
         raise BadRequest(ProtocolError("payload must be a map"))
     request_id = message.get("id")
-    if not _valid_id(request_id):
+    if not (type(request_id) is int or _valid_id(request_id)):
         raise BadRequest(ProtocolError("request id must be an int or a short string"))
     call = message.get("call")
-    if not isinstance(call, str) or not call or len(call) > _MAX_CALL_NAME:
+    if type(call) is not str or not call or len(call) > _MAX_CALL_NAME:
         raise BadRequest(ProtocolError("'call' must be a non-empty syscall name"), request_id)
     body = message.get("body", {})
-    if not isinstance(body, dict):
+    if type(body) is not dict:
         raise BadRequest(ProtocolError("'body' must be a map"), request_id)
-    unknown = set(message) - {"id", "call", "body"}
-    if unknown:
+    if len(message) != (3 if "body" in message else 2):  # no keys but id, call and body
+        unknown = set(message) - {"id", "call", "body"}
         raise BadRequest(ProtocolError(f"unknown envelope keys: {sorted(unknown, key=str)}"), request_id)
-    if too_deep(body, MAX_DEPTH):
+    if body and _has_containers(body.values()) and too_deep(body, MAX_DEPTH):
         raise BadRequest(
             ProtocolError(f"'body' nests deeper than {MAX_DEPTH} levels", details={"max_depth": MAX_DEPTH}), request_id
         )
-    return Request(cast("int | str", request_id), call, body)  # _valid_id checked it
+    return Request(cast("int | str", request_id), call, body, payload)  # _valid_id checked it
+
+
+def _has_containers(values: Any) -> bool:
+    kinds = set(map(type, values))
+    return dict in kinds or list in kinds
 
 
 def too_deep(value: Any, limit: int) -> bool:
@@ -207,8 +356,15 @@ def too_deep(value: Any, limit: int) -> bool:
     return False
 
 
+#: A successful reply's payload around its id and result: ``{"id": …, "ok": true, "result": …}``.
+_OK_HEAD: Final = b"\x83" + _pack("id")
+_OK_MIDDLE: Final = _pack("ok") + _pack(True) + _pack("result")
+
+
 def ok_reply(request_id: int | str | None, result: Any) -> list[bytes]:
-    """Frames of a successful reply."""
+    """Frames of a successful reply (a :class:`Packed` result is copied in as it is)."""
+    if type(result) is Packed:
+        return [PROTOCOL, KIND_REPLY, b"".join((_OK_HEAD, _pack(request_id), _OK_MIDDLE, *result.parts))]
     return [PROTOCOL, KIND_REPLY, _pack({"id": request_id, "ok": True, "result": result})]
 
 

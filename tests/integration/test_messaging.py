@@ -6,7 +6,9 @@ import threading
 import time
 
 import pytest
+import zmq
 
+from clove import wire
 from clove.testing.kernel import poll_for
 from tests.conftest import agent_row, agent_script, read_report, requires_root
 
@@ -151,3 +153,34 @@ def test_broadcast_reaches_every_live_agent(kernel):
             assert listener.recv_messages()["messages"][0]["message"] == {"all": 3}
         for agent_id in ids:
             assert op.kill(agent_id=agent_id)
+
+
+def test_a_large_message_arrives_byte_for_byte_and_bounds_still_apply(kernel):
+    """Large messages are passed on as the sender encoded them (docs/protocol.md, "Large
+    values"): the receiver gets them whole, the mailbox's byte bound counts them, and one that
+    does not decode is refused before anything is kept."""
+    big = {"blob": "z" * 200_000, "mixed": [1, 2.5, None, b"\x00\xff", {"k": "v"}]}
+    with kernel.client() as sender, kernel.client() as receiver:
+        to = receiver.hello()["session_id"]
+        assert sender.send_message(big, to=to) == {"success": True, "delivered_to": to}
+        assert [m["message"] for m in receiver.recv_messages(timeout=5)["messages"]] == [big]
+        n = 200_000  # a str32 whose last bytes are not UTF-8, laid out as the SDK lays a message out
+        bad = b"\x81" + wire.pack("blob") + b"\xdb" + n.to_bytes(4, "big") + b"z" * (n - 3) + b"\xff\xfe\xfd"
+        payload = wire.request_payload(5, "ipc.send", {"to": to, "message": {}})[:-1] + bad
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.setsockopt(zmq.RCVTIMEO, 10_000)
+        raw.connect(f"ipc://{kernel.socket}")
+        try:
+            raw.send_multipart([wire.PROTOCOL, wire.KIND_REQUEST, payload])
+            refused = wire.decode_reply(raw.recv_multipart())
+        finally:
+            raw.close()
+        assert not refused.ok and refused.error is not None and refused.error.code == "proto.malformed"
+        assert receiver.recv_messages()["messages"] == [], "nothing of it was kept"
+        sent = 0
+        while (reply := sender.send_message(big, to=to))["success"]:
+            sent += 1
+        size = len(wire.pack(big))
+        assert reply["code"] == "ipc.mailbox_full" and reply["details"]["limit"] == "mailbox_bytes"
+        assert sent * size <= reply["details"]["max_bytes"] < (sent + 1) * size

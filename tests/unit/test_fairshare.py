@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from clove.kernel.core.fairshare import MAX_WEIGHT, MIN_WEIGHT, QUANTUM_NS, Flow, weight_for
+import zmq
+
+from clove.kernel.core.fairshare import MAX_WEIGHT, MIN_WEIGHT, QUANTUM_NS, Flow, Flows, weight_for
 from clove.ratelimit import TokenBucket
 
 
@@ -85,3 +87,25 @@ def test_the_one_token_bucket_serves_both_ways_of_spending() -> None:
     assert plans.available(0.5) == 60.0
     never = TokenBucket(0.0, 1, clock=lambda: now[0])
     assert never.take(1) and never.retry_after(1) == float("inf")
+
+
+def test_a_turn_is_charged_once_for_all_its_calls() -> None:
+    now = [0.0]
+    flow = Flow(weight=1.0, bucket=TokenBucket(100.0, 5, clock=lambda: now[0]))
+    flow.start_turn()
+    assert flow.allowance(32) == 5 and flow.allowance(3) == 3 and Flow(weight=1.0).allowance(32) == 32
+    flow.charge(150_000, calls=5)
+    assert (flow.calls, flow.used_ns, flow.credit_ns) == (5, 150_000, 50_000)
+    assert flow.allowance(32) == 0 and flow.rate_wait() > 0, "the rate's tokens went with the calls"
+
+
+def test_flows_are_built_once_per_socket_and_go_with_it() -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    first, second = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    built: list[object] = []
+    flows = Flows(lambda sock: built.append(sock) or Flow(weight=1.0, label={"n": len(built)}))
+    assert flows.of(first) is flows.of(first) and flows.of(second) is not flows.of(first)
+    assert flows.of(first) is flows.of(first) and built == [first, second]
+    second.close()
+    assert [f["n"] for f in flows.figures()] == [1]
+    first.close()

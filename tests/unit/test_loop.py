@@ -7,13 +7,14 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import zmq
 
-from clove.kernel.core.loop import Loop, Timer
+from clove.kernel.core.loop import HOUSEKEEPING_INTERVAL_S, EpollPoller, Loop, Timer, zmq_readable
 
 
 class FakeClock:
@@ -313,3 +314,73 @@ def test_pipe_reader_sees_eof(pipe: tuple[int, int]) -> None:
     loop.run(until=lambda: bool(got))
     assert got == [b""]
     assert loop.readers() == []
+
+
+# -- a busy loop: housekeeping paced, ZeroMQ sockets checked once per turn ---------------------------
+
+
+def test_housekeeping_is_paced_while_the_loop_is_busy_and_runs_when_it_is_quiet(loop: Loop, clock: FakeClock) -> None:
+    poller = fake_poller(loop)
+    loop.add_reader(7, lambda: None)
+    house: list[float] = []
+    turns: list[float] = []
+    loop.housekeeping.append(lambda: house.append(clock.now))
+    loop.each_turn.append(lambda: turns.append(clock.now))
+    for _ in range(3):  # busy turns within one interval: housekeeping once
+        poller.ready = [7]
+        loop.run_once()
+    assert len(turns) == 3 and len(house) == 1
+    clock.now += HOUSEKEEPING_INTERVAL_S
+    poller.ready = [7]
+    loop.run_once()
+    assert len(house) == 2, "busy, but an interval has passed"
+    loop.run_once()  # a quiet turn (nothing ready): always
+    assert len(house) == 3 and len(turns) == 5
+
+
+@pytest.fixture
+def router_pair() -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    yield router, dealer
+    router.close(linger=0)
+    dealer.close(linger=0)
+
+
+def test_a_handler_that_leaves_messages_queued_is_served_again_without_a_wait(router_pair: Any) -> None:
+    router, dealer = router_pair
+    loop = Loop(tick=5.0)
+    got: list[list[bytes]] = []
+    loop.add_reader(router, lambda: got.append(router.recv_multipart(zmq.NOBLOCK)))  # one per turn
+    for n in range(3):
+        dealer.send(str(n).encode())
+    while len(got) < 3:
+        started = time.monotonic()
+        loop.run_once()
+        assert time.monotonic() - started < 2.0, "a socket with messages left is polled, not waited on"
+    assert [frames[1] for frames in got] == [b"0", b"1", b"2"]
+
+
+def test_a_settled_socket_is_not_checked_again_and_wakes_on_new_input(router_pair: Any) -> None:
+    router, dealer = router_pair
+    loop = Loop(tick=0.05)
+    poller = loop.poller
+    assert isinstance(poller, EpollPoller)
+    got: list[list[bytes]] = []
+
+    def drain() -> None:
+        while zmq_readable(router):
+            got.append(router.recv_multipart(zmq.NOBLOCK))
+        loop.settled(router)
+
+    loop.add_reader(router, drain)
+    dealer.send(b"a")
+    loop.run(until=lambda: bool(got))
+    assert not poller._touched, "its handler checked it last"
+    loop.recheck(router)  # used again (a reply sent): owed a check
+    assert poller._touched
+    dealer.send(b"b")
+    loop.run(until=lambda: len(got) == 2)
+    assert [frames[1] for frames in got] == [b"a", b"b"]

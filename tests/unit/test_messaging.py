@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from clove import wire
 from clove.config import AgentConfig
 from clove.errors import Conflict, InvalidArguments, MailboxFull, NotFound, QuotaExceeded
 from clove.kernel.core.agents import Agent, AgentState
@@ -241,13 +242,16 @@ def ctx_for(world: SimpleNamespace, principal_id: int, *, operator: bool = False
 
 
 def run(name: str, ctx: SyscallContext, body: dict[str, Any]) -> Any:
+    """What the caller gets: a result the syscall returned encoded (wire.Packed) decoded."""
     syscall = SYSCALLS[name]
     result = syscall.execute(ctx, syscall.parse(body))
     if isinstance(result, Deferred):
         out: list = []
         result.bind(lambda value, err: out.append(value))
-        return out[0] if out else result
-    return result
+        if not out:
+            return result
+        result = out[0]
+    return result.value() if isinstance(result, wire.Packed) else result
 
 
 def test_syscalls_end_to_end(world) -> None:

@@ -81,6 +81,10 @@ MAX_QUERY_LIMIT: Final = 10_000
 _CLOSE_TIMEOUT = 5.0
 _MAX_NAME = 200  # event_type, agent_name, syscall and code are clipped to this many characters
 _TICK_INTERVAL = 0.05  # tick() does its work at most this often (it is called every loop turn)
+_CATEGORY_VALUES: Final = {c.value: c.value for c in Category}  # by value or member: no Enum call per record
+# "hash" goes before "id" in a record's canonical JSON; nothing after "id" (a number, hex, one JSON
+# string, a number) can hold these bytes, so the last match is the record's own key.
+_ID_KEY: Final = b',"id":'
 
 
 @final
@@ -252,7 +256,9 @@ class Journal:
         """
         if self._state != "open":
             raise RuntimeError(f"journal {self._path} is not open")
-        category = Category(category)
+        category_value = _CATEGORY_VALUES.get(category)
+        if category_value is None:
+            raise ValueError(f"{category!r} is not a valid Category")
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {sorted(DECISIONS)}, got {decision!r}")
         if self._writer.gap_requested:
@@ -262,14 +268,15 @@ class Journal:
         syscall = None if syscall is None else clip_text(syscall, _MAX_NAME)
         code = clip_text(code, _MAX_NAME)
         agent_id = None if agent_id is None else int(agent_id)
-        reason = (details or {}).get("reason")
-        reason = clip_text(reason, _MAX_NAME) if isinstance(reason, str) else None
-        if decision == "denied" and self._denials.count(category.value, event_type, agent_id, agent_name, syscall, code, reason):
-            return None
+        if decision == "denied":  # the reason is only for the aggregation of denials
+            reason = (details or {}).get("reason")
+            reason = clip_text(reason, _MAX_NAME) if isinstance(reason, str) else None
+            if self._denials.count(category_value, event_type, agent_id, agent_name, syscall, code, reason):
+                return None
         return self._append(
             {
                 "timestamp": float(self._clock()),
-                "category": category.value,
+                "category": category_value,
                 "event_type": event_type,
                 "agent_id": agent_id,
                 "agent_name": agent_name,
@@ -307,11 +314,16 @@ class Journal:
         return record
 
     def _seal(self, fields: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        record = dict(fields)
-        record["id"] = self._last_id + 1
-        record["prev_hash"] = self._last_hash
-        record["hash"] = hashlib.sha256(canonical_bytes(record)).hexdigest()
-        return record, canonical_bytes(record) + b"\n"
+        """Chain ``fields`` (the caller's own dict, completed in place): the record and its line,
+        encoded once with the hash spliced in where it sorts (what :func:`canonical_bytes` gives)."""
+        fields.pop("hash", None)  # sealed again after a rotation: a new id and link
+        fields["id"] = self._last_id + 1
+        fields["prev_hash"] = self._last_hash
+        body = canonical_bytes(fields)
+        digest = hashlib.sha256(body).hexdigest()
+        fields["hash"] = digest
+        cut = body.rfind(_ID_KEY)
+        return fields, b"".join((body[:cut], b',"hash":"', digest.encode(), b'"', body[cut:], b"\n"))
 
     # ---- rotation and retention (loop thread: decides; the writer carries out) ---------------
 

@@ -32,6 +32,7 @@ def summarize_args(args: Any, *, max_str: int = 200, max_items: int = 20, max_de
 
 
 _SCALARS = (type(None), bool, float)
+_MIN_INT, _MAX_INT = -(2**63 - 1), 2**63 - 1  # the ints kept as they are (at most 63 bits)
 
 
 def _summarize(value: Any, max_str: int, max_items: int, max_depth: int, depth: int) -> Any:
@@ -42,6 +43,7 @@ def _summarize(value: Any, max_str: int, max_items: int, max_depth: int, depth: 
         return {
             (k if type(k) is str and len(k) <= max_str and k.isascii() else clip_text(k if isinstance(k, str) else _safe_repr(k), max_str)): (
                 v if (type(v) is str and len(v) <= max_str and v.isascii()) or type(v) in (bool, type(None))
+                or (type(v) is int and _MIN_INT <= v <= _MAX_INT)
                 else _summarize(v, max_str, max_items, max_depth, depth + 1)
             )
             for k, v in value.items()

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 
+from clove import wire
 from clove.errors import InvalidArguments, PermissionDenied, QuotaExceeded
 from clove.kernel.core.waiting import WaitSlot
 
@@ -233,18 +234,31 @@ class EventBus:
 
         :raises QuotaExceeded: the event is larger than ``max_bytes`` encoded.
         """
+        return self.publish_custom(event_type, data, source_agent_id=source_agent_id, max_bytes=max_bytes)[0]
+
+    def publish_custom(
+        self, event_type: str, data: Any, *, source_agent_id: int | None, max_bytes: int = MAX_EVENT_BYTES,
+        encoded_data: bytes | memoryview | None = None,
+    ) -> tuple[dict[str, Any], bytes]:  # fmt: skip
+        """:meth:`emit_custom`, returning the event and its encoding too (what the queues hold).
+
+        :param encoded_data: ``data`` as the caller encoded it: spliced in, not encoded again.
+        """
         check_event_type(event_type)
         if event_type in KERNEL_EVENTS:
             raise PermissionDenied(f"{event_type} is emitted by the kernel only", details={"event_type": event_type})
         event = {"type": event_type, "data": data, "source_agent_id": source_agent_id, "timestamp": self.clock()}
-        packed = _pack(event)
+        if encoded_data is None:
+            packed = _pack(event)
+        else:  # the same bytes, but the large part copied rather than encoded
+            packed = bytes(wire.pack_spliced({**event, "data": wire.Packed(encoded_data)}).data)  # joined: no copy
         if len(packed) > max_bytes:
             raise QuotaExceeded(
                 f"the event is {len(packed)} bytes encoded; the bound is {max_bytes}",
                 details={"limit": "event_data_bytes", "size": len(packed), "bound": max_bytes},
             )
         self._publish(event, None, packed)
-        return event
+        return event, packed
 
     def poll(self, principal_id: int, max_events: int) -> list[dict[str, Any]]:
         sub = self._subs.get(principal_id)

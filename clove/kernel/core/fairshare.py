@@ -19,10 +19,15 @@ throttling episode is counted and announced once.
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from clove.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    import zmq
 
 #: Kernel time credited per turn at weight 1. Small enough that a caller behind a flooding
 #: agent waits at most about this long for its turn; large enough for several cheap calls.
@@ -69,13 +74,20 @@ class Flow:
             return 0.0
         return max(self.bucket.retry_after(1), 0.001)
 
-    def charge(self, ns: int) -> None:
-        """One request served in ``ns`` nanoseconds of kernel time."""
+    def allowance(self, limit: int) -> int:
+        """How many requests the rate lets through now, at most ``limit``: read once a turn,
+        and the turn's calls are then charged together (:meth:`charge`)."""
+        if self.bucket is None:
+            return limit
+        return min(limit, max(0, int(self.bucket.available())))
+
+    def charge(self, ns: int, calls: int = 1) -> None:
+        """``calls`` requests served in ``ns`` nanoseconds of kernel time."""
         self.credit_ns -= ns
         self.used_ns += ns
-        self.calls += 1
+        self.calls += calls
         if self.bucket is not None:
-            self.bucket.take(1)
+            self.bucket.take(calls)
 
     def figures(self) -> dict[str, object]:
         return {
@@ -86,3 +98,33 @@ class Flow:
             "denied": self.denied,
             "throttled": self.throttled,
         }
+
+
+class Flows:
+    """Every caller's flow, by its socket (held weakly: an agent's goes with its socket).
+
+    :param new: builds the flow of a socket seen for the first time.
+    """
+
+    def __init__(self, new: Callable[[zmq.Socket[bytes]], Flow]) -> None:
+        self._new = new
+        self._by_socket: weakref.WeakKeyDictionary[zmq.Socket[bytes], Flow] = weakref.WeakKeyDictionary()
+        self._last: tuple[zmq.Socket[bytes], Flow] | None = None
+
+    def of(self, sock: zmq.Socket[bytes]) -> Flow:
+        last = self._last
+        if last is not None and last[0] is sock:  # one caller at a time is the common case: no weakref
+            return last[1]
+        flow = self._by_socket.get(sock)
+        if flow is None:
+            flow = self._by_socket[sock] = self._new(sock)
+        self._last = (sock, flow)
+        return flow
+
+    def get(self, sock: zmq.Socket[bytes]) -> Flow | None:
+        """The flow of ``sock``, or ``None`` before its first request."""
+        return self._by_socket.get(sock)
+
+    def figures(self) -> list[dict[str, object]]:
+        """Kernel time used per caller since boot (open sockets only)."""
+        return [flow.figures() for sock, flow in list(self._by_socket.items()) if not sock.closed]

@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import zmq
+
+from clove.kernel.core.channels import Caller
 from clove.policy import Permissions
 
 
@@ -28,6 +31,11 @@ class OperatorSession:
     #: What the session lowered itself to (``permissions.set``); ``None``: the configured
     #: ``kernel.operator_level``.
     permissions: Permissions | None = None
+    #: Who its requests come from, built once rather than on every request.
+    caller: Caller = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.caller = Caller("operator", session_id=self.id)
 
 
 def parse_peer_address(value: str | None) -> tuple[int | None, int | None, int | None]:
@@ -70,6 +78,18 @@ class OperatorSessions:
 
     def lookup(self, routing_id: bytes) -> OperatorSession | None:
         return self._by_routing.get(routing_id)
+
+    def of_peer(self, routing_id: bytes, frame: zmq.Frame) -> OperatorSession:
+        """The session of a control-socket peer; a new one from the peer's credentials, which
+        libzmq attaches to every frame of its messages (``Peer-Address``)."""
+        session = self._by_routing.get(routing_id)
+        if session is None:
+            try:
+                peer = frame.get("Peer-Address")
+            except zmq.ZMQError:
+                peer = None
+            session = self.open(routing_id, peer if isinstance(peer, str) else None)
+        return session
 
     def open(self, routing_id: bytes, peer_address: str | None) -> OperatorSession:
         uid, gid, pid = parse_peer_address(peer_address)

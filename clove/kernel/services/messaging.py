@@ -23,26 +23,28 @@ one), beyond which a send fails with ``ipc.mailbox_full`` (details name the ``li
 delivers nothing. Messages wait msgpack-encoded, so the bytes counted are the bytes held (a
 decoded message can take many times its encoded size). Every delivery emits
 ``MESSAGE_RECEIVED`` to the recipient alone.
+
+A message is encoded once, by its sender: when the request carries it as the SDK lays it out,
+the send keeps those very bytes (``encoded``, a view of the request's frame) and a receive's
+reply splices them in (:meth:`Message.packed`, :func:`clove.wire.pack_spliced`); the kernel
+decodes it only to check it, as it checks every request.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import msgpack
-
+from clove import wire
 from clove.errors import Conflict, InvalidArguments, MailboxFull, NotFound, QuotaExceeded
 from clove.kernel.core.agents import TERMINAL
-from clove.kernel.core.waiting import WaitSlot
+from clove.kernel.core.deferred import Deferred
+from clove.kernel.services.mailbox import Mailbox, Message
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
-    from clove.kernel.core.deferred import Deferred
     from clove.kernel.core.loop import Loop
     from clove.kernel.core.sessions import OperatorSession
     from clove.kernel.services.host import ServiceHost, ServiceRegistry
@@ -70,41 +72,6 @@ class Principals(Protocol):
 
     def agent_name(self, principal_id: int) -> str | None:
         """An agent's spawn name (``None`` for operators)."""
-
-
-@dataclass(slots=True)
-class Message:
-    from_id: int
-    from_name: str | None
-    payload: bytes  # the message, msgpack-encoded: decoded only when received
-    at: float
-
-    @property
-    def size(self) -> int:
-        return len(self.payload)
-
-    def to_wire(self, now: float) -> dict[str, Any]:
-        return {
-            "from_id": self.from_id,
-            "from_name": self.from_name,
-            "message": msgpack.unpackb(self.payload, raw=False),
-            "age_ms": max(0, round((now - self.at) * 1000, 3)),
-        }
-
-
-@dataclass(eq=False)
-class Mailbox:
-    queue: deque[Message] = field(default_factory=deque)
-    bytes: int = 0
-    wait: WaitSlot = field(default_factory=WaitSlot)
-
-    def take(self, limit: int) -> list[Message]:
-        out: list[Message] = []
-        while self.queue and len(out) < limit:
-            msg = self.queue.popleft()
-            self.bytes -= msg.size
-            out.append(msg)
-        return out
 
 
 def check_name(name: object) -> str:
@@ -226,12 +193,13 @@ class MessagingService:
 
     # ---- delivery ----------------------------------------------------------------------------
 
-    def encode(self, message: Any) -> bytes:
-        """The message msgpack-encoded, as it waits in mailboxes.
+    def encode(self, message: Any, encoded: bytes | memoryview | None = None) -> bytes | memoryview:
+        """The message msgpack-encoded, as it waits in mailboxes: ``encoded`` when the caller
+        has the sender's own encoding of it, else encoded here.
 
         :raises QuotaExceeded: above the message size bound.
         """
-        payload: bytes = msgpack.packb(message, use_bin_type=True)
+        payload = encoded if encoded is not None else wire.pack(message)
         size = len(payload)
         if size > self.max_message_bytes:
             raise QuotaExceeded(
@@ -244,25 +212,26 @@ class MessagingService:
         """:raises QuotaExceeded: above the message size bound."""
         return len(self.encode(message))
 
-    def send(self, sender: int, recipient: int, message: dict[str, Any]) -> None:
+    def send(self, sender: int, recipient: int, message: dict[str, Any], *, encoded: bytes | memoryview | None = None) -> None:
         """Queue ``message`` for ``recipient`` (already resolved to a live principal).
 
+        :param encoded: the sender's own encoding of ``message``, kept as it is.
         :raises QuotaExceeded: the message is too large.
         :raises MailboxFull: the recipient's mailbox is at its bound; nothing was queued.
         """
-        payload = self.encode(message)
+        payload = self.encode(message, encoded)
         self._deliver(Message(sender, self.display_name(sender), payload, self.clock()), recipient)
         self._boxes.setdefault(sender, Mailbox())  # so a sending operator gets broadcasts (and replies)
 
     def broadcast(
-        self, sender: int, message: dict[str, Any], *, include_self: bool = False
+        self, sender: int, message: dict[str, Any], *, include_self: bool = False, encoded: bytes | memoryview | None = None
     ) -> tuple[list[int], list[int]]:
         """Queue ``message`` for every live agent and every operator session that has a
         mailbox. Returns ``(delivered, full)``: recipients reached and those skipped as full.
 
         :raises QuotaExceeded: the message is too large (nothing is delivered).
         """
-        msg = Message(sender, self.display_name(sender), self.encode(message), self.clock())  # one copy for all
+        msg = Message(sender, self.display_name(sender), self.encode(message, encoded), self.clock())  # one copy for all
         recipients = dict.fromkeys(self.principals.live_agents())
         recipients.update(dict.fromkeys(p for p in self._boxes if self.principals.is_live(p)))
         if include_self:
@@ -294,34 +263,44 @@ class MessagingService:
         box.queue.append(msg)
         box.bytes += msg.size
         self.delivered += 1
+        self._answer(box)  # a waiting receive first: its reply is what the sender is waiting on
         if self.emit is not None:
             self.emit("MESSAGE_RECEIVED", {"from_id": msg.from_id, "from_name": msg.from_name},
                       source_agent_id=msg.from_id, targets=[recipient])  # fmt: skip
-        self._answer(box)
 
     # ---- receiving ---------------------------------------------------------------------------
 
     def receive(self, principal_id: int, max_messages: int) -> list[dict[str, Any]]:
+        """Up to ``max_messages`` messages, oldest first, decoded."""
+        now = self.clock()
+        return [m.to_wire(now) for m in self.take(principal_id, max_messages)]
+
+    def take(self, principal_id: int, max_messages: int) -> list[Message]:
+        """Up to ``max_messages`` messages, oldest first, still encoded (:meth:`Message.packed`)."""
         box = self._boxes.get(principal_id)
         if box is None:
             self._boxes[principal_id] = Mailbox()  # an operator that receives gets broadcasts too
             return []
-        now = self.clock()
-        return [m.to_wire(now) for m in box.take(max_messages)]
+        return box.take(max_messages)
 
-    def wait(self, principal_id: int, max_messages: int, timeout: float, deferred: Deferred) -> None:
+    def wait(self, principal_id: int, max_messages: int, timeout: float, deferred: Deferred, *, encoded: bool = False) -> None:
         """Resolve ``deferred`` with messages as soon as there are some, or with none after
-        ``timeout`` seconds. One waiter per principal: a newer wait answers the older empty."""
+        ``timeout`` seconds. One waiter per principal: a newer wait answers the older empty.
+
+        :param encoded: resolve with :class:`Message` objects (:meth:`take`), not decoded dicts.
+        """
         box = self._boxes.setdefault(principal_id, Mailbox())
         if box.queue or timeout <= 0 or self.loop is None:
-            deferred.resolve(self.receive(principal_id, max_messages))
+            deferred.resolve(self.take(principal_id, max_messages) if encoded else self.receive(principal_id, max_messages))
             return
+        if not encoded:  # the parked read gets Message objects: decode them for this caller
+            decoded, deferred = deferred, Deferred()
+            deferred.bind(lambda messages, _err: decoded.resolve([m.to_wire(self.clock()) for m in messages]))
         box.wait.park(self.loop, deferred, max_messages, min(timeout, MAX_WAIT))
 
     def _answer(self, box: Mailbox) -> None:
         if box.wait.parked:
-            now = self.clock()
-            box.wait.answer(lambda limit: [m.to_wire(now) for m in box.take(limit)])
+            box.wait.answer(box.take)
 
     def pending(self, principal_id: int) -> int:
         box = self._boxes.get(principal_id)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from clove.config import AgentLimits
 from clove.kernel.core.channels import Caller
 from clove.schema import parse_body
+from clove.wire import Request as WireRequest
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
@@ -22,14 +23,17 @@ if TYPE_CHECKING:
     from clove.policy import Permissions
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SyscallContext:
     """Everything a syscall may touch: the kernel's parts and who is calling (a
-    :class:`~clove.kernel.core.principal.Principal`: what is handed on to services).
+    :class:`~clove.kernel.core.principal.Principal`: what is handed on to services). Read-only
+    by convention (built for every request, so not frozen: that costs a call per field).
 
     :param agent: the calling agent's record (``None`` for operators).
     :param session: the calling operator's session (``None`` for agents).
     :param perms: the caller's permissions (checked again by handlers for paths, commands, URLs).
+    :param request: the request as it arrived (``None`` when a call is made without one), for
+        handlers that pass a large value on as the client encoded it (:func:`clove.wire.encoded_tail`).
     """
 
     kernel: ServiceRegistry
@@ -37,6 +41,7 @@ class SyscallContext:
     agent: Agent | None
     perms: Permissions
     session: OperatorSession | None = None
+    request: WireRequest | None = None
 
     @property
     def principal_id(self) -> int:

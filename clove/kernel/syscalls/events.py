@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, final
 
+from clove import wire
 from clove.errors import InvalidArguments
 from clove.kernel.core.deferred import Deferred
 from clove.kernel.syscalls.base import Syscall, SyscallContext
@@ -95,11 +96,18 @@ class Poll(Syscall):
 class EmitRequest:
     event_type: str
     data: Any = None
+    echo: bool = True
 
 
 @final
 class Emit(Syscall):
-    """``events.emit {event_type, data}`` → ``{success, event}``. Kernel event names are refused.
+    """``events.emit {event_type, data, echo?}`` → ``{success, event}``. Kernel event names are
+    refused. ``echo: false`` leaves ``data`` out of the reply's event: the caller has it, and a
+    large one would otherwise travel back and be decoded again (the SDK asks for that and puts
+    its own ``data`` back, so ``emit_event`` returns what it always did).
+
+    Large ``data`` is encoded once, by the caller: when the SDK sent it last in the body, its
+    bytes go into the queues (and an echo) as they are (a :class:`wire.Packed` result).
 
     :raises QuotaExceeded: the event is above 1 MiB encoded (``limit: "event_data_bytes"``).
     """
@@ -108,9 +116,16 @@ class Emit(Syscall):
     right = "events"
     Request = EmitRequest
 
-    def execute(self, ctx: SyscallContext, req: EmitRequest) -> dict[str, Any]:
-        event = ctx.kernel.events.emit_custom(req.event_type, req.data, source_agent_id=ctx.caller.agent_id)
-        return {"success": True, "event": event}
+    def execute(self, ctx: SyscallContext, req: EmitRequest) -> dict[str, Any] | wire.Packed:
+        encoded = wire.encoded_tail(ctx.request, "data") if ctx.request is not None else None
+        event, packed = ctx.kernel.events.publish_custom(
+            req.event_type, req.data, source_agent_id=ctx.caller.agent_id, encoded_data=encoded
+        )
+        if not req.echo:
+            return {"success": True, "event": {key: value for key, value in event.items() if key != "data"}}
+        if encoded is None:  # small (or not laid out for it): encoding it again is cheaper
+            return {"success": True, "event": event}
+        return wire.pack_spliced({"success": True, "event": wire.Packed(packed)})
 
 
 SYSCALLS: tuple[type[Syscall], ...] = (Subscribe, Unsubscribe, Poll, Emit)

@@ -9,15 +9,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
+from clove import wire
 from clove.kernel.core.deferred import Deferred
 from clove.kernel.syscalls.base import Syscall, SyscallContext
 
 if TYPE_CHECKING:
+    from clove.kernel.services.mailbox import Message
     from clove.kernel.services.messaging import MessagingService
 
 
 def _service(ctx: SyscallContext) -> MessagingService:
     return ctx.kernel.messaging
+
+
+def _as_sent(ctx: SyscallContext) -> memoryview | None:
+    """The message exactly as the sender encoded it, when its request allows (the SDK puts it
+    last): kept as it is rather than encoded again."""
+    return wire.encoded_tail(ctx.request, "message") if ctx.request is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +77,7 @@ class Send(Syscall):
     def execute(self, ctx: SyscallContext, req: SendRequest) -> dict[str, Any]:
         service = _service(ctx)
         recipient = service.resolve(req.to, req.to_name)
-        service.send(ctx.principal_id, recipient, req.message)
+        service.send(ctx.principal_id, recipient, req.message, encoded=_as_sent(ctx))
         return {"success": True, "delivered_to": recipient}
 
 
@@ -83,25 +91,30 @@ class RecvRequest:
 class Recv(Syscall):
     """``ipc.recv {max_messages, timeout}`` → ``{success, messages, count}``, oldest first;
     each message is ``{from_id, from_name, message, age_ms}``. Without a timeout it returns at
-    once; with one (seconds, at most 300) it waits for the first message."""
+    once; with one (seconds, at most 300) it waits for the first message. A reply with a large
+    message carries each as its sender encoded it (a :class:`wire.Packed` result: not decoded and
+    encoded again), byte for byte what encoding the decoded messages would give."""
 
     name = "ipc.recv"
     category = "IPC"
     right = "ipc"
     Request = RecvRequest
 
-    def execute(self, ctx: SyscallContext, req: RecvRequest) -> dict[str, Any] | Deferred:
+    def execute(self, ctx: SyscallContext, req: RecvRequest) -> dict[str, Any] | wire.Packed | Deferred:
         service = _service(ctx)
         limit = max(1, min(req.max_messages, 1000))
 
-        def reply(messages: list[dict[str, Any]]) -> dict[str, Any]:
-            return {"success": True, "messages": messages, "count": len(messages)}
+        def reply(messages: list[Message]) -> dict[str, Any] | wire.Packed:
+            now = service.clock()
+            if any(m.size >= wire.SPLICE_MIN_BYTES for m in messages):
+                return wire.pack_spliced({"success": True, "messages": [m.packed(now) for m in messages], "count": len(messages)})
+            return {"success": True, "messages": [m.to_wire(now) for m in messages], "count": len(messages)}  # small: cheaper decoded
 
         if not req.timeout or req.timeout <= 0:
-            return reply(service.receive(ctx.principal_id, limit))
+            return reply(service.take(ctx.principal_id, limit))
         waiting, answer = Deferred(), Deferred()
         waiting.bind(lambda messages, _err: answer.resolve(reply(messages)))
-        service.wait(ctx.principal_id, limit, req.timeout, waiting)
+        service.wait(ctx.principal_id, limit, req.timeout, waiting, encoded=True)
         return answer
 
 
@@ -127,7 +140,7 @@ class Broadcast(Syscall):
 
     def execute(self, ctx: SyscallContext, req: BroadcastRequest) -> dict[str, Any]:
         service = _service(ctx)
-        delivered, full = service.broadcast(ctx.principal_id, req.message, include_self=req.include_self)
+        delivered, full = service.broadcast(ctx.principal_id, req.message, include_self=req.include_self, encoded=_as_sent(ctx))
         return {"success": True, "delivered_count": len(delivered), "full": full}
 
 
