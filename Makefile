@@ -45,9 +45,9 @@ vm-setup: $(STAMP)
 
 # The servers and tools some tests start, by Debian package, installed where missing (as root;
 # elsewhere those tests skip with the reason): clove.testing.syspackages.
-# The fleet tests' hub (docs/fleet.md).
+# The fleet tests' hub (docs/fleet.md), and ip for the boards' network namespaces.
 fleet-setup: $(STAMP)
-	$(BIN)/python -m clove.testing.syspackages --for tests/fleet nats-server=nats-server
+	$(BIN)/python -m clove.testing.syspackages --for tests/fleet nats-server=nats-server ip=iproute2
 
 # The Prometheus server the metrics test scrapes with, and systemd-analyze for the unit file
 # check (docs/metrics.md, README "Deploying on a board").

@@ -6,7 +6,9 @@
   verified from the central stream alone (exit 1 if anything is missing, twice or edited);
 * ``clove fleet keygen --out FILE``: an operator's ed25519 key, and the line boards' configs take;
 * ``clove fleet estop``, ``kill|pause|resume BOARD/AGENT``, ``trading halt``: signed commands
-  (``--key``), one answer line per board, exit 1 if any refused, failed or did not answer.
+  (``--key``), one answer line per board, exit 1 if any refused, failed or did not answer;
+* ``clove fleet top`` and ``clove fleet logs BOARD/AGENT``: :mod:`clove.cli.fleet_view`;
+* ``clove fleet deploy CONFIG --boards B1,B2 | --all``: :mod:`clove.cli.fleet_deploy`.
 
 Each connects to ``--server`` (repeatable) or to the servers of a config's ``[fleet]`` table
 (``--config``), as ``--user``/``--password-file`` or ``--creds`` when given, else as the
@@ -104,10 +106,12 @@ async def _quiet(err: Exception) -> None:
 
 
 def cmd_fleet_init(args: argparse.Namespace, error: Error) -> int:
+    from clove.cli import fleet_deploy
     from clove.fleet.streams import ensure_streams
 
     async def body(js: Any, names: FleetNames) -> int:
         result = await ensure_streams(js, names)
+        result = {**result, **await fleet_deploy.init_bucket(js, names, result["created"])}  # the deploy bucket too
         _emit(args, result, lambda: f"stream {result['stream']}, bucket {result['bucket']}" + (f" (created {', '.join(result['created'])})" if result["created"] else " (both there)"))
         return 0
 
@@ -346,3 +350,9 @@ def add_parsers(sub: Any, bind: Callable[[Callable[[argparse.Namespace, Error], 
     h.add_argument("--device", help="this exchange device only (default: every exchange device)")
     h.add_argument("--reason", help="why, for the boards' journals")
     h.set_defaults(func=bind(cmd_fleet_trading))
+    from clove.cli import fleet_view  # fleet top and fleet logs (it imports this module: deferred)
+
+    fleet_view.add_parsers(fsub, common, signed, bind)
+    from clove.cli import fleet_deploy  # fleet deploy (it imports this module: deferred)
+
+    fleet_deploy.add_parsers(fsub, common, signed, bind)

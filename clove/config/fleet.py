@@ -39,8 +39,9 @@ __all__ = ["COMMANDS", "DEFAULT_PREFIX", "FleetOperator", "FleetSection", "parse
 
 DEFAULT_PREFIX: Final = "clove"
 #: What a signed fleet command may ask of a board; an operator's ``may`` lists take these names.
-#: (``deploy`` is not built yet: no board accepts it.)
-COMMANDS: Final = frozenset({"estop", "estop.release", "kill", "pause", "resume", "trading.halt"})
+#: ``logs`` reads an agent's log; ``deploy`` is not a command but the right to set this board's
+#: desired state (docs/fleet.md, "Deploy").
+COMMANDS: Final = frozenset({"estop", "estop.release", "kill", "pause", "resume", "trading.halt", "logs", "deploy"})
 #: The most operator keys one board holds (each is checked per command by id, so this is a
 #: bound on the config, not on the work).
 MAX_OPERATORS: Final = 256
@@ -118,8 +119,7 @@ def parse_operators(t: Table) -> tuple[FleetOperator, ...]:
             raise t.fail(f"{where}.may", f"expected a non-empty list of commands ({known})")
         bad = [m for m in may if m not in COMMANDS]
         if bad:
-            later = " (deploy is not built yet)" if "deploy" in bad else ""
-            raise t.fail(f"{where}.may", f"unknown command {bad[0]!r} ({known}){later}")
+            raise t.fail(f"{where}.may", f"unknown command {bad[0]!r} ({known})")
         operators.append(FleetOperator(str(name), raw, frozenset(may)))
     if len({o.public_key for o in operators}) != len(operators):
         raise t.fail("operators", "the same public key is listed twice")

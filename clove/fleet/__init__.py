@@ -10,5 +10,8 @@ the CLI (:mod:`clove.cli.fleet`) reads the fleet with it. Its modules:
 * :mod:`~clove.fleet.position`: the shipped position persisted in the state dir;
 * :mod:`~clove.fleet.link`: the board's link, a worker thread with its own asyncio loop;
 * :mod:`~clove.fleet.reader`: what operators read: the boards' entries and a board's records;
-* :mod:`~clove.fleet.chain`: verifying a board's hash chain from the central stream alone.
+* :mod:`~clove.fleet.chain`: verifying a board's hash chain from the central stream alone;
+* :mod:`~clove.fleet.deploy` (the signed desired state and a board's decision on it),
+  :mod:`~clove.fleet.deploy_config`, :mod:`~clove.fleet.deploy_store` and
+  :mod:`~clove.fleet.deploy_watch` (the board's watcher process): ``clove fleet deploy``.
 """

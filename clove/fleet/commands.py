@@ -15,7 +15,9 @@ ed25519 key, and each board holds the public keys it accepts and what each may c
 A board refuses a command whose key it does not know, whose signature does not verify, that is
 addressed to another board, that the key may not give, that was issued outside the time window
 (``window`` seconds either side of the board's clock), or whose nonce it has already seen inside
-that window (a replay). Verdicts carry a stable code for the journal, with the key's id.
+that window (a replay: :mod:`clove.fleet.nonces`, which keeps the accepted nonces in the
+board's state dir so a restart does not forget them). Verdicts carry a stable code for the
+journal, with the key's id.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import json
 import os
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from clove.config.fleet import COMMANDS, FleetOperator
+from clove.fleet.nonces import SeenNonces
 
 __all__ = [
     "COMMANDS", "CommandPolicy", "OperatorKey", "SignedCommand", "Verdict", "generate_key", "key_id",
@@ -176,19 +178,24 @@ def operator_keys(operators: Iterable[FleetOperator]) -> tuple[OperatorKey, ...]
 
 
 class CommandPolicy:
-    """One board's decision on each signed command. Not thread-safe: one caller (the link)."""
+    """One board's decision on each signed command. Not thread-safe: one caller (the loop).
+
+    :param nonce_file: where accepted nonces are kept across restarts (the board's
+        ``<state dir>/fleet/nonces.jsonl``); ``None``: in memory only. Its start-up problem, if
+        any, is :attr:`nonces` ``.problem`` (for the journal).
+    """
 
     def __init__(
         self, board: str, keys: Iterable[OperatorKey], *, window: float = DEFAULT_WINDOW,
-        clock: Callable[[], float] = time.time, max_nonces: int = MAX_NONCES,
+        clock: Callable[[], float] = time.time, max_nonces: int = MAX_NONCES, nonce_file: Path | None = None,
     ) -> None:  # fmt: skip
         self.board = board
         self.keys = {k.id: k for k in keys}
         self.window = window
         self.clock = clock
         self.max_nonces = max_nonces
-        self._seen: OrderedDict[str, float] = OrderedDict()  # nonce → issued_at, oldest first
-        self._forgotten_before = float("-inf")  # commands older than this may be replays we forgot
+        self.nonces = SeenNonces(window=window, max_nonces=max_nonces, path=nonce_file, clock=clock)
+        self._seen = self.nonces.entries  # nonce → issued_at, oldest first (the same dict)
 
     def decide(self, signed: SignedCommand) -> Verdict:
         try:
@@ -220,20 +227,11 @@ class CommandPolicy:
         now = self.clock()
         if abs(now - issued) > self.window:
             return Verdict(False, "fleet.stale", f"issued {now - issued:+.1f} s from this board's clock (window ±{self.window:g} s)", **about)
-        self._expire(now)
-        if nonce in self._seen or issued <= self._forgotten_before:
-            return Verdict(False, "fleet.replayed", "this command was already received", **about)
-        self._seen[nonce] = issued
-        if len(self._seen) > self.max_nonces:
-            _, oldest = self._seen.popitem(last=False)
-            self._forgotten_before = max(self._forgotten_before, oldest)
+        replayed = self.nonces.refusal(nonce, issued, now)
+        if replayed is not None:
+            return Verdict(False, "fleet.replayed", replayed, **about)
+        try:
+            self.nonces.remember(nonce, issued)  # durable before the command acts
+        except OSError as err:  # not recorded: a restart could accept it again, so it is refused
+            return Verdict(False, "fleet.unavailable", f"cannot record the command's nonce: {err}", **about)
         return Verdict(True, "ok", "accepted", **about)
-
-    def _expire(self, now: float) -> None:
-        """Nonces issued before the window began cannot come back as current: forget them."""
-        horizon = now - self.window
-        while self._seen:
-            nonce, issued = next(iter(self._seen.items()))
-            if issued >= horizon:
-                break
-            del self._seen[nonce]

@@ -56,6 +56,10 @@ MAX_BATCH_BYTES: Final = 1 << 20
 ACK_TIMEOUT: Final = 5.0
 IDLE_POLL: Final = 0.05  # how often an idle shipper looks for new records
 RETRY_WAIT: Final = 0.5
+#: Pings to the server every heartbeat (at most this often apart), and this many unanswered
+#: close the connection, so that a silently dead link is noticed and reconnected.
+PING_INTERVAL_MAX: Final = 5
+PINGS_OUTSTANDING: Final = 3
 SHIPPED_EVERY: Final = 0.5  # at most one "shipped" event this often
 EVENT_BACKLOG: Final = 256  # events the loop has not collected; more are dropped (counted)
 #: A signed command is a few hundred bytes; anything this long is not one.
@@ -265,6 +269,11 @@ class FleetLink:
                 max_reconnect_attempts=-1,  # a board keeps trying, for ever
                 reconnect_time_wait=1,
                 connect_timeout=2,
+                # A link cut without a reset (a cable, a NAT dropping state) shows only as pings
+                # unanswered: nats-py's default (3 minutes) would leave shipping stalled on a dead
+                # socket that long; this notices within about three heartbeats.
+                ping_interval=max(1, int(min(self.heartbeat, PING_INTERVAL_MAX))),
+                max_outstanding_pings=PINGS_OUTSTANDING,
             )
         )
         while not connecting.done() and not self._stopping.is_set():

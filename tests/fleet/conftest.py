@@ -5,6 +5,7 @@ boards and the operator connect as), and helpers that read the hub as an operato
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -34,28 +35,33 @@ def _nats_server() -> tuple[str | None, str]:
     return (None, reason) if reason is not None else (syspackages.which("nats-server"), "")
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def _listening(port: int) -> bool:
+def _listening(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 class Hub:
-    """One nats-server; :meth:`kill` and :meth:`start` again keep its port and store."""
+    """One nats-server; :meth:`kill` and :meth:`start` again keep its port and store.
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    :param host: the address it listens on (boards in network namespaces reach it on their
+        bridge's address, :mod:`clove.testing.netfleet`).
+    """
+
+    def __init__(self, binary: str, workdir: Path, host: str = "127.0.0.1") -> None:
         self.binary = binary
         self.dir = workdir
-        self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
+        self.host = host
+        self.port = free_port(host)
+        self.url = f"nats://{host}:{self.port}"
         text = HUB_CONFIG.read_text()
-        text = text.replace("listen: 127.0.0.1:4222", f"listen: 127.0.0.1:{self.port}")
+        text = text.replace("listen: 127.0.0.1:4222", f"listen: {host}:{self.port}")
         text = text.replace("store_dir: /var/lib/clove-hub", f"store_dir: {workdir / 'store'}")
         assert str(self.port) in text and str(workdir) in text, "configs/fleet-hub.conf changed its listen or store_dir line"
         self.config = workdir / "hub.conf"
@@ -71,7 +77,7 @@ class Hub:
         log = open(self.dir / "hub.log", "ab")  # noqa: SIM115 - the server writes it
         self.proc = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
-        poll_for(lambda: _listening(self.port) or self._died(), 15, message="nats-server to listen")
+        poll_for(lambda: _listening(self.port, self.host) or self._died(), 15, message="nats-server to listen")
         return self
 
     def _died(self) -> bool:
@@ -149,11 +155,19 @@ async def _quiet(err: Exception) -> None:
 
 @pytest.fixture
 def hub() -> Iterator[Hub]:
+    with running_hub() as h:
+        yield h
+
+
+@contextlib.contextmanager
+def running_hub(host: str = "127.0.0.1") -> Iterator[Hub]:
+    """A started hub listening on ``host``, its stream and bucket made (``clove fleet init``);
+    skips the test where there is no nats-server."""
     binary, why = _nats_server()
     if binary is None:
         pytest.skip(f"no nats-server: {why}")
     workdir = Path(tempfile.mkdtemp(prefix="clvhub", dir="/tmp"))
-    h = Hub(binary, workdir)
+    h = Hub(binary, workdir, host)
     try:
         h.start()
         init = h.fleet_cli("init", "--json", user="admin")

@@ -138,7 +138,6 @@ def test_keys_on_disk_and_in_config(tmp_path: Path) -> None:
         ({"ops": {"public_key": 7, "may": ["estop"]}}, "[fleet].operators.ops.public_key"),
         ({"ops": {"public_key": text, "may": []}}, "[fleet].operators.ops.may"),
         ({"ops": {"public_key": text, "may": ["reboot"]}}, "unknown command 'reboot'"),
-        ({"ops": {"public_key": text, "may": ["deploy"]}}, "deploy is not built yet"),
         ({"ops": {"public_key": text, "may": ["estop"], "extra": 1}}, "[fleet].operators.ops.extra"),
         ({"a": {"public_key": text, "may": ["estop"]}, "b": {"public_key": text, "may": ["kill"]}}, "listed twice"),
         ({"ops": "key"}, "expected a table"),

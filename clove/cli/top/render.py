@@ -18,7 +18,7 @@ from clove.cli.top.view import ViewState
 
 AGENT_HEADERS = ["ID", "NAME", "STATE", "CPU/QUOTA", "MEM/LIMIT", "RESTARTS", "SYSCALLS/S", "KERNEL TIME", "DENIED"]
 DEVICE_HEADERS = ["DEVICE", "DRIVER", "STATE", "RESTARTS", "CALLS", "IN", "DELIVERED", "DROPPED", "ERRORS"]
-_STATE_STYLES = {"running": "green", "paused": "yellow", "starting": "cyan", "backoff": "magenta", "failed": "red", "exited": "dim"}
+STATE_STYLES = {"running": "green", "paused": "yellow", "starting": "cyan", "backoff": "magenta", "failed": "red", "exited": "dim"}
 
 
 # ---- cells -------------------------------------------------------------------------------------
@@ -71,7 +71,8 @@ def device_cells(device: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
-def _printable(text: str, limit: int = 120) -> str:
+def printable(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` with anything that could drive a terminal made ``?``."""
     return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
@@ -84,7 +85,7 @@ def interlock_line(interlocks: list[dict[str, Any]] | None) -> str:
     if not engaged:
         return f"interlocks: {len(interlocks)} armed, none engaged"
     # A cause can quote a device's stream item: never let it drive the operator's terminal.
-    parts = [f"{i['name']} ENGAGED ({_printable(str((i.get('state') or {}).get('cause', '?')))})" for i in engaged]
+    parts = [f"{i['name']} ENGAGED ({printable(str((i.get('state') or {}).get('cause', '?')))})" for i in engaged]
     return "interlocks: " + "; ".join(parts)
 
 
@@ -117,7 +118,7 @@ def screen(snap: Snapshot, view: ViewState, *, status: str = "", prompt: str = "
     for row in shown:
         cells = agent_cells(row)
         chosen = selected is not None and row.id == selected.id
-        state = Text(cells[2], style=_STATE_STYLES.get(row.state, ""))
+        state = Text(cells[2], style=STATE_STYLES.get(row.state, ""))
         agents.add_row(">" if chosen else "", cells[0], cells[1], state, *cells[3:], style="reverse" if chosen else None)
     parts: list[RenderableType] = [header, agents]
     if snap.devices:

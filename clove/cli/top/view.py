@@ -1,14 +1,15 @@
 """How ``clove top`` orders, filters and selects agents: the operator's view state, pure.
 
 The selection follows an agent by id, so a re-sort or a refresh never moves it to another
-agent (an action must hit the agent the operator was looking at).
+agent (an action must hit the agent the operator was looking at). ``clove fleet top`` uses the
+same state over its own rows (any row with an ``id``, a ``name`` and a ``state``) and sort keys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, TypeVar
 
 from clove.cli.top.model import AgentRow
 
@@ -28,37 +29,57 @@ SORT_KEYS: Final[dict[str, Callable[[AgentRow], Any]]] = {
 _BIGGEST_FIRST: Final = frozenset({"cpu", "memory", "syscalls", "kernel", "denied", "restarts"})
 
 
+class Row(Protocol):
+    """What the view needs of a row: a stable id to follow, a name and a state to filter on."""
+
+    @property
+    def id(self) -> Any: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+
+
+R = TypeVar("R", bound=Row)
+
+
 @dataclass(slots=True)
 class ViewState:
-    """The operator's choices: sort key and direction, a filter, the selected agent."""
+    """The operator's choices: sort key and direction, a filter, the selected row.
+
+    :param keys: the sort keys ``s`` cycles through (default: the agents' of ``clove top``).
+    :param biggest_first: keys that sort descending when first chosen.
+    """
 
     sort: str = "id"
     reverse: bool = False
     filter: str = ""
-    selected_id: int | None = None
+    selected_id: Any = None
+    keys: Mapping[str, Callable[[Any], Any]] = field(default_factory=lambda: SORT_KEYS)
+    biggest_first: frozenset[str] = _BIGGEST_FIRST
 
     def __post_init__(self) -> None:
-        if self.sort not in SORT_KEYS:
-            raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}, got {self.sort!r}")
+        if self.sort not in self.keys:
+            raise ValueError(f"sort must be one of {', '.join(self.keys)}, got {self.sort!r}")
 
     def next_sort(self) -> None:
-        keys = list(SORT_KEYS)
+        keys = list(self.keys)
         self.sort = keys[(keys.index(self.sort) + 1) % len(keys)]
-        self.reverse = self.sort in _BIGGEST_FIRST
+        self.reverse = self.sort in self.biggest_first
 
     def flip(self) -> None:
         self.reverse = not self.reverse
 
-    def visible(self, rows: list[AgentRow]) -> list[AgentRow]:
+    def visible(self, rows: list[R]) -> list[R]:
         """The rows that pass the filter (a substring of the name or the state, any case),
         sorted; ties keep id order."""
         needle = self.filter.strip().lower()
         shown = [r for r in rows if not needle or needle in r.name.lower() or needle in r.state.lower()]
         shown.sort(key=lambda r: r.id)
-        shown.sort(key=SORT_KEYS[self.sort], reverse=self.reverse)
+        shown.sort(key=self.keys[self.sort], reverse=self.reverse)
         return shown
 
-    def selected(self, shown: list[AgentRow]) -> AgentRow | None:
+    def selected(self, shown: list[R]) -> R | None:
         """The selected agent among ``shown``; the first one when the selection is gone."""
         for row in shown:
             if row.id == self.selected_id:
@@ -69,7 +90,7 @@ class ViewState:
         self.selected_id = None
         return None
 
-    def move(self, shown: list[AgentRow], step: int) -> None:
+    def move(self, shown: list[R], step: int) -> None:
         if not shown:
             return
         current = self.selected(shown)

@@ -40,6 +40,7 @@ from clove.fleet.subjects import FleetNames
 from clove.kernel.audit.files import rotated_files
 from clove.kernel.audit.journal import Category
 from clove.kernel.services.fleet_commands import FleetCommands
+from clove.kernel.services.fleet_deploy import deploy_for
 from clove.sandbox.linux import set_process_name
 
 if TYPE_CHECKING:
@@ -215,6 +216,7 @@ class FleetService:
         self._next_inventory = 0.0
         self._fd: int | None = None
         self.commands = FleetCommands(kernel, section, reply=self.link.offer_reply, devices=devices, interlocks=interlocks)
+        self.deploy = deploy_for(kernel, section)  # None unless a key may deploy (docs/fleet.md, "Deploy")
 
     @property
     def perform(self) -> Perform | None:
@@ -224,6 +226,8 @@ class FleetService:
     def perform(self, perform: Perform) -> None:
         """The dispatcher's, handed in by the kernel at boot: commands perform calls through it."""
         self.commands.perform = perform
+        if self.deploy is not None:
+            self.deploy.perform = perform
 
     def start(self) -> None:
         if self._stopping:
@@ -358,6 +362,10 @@ def attach(kernel: ServiceRegistry) -> None:
     setattr(kernel, "fleet", service)  # noqa: B010
     kernel.loop.housekeeping.append(service.housekeeping)
     kernel.on_shutdown.append(service.shutdown)
+    if service.deploy is not None:  # its own watcher process, started and stopped beside the link
+        service.deploy.start()
+        kernel.loop.housekeeping.append(service.deploy.housekeeping)
+        kernel.on_shutdown.append(service.deploy.shutdown)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
 from clove.config.fleet import FleetSection
 from clove.errors import CloveError
-from clove.fleet.actions import plan
+from clove.fleet.actions import answer_value, plan
 from clove.fleet.commands import CommandPolicy, OperatorKey, SignedCommand, Verdict, operator_keys
 from clove.kernel.audit.journal import Category
 
@@ -57,7 +58,12 @@ class FleetCommands:
         self.reply = reply
         self.devices = devices
         self.interlocks = interlocks
-        self.policy = CommandPolicy(self.board, self._keys(section), window=section.command_window)
+        # Accepted nonces survive a restart (clove/fleet/nonces.py): a replay of a command
+        # captured before it is still refused.
+        nonce_file = Path(kernel.state_dir) / "fleet" / "nonces.jsonl"
+        self.policy = CommandPolicy(self.board, self._keys(section), window=section.command_window, nonce_file=nonce_file)
+        if self.policy.nonces.problem is not None:
+            self._journal_error(self.policy.nonces.problem)
         #: How an accepted command performs its calls: the dispatcher's, handed in at boot.
         self.perform: Perform | None = None
         self._sessions: dict[str, OperatorSession] = {}  # key id → its operator session
@@ -139,11 +145,13 @@ class FleetCommands:
             self._answer(subject, {"accepted": True, "board": self.board, "command": verdict.command, "results": results})
 
         def done(index: int, call: str) -> Callable[[Any, CloveError | None], None]:
-            def record(_value: Any, error: CloveError | None) -> None:
+            def record(value: Any, error: CloveError | None) -> None:
                 nonlocal waiting
                 entry: dict[str, Any] = {"call": call, "ok": error is None}
                 if error is not None:
                     entry["error"] = {"code": error.code, "message": error.message}
+                elif (shown := answer_value(str(verdict.command), verdict.args, value)) is not None:
+                    entry["value"] = shown  # what a reading command (logs) answers with, bounded
                 results[index] = entry
                 waiting -= 1
                 if waiting == 0:
