@@ -7,7 +7,10 @@ import json
 import sys
 import time
 
-from clove_sdk import CloveClient
+import zmq
+
+from clove_sdk import CloveClient, wire
+from clove_sdk.client import default_endpoint
 
 mode, n = sys.argv[1], int(sys.argv[2])
 with CloveClient(timeout=30) as c:
@@ -25,9 +28,29 @@ with CloveClient(timeout=30) as c:
             ex.cancel(cid)
         print(json.dumps({"rtt": samples}), flush=True)
     else:
-        t0 = time.perf_counter()
-        for i in range(n):
-            ex.submit_order("SLOW", "buy", 1 + i % 50, price=5.0 + (i // 50) * 0.01)  # all distinct: no duplicates
+        t0, errors = time.perf_counter(), {}
+        if mode == "pipe":
+            window = int(sys.argv[3])
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(default_endpoint(None))
+            sent_n = answered = 0
+            while answered < n:
+                while sent_n < n and sent_n - answered < window:
+                    i = sent_n
+                    args = {"symbol": "SLOW", "side": "buy", "qty": 1 + i % 50, "price": round(5.0 + (i // 50) * 0.01, 2)}
+                    sock.send_multipart(wire.encode_request(i, "device.call", {"device": "exchange", "op": "submit_order", "args": args}))
+                    sent_n += 1
+                if not sock.poll(30_000):
+                    break
+                reply = wire.decode_reply(sock.recv_multipart())
+                answered += 1
+                if not reply.ok:
+                    errors[reply.error.code] = errors.get(reply.error.code, 0) + 1
+            sock.close()
+        else:
+            for i in range(n):
+                ex.submit_order("SLOW", "buy", 1 + i % 50, price=5.0 + (i // 50) * 0.01)  # all distinct: no duplicates
         sent = time.perf_counter() - t0
         acked = 0
         while acked < n:
@@ -35,4 +58,4 @@ with CloveClient(timeout=30) as c:
             if not got:
                 break
             acked += sum(1 for x in got if x["type"] == "exec" and x["status"] == "new")
-        print(json.dumps({"n": n, "submit_s": sent, "all_acked_s": time.perf_counter() - t0, "acked": acked}), flush=True)
+        print(json.dumps({"n": n, "submit_s": sent, "all_acked_s": time.perf_counter() - t0, "acked": acked, "errors": errors}), flush=True)

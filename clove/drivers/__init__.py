@@ -1,6 +1,7 @@
 """The driver framework: what driver plugins import (and nothing of the kernel).
 
-- :class:`Driver`, :func:`operation`, :class:`NoArgs`: the contract (see :mod:`clove.drivers.base`);
+- :class:`Driver`, :func:`operation`, :class:`NoArgs`, :class:`Later`: the contract (see
+  :mod:`clove.drivers.base`);
 - :class:`DeviceGrant`, :class:`IdRanges`, :class:`TokenBucket`, :func:`deny`: grants;
 - :func:`invalid`: how a config or grant dataclass refuses a value;
 - :data:`hookimpl` and :class:`DriverRegistry`: registration through the ``clove.drivers``
@@ -10,6 +11,7 @@
 
 from clove.drivers.base import API_VERSION, Caller, Driver, NoArgs, OpSpec, operation
 from clove.drivers.grants import DeviceGrant, IdRanges, TokenBucket, deny
+from clove.drivers.later import Later
 from clove.drivers.registry import DriverRegistry, hookimpl, load_drivers
 from clove.drivers.schema import FieldError, invalid
 from clove.errors import DeviceBroken, DeviceBusy, DeviceClosed, DeviceError, DeviceTimeout, DeviceUnavailable
@@ -28,6 +30,7 @@ __all__ = [
     "DriverRegistry",
     "FieldError",
     "IdRanges",
+    "Later",
     "NoArgs",
     "OpSpec",
     "TokenBucket",

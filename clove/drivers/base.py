@@ -7,7 +7,9 @@ A driver owns one open device inside a driver host process. The host calls, and 
   is safe twice and from another thread while :meth:`Driver.read` blocks (the read then returns
   promptly, empty or raising :class:`DeviceClosed`);
 - :meth:`Driver.call`: runs one operation (a method marked with :func:`operation`) with its
-  arguments parsed into the operation's dataclass;
+  arguments parsed into the operation's dataclass; :meth:`Driver.begin_call` is the same for
+  the host, which does not wait when the operation returns a :class:`Later` (a result settled
+  after it returns, such as a commit's) but takes the next call and replies once it is settled;
 - :meth:`Driver.read`: the incoming stream (CAN frames, serial bytes, GPIO edges), a template
   around ``_read_internal(timeout)`` that returns nothing when the timeout passes with no data;
 - :meth:`Driver.fileno`: an fd that becomes readable when :meth:`Driver.read` has data, so the
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
 from clove.drivers.grants import DeviceGrant
+from clove.drivers.later import Later
 from clove.drivers.schema import FieldError, build
 from clove.errors import (
     CloveError,
@@ -48,7 +51,7 @@ from clove.errors import (
     InvalidArguments,
 )
 
-__all__ = ["API_VERSION", "Caller", "Driver", "NoArgs", "OpSpec", "operation"]
+__all__ = ["API_VERSION", "Caller", "Driver", "Later", "NoArgs", "OpSpec", "operation"]
 
 #: The contract version a driver declares in ``api_version``; the host refuses other majors.
 API_VERSION = 1
@@ -270,11 +273,34 @@ class Driver(ABC):
     # ---- operations -----------------------------------------------------------------------------
 
     def call(self, op: str, args: dict[str, Any] | None = None, caller: Caller | None = None) -> Any:
-        """Run one operation (``caller`` reaches operations declared with ``caller=True``).
+        """Run one operation (``caller`` reaches operations declared with ``caller=True``) and
+        return its result, waiting for it when the operation returned a :class:`Later`.
 
         :raises InvalidArguments: an unknown operation or bad arguments.
         :raises DeviceClosed: not open.
         :raises DeviceError: the device failed.
+        """
+        result = self.begin_call(op, args, caller)
+        if not isinstance(result, Later):
+            return result
+        try:
+            return result.wait()
+        except CloveError:
+            self.counters["errors"] += 1
+            raise
+        except Exception as err:
+            raise self._failure(err, op) from err
+
+    def begin_call(self, op: str, args: dict[str, Any] | None = None, caller: Caller | None = None) -> Any:
+        """Like :meth:`call`, but an operation that returns a :class:`Later` is not waited for:
+        the host takes further calls and replies when it is settled (a rejection that is not a
+        ``CloveError`` becomes ``device.broken``).
+
+        :raises InvalidArguments: an unknown operation or bad arguments.
+        :raises DeviceClosed: not open.
+        :raises DeviceError: the device failed.
+
+        .. versionadded:: 0.1 (contract version 1, additive)
         """
         spec = self.operations().get(op)
         if spec is None:

@@ -112,7 +112,7 @@ class GroupCommit:
         self._issued = 0  # tickets handed out: one per write
         self._synced = 0  # every urgent write up to this ticket is durable
         self._actions: deque[tuple[int, Action]] = deque()
-        self._waiters: list[tuple[int, int, threading.Lock]] = []  # a heap by ticket
+        self._waiters: list[tuple[int, int, Callable[[CommitFailed | None], None]]] = []  # a heap by ticket
         self._order = itertools.count()
         self._failed: OSError | None = None
         self._stopping = False
@@ -171,26 +171,45 @@ class GroupCommit:
         """
         if not self.fsync:
             return
-        with self._lock:
-            if ticket <= self._synced:
-                return
-            self._check()
-            woken = threading.Lock()
-            woken.acquire()
-            heapq.heappush(self._waiters, (ticket, next(self._order), woken))
-            self._due = True
-            self._work.notify()
+        outcome: list[CommitFailed | None] = []
+        woken = threading.Lock()
+        woken.acquire()
+
+        def wake(error: CommitFailed | None) -> None:
+            outcome.append(error)
+            woken.release()
+
+        self.notify(ticket, wake)
         woken.acquire()  # the committer releases it: durable, failed or closed
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    def notify(self, ticket: int, done: Callable[[CommitFailed | None], None]) -> None:
+        """Call ``done(None)`` once ``ticket`` is durable, or ``done(CommitFailed)`` if a sync
+        fails or the committer closes first: at once (on this thread) when that is known already,
+        else on the committer's thread, in ticket order. Never both, never twice."""
+        if not self.fsync:
+            done(None)
+            return
         with self._lock:
             if ticket > self._synced:
-                self._check()
-                raise CommitFailed("the order journal was closed before this was durable")
+                error = self._failure()
+                if error is None:
+                    heapq.heappush(self._waiters, (ticket, next(self._order), done))
+                    self._due = True
+                    self._work.notify()
+                    return
+            else:
+                error = None
+        done(error)
 
-    def _check(self) -> None:
+    def _failure(self) -> CommitFailed | None:
+        """(Lock held.) Why nothing more becomes durable, or ``None``."""
         if self._failed is not None:
-            raise CommitFailed(f"the order journal could not be made durable: {self._failed}")
+            return CommitFailed(f"the order journal could not be made durable: {self._failed}")
         if self._thread is None:
-            raise CommitFailed("the order journal is closed")
+            return CommitFailed("the order journal was closed before this was durable")
+        return None
 
     @property
     def failed(self) -> OSError | None:
@@ -209,7 +228,8 @@ class GroupCommit:
             thread.join(timeout)
         with self._lock:
             self._thread = None
-            self._wake_waiters(everyone=True)
+            woken = self._due_waiters(everyone=True)
+        self._wake(woken)
         if thread is None or not thread.is_alive():  # a committer stuck in a sync still needs them
             for helper in self._helpers.values():
                 helper.stop()
@@ -235,7 +255,8 @@ class GroupCommit:
                 ready: list[Action] = []
                 while self._actions and self._actions[0][0] <= self._synced:
                     ready.append(self._actions.popleft()[1])
-                self._wake_waiters()
+                woken = self._due_waiters()
+            self._wake(woken)
             for action in ready:
                 try:
                     action()
@@ -264,13 +285,25 @@ class GroupCommit:
         with self._lock:
             self._failed = errors[0]
             self._actions.clear()
-            self._wake_waiters(everyone=True)
+            woken = self._due_waiters(everyone=True)
+        self._wake(woken)
         if self._on_failure is not None:
             self._on_failure(errors[0])
         return False
 
-    def _wake_waiters(self, everyone: bool = False) -> None:
-        """(Lock held.) Wake exactly the waiters whose ticket is durable (all of them, to fail)."""
-        waiters = self._waiters
+    def _due_waiters(self, everyone: bool = False) -> list[tuple[Callable[[CommitFailed | None], None], CommitFailed | None]]:
+        """(Lock held.) Take the waiters whose ticket is durable (all of them, on a failure or
+        close) with what each is told; :meth:`_wake` tells them outside the lock."""
+        waiters, due = self._waiters, []
         while waiters and (everyone or waiters[0][0] <= self._synced):
-            heapq.heappop(waiters)[2].release()
+            ticket, _, done = heapq.heappop(waiters)
+            due.append((done, None if ticket <= self._synced else self._failure() or CommitFailed("the order journal was closed before this was durable")))
+        return due
+
+    @staticmethod
+    def _wake(due: list[tuple[Callable[[CommitFailed | None], None], CommitFailed | None]]) -> None:
+        for done, error in due:
+            try:
+                done(error)
+            except Exception:  # noqa: BLE001 - one waiter's bug must not stop the others
+                log.exception("a group commit waiter failed")

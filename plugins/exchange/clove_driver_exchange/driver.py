@@ -14,8 +14,11 @@ the kernel delivers them to that agent only). Market data updates the risk engin
 prices and streams to agents granted the symbol at once. That side is
 :class:`~clove_driver_exchange.reports.VenueReports`.
 
-Threads: the host's main thread runs the operations one at a time; the session's reader thread
-applies reports; its writer thread sends; the committer syncs and releases. The driver's lock
+Threads: the host's main thread runs the operations one at a time; an operation that wrote
+records returns a :class:`~clove.drivers.Later` that the committer settles once they are durable,
+so the host takes the next calls while a commit runs and orders from many callers share one
+fsync; the session's reader thread applies reports; its writer thread sends; the committer syncs
+and releases. The driver's lock
 guards the book, the risk engine and the journal's order; nobody holds it while a sync runs.
 
 Restarts: the journal rebuilds orders, fills and trading states; the session's sequence store
@@ -41,7 +44,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from clove.drivers import Caller, Driver, NoArgs, operation
+from clove.drivers import Caller, Driver, Later, NoArgs, operation
 from clove.errors import DeviceBroken, DeviceUnavailable, NotFound, PermissionDenied
 from clove_driver_exchange.commit import CommitFailed, GroupCommit
 from clove_driver_exchange.config import (
@@ -99,6 +102,11 @@ class ExchangeDriver(Driver):
         self._reports: VenueReports | None = None  # what the venue says: applied there
         self._lost: str | None = None
         self._ids = itertools.count(1)
+        #: Random per driver instance, so ids stay unique across restarts without a uuid4 (a
+        #: getrandom call and an object) per order: the base, then a counter.
+        self._id_base = os.urandom(5).hex()
+        #: Each caller's limits by its grant table (kept with it, so an id is never reused here).
+        self._limits: dict[int, tuple[dict[str, Any], Limits]] = {}
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.counters = {"orders": 0, "denied": 0, "cancels": 0, "reports": 0, "fills": 0, "duplicates": 0}
         super().__init__(config)
@@ -201,12 +209,22 @@ class ExchangeDriver(Driver):
             self._conn.close("order journal sync failed")
         self._wake()
 
-    def _durable(self, ticket: int) -> None:
-        """Return (so the host replies) only once ``ticket`` is on disk."""
-        try:
-            self._commit.wait(ticket)
-        except CommitFailed as err:
-            raise DeviceBroken(f"{err}; the outcome is known once the host restarts and reconciles") from None
+    def _durable(self, ticket: int, result: dict[str, Any]) -> dict[str, Any] | Later:
+        """``result``, acknowledged only once ``ticket`` is on disk: a :class:`Later` the
+        committer settles, so the host takes the next calls meanwhile (they join the same commit)
+        and replies when it is durable; a failed sync rejects it with ``device.broken``."""
+        if not self._commit.fsync:
+            return result
+        later = Later()
+
+        def done(error: CommitFailed | None) -> None:
+            if error is None:
+                later.resolve(result)
+            else:
+                later.reject(DeviceBroken(f"{error}; the outcome is known once the host restarts and reconciles"))
+
+        self._commit.notify(ticket, done)
+        return later
 
     # ---- the stream -----------------------------------------------------------------------------
 
@@ -253,19 +271,24 @@ class ExchangeDriver(Driver):
             raise DeviceUnavailable(f"venue session is not active ({self._lost or (self._session.state if self._session else 'closed')})")
         return self._session
 
-    @staticmethod
-    def _who(caller: Caller | None) -> tuple[str, Limits | None]:
+    def _who(self, caller: Caller | None) -> tuple[str, Limits | None]:
         if caller is None or caller.operator or caller.agent is None:
             return _OPERATOR, None
-        return caller.agent, grant_limits(caller.grant or {})
+        grant = caller.grant or {}
+        cached = self._limits.get(id(grant))
+        if cached is None or cached[0] is not grant:  # the host hands the same table for the same caller
+            if len(self._limits) >= 1024:
+                self._limits.clear()
+            cached = self._limits[id(grant)] = (grant, grant_limits(grant))
+        return caller.agent, cached[1]
 
     @operation(args=SubmitArgs, caller=True)
-    def submit_order(self, args: SubmitArgs, caller: Caller | None) -> dict[str, Any]:
+    def submit_order(self, args: SubmitArgs, caller: Caller | None) -> dict[str, Any] | Later:
         """Risk-check, journal and send one order; reports follow on the stream."""
         agent, limits = self._who(caller)
         session = self._active()
         assert self._risk is not None and self._journal is not None  # noqa: S101
-        client_id = args.client_id or f"{agent[:12]}-{uuid.uuid4().hex[:12]}"
+        client_id = args.client_id or f"{agent[:12]}-{self._id_base}{next(self._ids):x}"
         order = Order(client_id=client_id, agent=agent, symbol=args.symbol, side=args.side, qty=args.qty, price=args.price, type=args.type, tif=args.tif)
         with self._lock:
             if client_id in self._book.orders:
@@ -285,11 +308,10 @@ class ExchangeDriver(Driver):
                 raise
             self.counters["orders"] += 1
             ticket = self._commit.mark()
-        self._durable(ticket)  # outside the lock: what the reader thread writes meanwhile joins it
-        return {"client_id": client_id, "status": "sent"}
+        return self._durable(ticket, {"client_id": client_id, "status": "sent"})  # what arrives meanwhile joins its commit
 
     @operation(args=CancelArgs, caller=True)
-    def cancel(self, args: CancelArgs, caller: Caller | None) -> dict[str, Any]:
+    def cancel(self, args: CancelArgs, caller: Caller | None) -> dict[str, Any] | Later:
         """Ask the venue to cancel one of the caller's open orders."""
         agent, limits = self._who(caller)
         session = self._active()
@@ -302,12 +324,11 @@ class ExchangeDriver(Driver):
             self._send_cancel(session, order, reason=f"cancel by {agent}")
             self.counters["cancels"] += 1
             ticket = self._commit.mark()
-        self._durable(ticket)
-        return {"client_id": args.client_id, "status": "cancel_sent"}
+        return self._durable(ticket, {"client_id": args.client_id, "status": "cancel_sent"})
 
     def _send_cancel(self, session: FixSession, order: JournaledOrder, *, reason: str) -> None:
         assert self._journal is not None  # noqa: S101
-        cancel_id = f"cx-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+        cancel_id = f"cx-{self._id_base}{next(self._ids):x}"
         self._journal.append("cancel", client_id=order.client_id, cancel_id=cancel_id, reason=reason)
         session.send_app(*fixmsg.order_cancel_request(cancel_id, order.client_id, order.symbol, order.side, qty=order.qty, account=order.agent))
 
@@ -327,7 +348,7 @@ class ExchangeDriver(Driver):
             return dict(self._risk.account_positions() if agent == _OPERATOR else self._risk.positions(agent))
 
     @operation(args=StateArgs, caller=True)
-    def set_state(self, args: StateArgs, caller: Caller | None) -> dict[str, Any]:
+    def set_state(self, args: StateArgs, caller: Caller | None) -> dict[str, Any] | Later:
         """Operators: ACTIVE, REDUCING or HALTED (cancels every open order) for all or one agent."""
         if caller is not None and not caller.operator:
             raise PermissionDenied("the trading state belongs to operators", details={"reason": "operator_only"})
@@ -346,8 +367,7 @@ class ExchangeDriver(Driver):
                     cancelling.append(order.client_id)
             ticket = self._commit.mark()
         self._release({"type": "state", "state": state.value.upper(), "agent": args.agent, "reason": args.reason, "ts": time.time()})
-        self._durable(ticket)
-        return {"state": state.value.upper(), "agent": args.agent, "cancelling": cancelling}
+        return self._durable(ticket, {"state": state.value.upper(), "agent": args.agent, "cancelling": cancelling})
 
     @operation("status")
     def op_status(self, args: NoArgs) -> dict[str, Any]:

@@ -25,7 +25,8 @@ if str(PLUGIN) not in sys.path:  # until the plugin is installed (pip install -e
 
 from fake_disk import Disk  # noqa: E402
 
-from clove.errors import CloveError, DeviceBroken  # noqa: E402
+from clove.drivers import Later  # noqa: E402
+from clove.errors import CloveError, DeviceBroken, DeviceUnavailable  # noqa: E402
 from clove.testing.kernel import poll_for  # noqa: E402
 from clove_driver_exchange.driver import ExchangeDriver  # noqa: E402
 from clove_driver_exchange.fix import FixSession, SeqStore, connect  # noqa: E402
@@ -193,3 +194,46 @@ def test_a_failed_sync_acknowledges_nothing_and_fails_the_stream(driver: Exchang
     with pytest.raises(DeviceBroken, match="sync failed"):
         poll_for(lambda: driver.read(0) and False, timeout=5, message="the stream to fail")
     assert not _sent_to_venue(venue, "o1") and _at_venue(venue) == ["w0"]
+
+
+# ---- as the host calls it: begin_call returns at once, a Later settles the reply ----------------
+
+
+def _begin_buy(driver: ExchangeDriver, client_id: str, price: float) -> Later:
+    later = driver.begin_call("submit_order", {"symbol": "ACME", "side": "buy", "qty": 1, "price": price, "client_id": client_id})
+    assert isinstance(later, Later)
+    return later
+
+
+def test_the_host_takes_the_next_orders_while_a_commit_runs_and_they_share_the_next(driver: ExchangeDriver, venue: Any, disk: Disk, tmp_path: Path) -> None:
+    base = disk.started
+    disk.hold()
+    first = _begin_buy(driver, "p1", 95.0)  # returns at once: the host's main thread is free
+    poll_for(lambda: disk.started == base + 2, message="commit 1: the journal and the sequence store")
+    rest = [_begin_buy(driver, f"p{i}", 95.0 + i) for i in range(2, 6)]  # taken during commit 1
+    assert sum(r["kind"] == "order" for r in _journal(tmp_path)) == 6  # w0 and p1-p5, written
+    assert not first.settled and not any(later.settled for later in rest)
+    assert not any(_sent_to_venue(venue, f"p{i}") for i in range(1, 6))
+    disk.step()
+    disk.step()
+    poll_for(lambda: first.settled and disk.started == base + 4, message="p1 durable, commit 2 started")
+    assert first.wait(0) == {"client_id": "p1", "status": "sent"}
+    assert not any(later.settled for later in rest)
+    disk.step()
+    disk.step()
+    poll_for(lambda: all(later.settled for later in rest), message="p2-p5 durable, in one commit")
+    assert [later.wait(0)["client_id"] for later in rest] == ["p2", "p3", "p4", "p5"]  # four syncs let through: two commits
+
+
+def test_a_failed_sync_rejects_every_pending_reply(driver: ExchangeDriver, venue: Any, disk: Disk) -> None:
+    disk.hold()
+    disk.fail = OSError(errno.EIO, "Input/output error")
+    pending = [_begin_buy(driver, f"f{i}", 80.0 + i) for i in range(3)]
+    disk.release()
+    poll_for(lambda: all(later.settled for later in pending), message="every reply settled")
+    for later in pending:
+        with pytest.raises(DeviceBroken, match="Input/output error"):
+            later.wait(0)
+    assert not any(_sent_to_venue(venue, f"f{i}") for i in range(3))
+    with pytest.raises(DeviceUnavailable, match="sync failed"):  # nothing new is taken on a journal that failed
+        driver.begin_call("submit_order", {"symbol": "ACME", "side": "buy", "qty": 1, "price": 85.0, "client_id": "f9"})

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _STOP_GRACE_S = 2.0
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: no enum object per check
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)  # plain ints: no enum object per call
+_packb = msgpack.Packer(use_bin_type=True).pack  # one packer for every message to a host (loop thread only)
 
 
 class DeviceBroker:
@@ -50,6 +51,8 @@ class DeviceBroker:
         self._by_routing: dict[bytes, DeviceRuntime] = {}
         self._sock: zmq.Socket[bytes] | None = None
         self._exit_fds: dict[int, DeviceRuntime] = {}
+        #: The caller as the driver sees it, encoded once per (principal, device): (grant, bytes).
+        self._callers: dict[tuple[int | None, str], tuple[DeviceGrant | None, bytes]] = {}
 
     # ---- setup and teardown -------------------------------------------------------------------------
 
@@ -124,11 +127,13 @@ class DeviceBroker:
         if runtime is not None:
             self._by_routing.pop(f"{runtime.name}#{host.incarnation}".encode(), None)
 
-    def send(self, runtime: DeviceRuntime, message: dict[str, Any]) -> None:
+    def send(self, runtime: DeviceRuntime, message: dict[str, Any], extra: bytes | None = None) -> None:
+        """``extra``: an encoded frame sent after the message's (a call's caller)."""
         if self._sock is None:
             return
+        frames = [runtime.routing, _packb(message)] if extra is None else [runtime.routing, _packb(message), extra]
         try:
-            self._sock.send_multipart([runtime.routing, msgpack.packb(message, use_bin_type=True)], zmq.NOBLOCK)
+            self._sock.send_multipart(frames, _NOBLOCK)
         except zmq.ZMQError as err:  # not connected yet, or gone: the call times out or the exit path answers
             log.debug("device %s: send to host failed: %s", runtime.name, err)
         self.loop.recheck(self._sock)
@@ -140,20 +145,20 @@ class DeviceBroker:
         for _ in range(256):
             if not int(sock.get(_EVENTS)) & _POLLIN:  # cheaper than raising zmq.Again
                 return
-            frames = sock.recv_multipart(zmq.NOBLOCK)
-            if len(frames) != 2:
+            frames = sock.recv_multipart(_NOBLOCK)
+            if len(frames) < 2:
                 continue  # not a host of ours
-            routing, payload = frames
-            runtime = self._by_routing.get(routing)
+            runtime = self._by_routing.get(frames[0])
             if runtime is None:
                 continue  # a previous incarnation's last words
-            try:
-                message = msgpack.unpackb(payload, raw=False)
-            except (ValueError, msgpack.ExtraData):
-                log.warning("device %s: undecodable message from its host", runtime.name)
-                continue
-            if isinstance(message, dict):
-                runtime.on_message(message, len(payload))
+            for payload in frames[1:]:  # a host may batch messages (the replies one commit released)
+                try:
+                    message = msgpack.unpackb(payload, raw=False)
+                except (ValueError, msgpack.ExtraData):
+                    log.warning("device %s: undecodable message from its host", runtime.name)
+                    continue
+                if isinstance(message, dict):
+                    runtime.on_message(message, len(payload))
 
     def housekeeping(self) -> None:
         now = time.monotonic()
@@ -254,8 +259,8 @@ class DeviceBroker:
             if narrowed is not parsed:
                 args = {f.name: getattr(narrowed, f.name) for f in dataclasses.fields(narrowed) if f.init}
         spec = runtime.spec.driver_class.operations().get(op)
-        caller = _caller(agent, grant, principal_id) if spec is not None and spec.wants_caller else None
-        runtime.call(op, args, deferred, caller)
+        caller = self._caller(agent, name, grant, principal_id) if spec is not None and spec.wants_caller else None
+        runtime.call(op, args, deferred, caller, principal_id if principal_id is not None else (agent.id if agent is not None else None))
 
     def subscribe(
         self, agent: Agent | None, principal_id: int, name: str, filters: list[Any] | None, queue: int | None,
@@ -302,11 +307,29 @@ class DeviceBroker:
             runtime.unsubscribe(principal_id)
             for key in [k for k in runtime.buckets if k[0] == principal_id]:
                 del runtime.buckets[key]
+            self._callers.pop((principal_id, runtime.name), None)
 
     def views(self, agent: Agent | None) -> list[dict[str, Any]]:
         if agent is None:
             return [r.view() for r in self.devices.values()]
         return [r.view(list(agent.spec.devices[r.name].ops)) for r in self.devices.values() if r.name in agent.spec.devices]
+
+    def _caller(self, agent: Agent | None, device: str, grant: DeviceGrant | None, principal_id: int | None) -> bytes:
+        """The caller as the driver sees it (only for operations that ask for it), encoded once
+        per caller and device: the host decodes it once too (it caches by these bytes)."""
+        key = (agent.id if agent is not None else principal_id, device)
+        cached = self._callers.get(key)
+        if cached is not None and cached[0] is grant:
+            return cached[1]
+        if agent is None:
+            caller: dict[str, Any] = {"agent": None, "agent_id": principal_id, "operator": True, "grant": None}
+        else:
+            table = {f.name: getattr(grant, f.name) for f in dataclasses.fields(grant) if f.init} if grant is not None else None
+            caller = {"agent": agent.name, "agent_id": agent.id, "operator": False, "grant": table}
+        encoded: bytes = _packb(caller)
+        if key[0] is not None:
+            self._callers[key] = (grant, encoded)
+        return encoded
 
     # ---- records ------------------------------------------------------------------------------------
 
@@ -327,14 +350,6 @@ class DeviceBroker:
         """What one principal's device queues hold, in bytes, over every device."""
         subs = [s for r in self.devices.values() if (s := r.subs.get(principal_id)) is not None]
         return {"device_queue_bytes": sum(s.held_bytes() for s in subs)}
-
-
-def _caller(agent: Agent | None, grant: DeviceGrant | None, principal_id: int | None) -> dict[str, Any]:
-    """The caller as the driver sees it (only for operations that ask for it)."""
-    if agent is None:
-        return {"agent": None, "agent_id": principal_id, "operator": True, "grant": None}
-    table = {f.name: getattr(grant, f.name) for f in dataclasses.fields(grant) if f.init} if grant is not None else None
-    return {"agent": agent.name, "agent_id": agent.id, "operator": False, "grant": table}
 
 
 def attach(kernel: ServiceRegistry) -> None:

@@ -22,13 +22,19 @@ host opens unfiltered.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from clove.errors import CloveError, DeviceBroken, DeviceTimeout, DeviceUnavailable, from_wire
+from clove.errors import (
+    CloveError,
+    DeviceBroken,
+    DeviceTimeout,
+    DeviceUnavailable,
+    from_wire,
+)
+from clove.kernel.services.devices.calls import CallBook, Pending
 from clove.kernel.services.devices.hostproc import HostProcess
 from clove.kernel.services.devices.subscriptions import Subscription
 
@@ -57,6 +63,7 @@ class DeviceRuntime:
         self.state = "stopped"
         self.host: HostProcess | None = None
         self.incarnation = 0
+        self._routing: tuple[int, bytes] = (-1, b"")
         self.restarts = 0
         self.failures = 0  # consecutive, for the backoff
         self.last_error: str | None = None
@@ -73,8 +80,8 @@ class DeviceRuntime:
         #: Engaged interlocks' limits on every agent's grant: interlock name → allowed ops.
         self.restrictions: dict[str, frozenset[str]] = {}
         self.buckets: dict[tuple[int, str], TokenBucket] = {}
-        self._pending: dict[int, tuple[Deferred, Timer, str]] = {}
-        self._ids = itertools.count(1)
+        #: Calls waiting for the host's reply, bounded per caller (:mod:`.calls`).
+        self.calls = CallBook(self.name)
         self._last_beat = 0.0
         self._started_at = 0.0
         self._ready_at = 0.0
@@ -90,7 +97,11 @@ class DeviceRuntime:
 
     @property
     def routing(self) -> bytes:
-        return f"{self.name}#{self.incarnation}".encode()
+        """The current host's ZeroMQ routing id (``NAME#INCARNATION``), built once per incarnation."""
+        cached = self._routing
+        if cached[0] != self.incarnation:
+            cached = self._routing = (self.incarnation, f"{self.name}#{self.incarnation}".encode())
+        return cached[1]
 
     # ---- host lifecycle ---------------------------------------------------------------------------
 
@@ -175,7 +186,7 @@ class DeviceRuntime:
         was = self.state
         self.last_error = reason
         self.state = "stopped" if self.broker.stopping else "down"
-        for call_id in list(self._pending):
+        for call_id in self.calls.ids():
             self._fail_call(call_id, DeviceBroken(f"device {self.name}: its host went down during the call ({reason})", details={"device": self.name}))
         self._filter = None
         self._release_filter_waiters()  # the next host opens unfiltered
@@ -223,7 +234,7 @@ class DeviceRuntime:
             self._restart_timer = None
         if self.host is not None:
             self.broker.send(self, {"t": "stop"})
-        for call_id in list(self._pending):
+        for call_id in self.calls.ids():
             self._fail_call(call_id, DeviceUnavailable(f"device {self.name}: the kernel is stopping", details={"device": self.name}))
         self._release_filter_waiters()
         for sub in self.subs.values():
@@ -231,44 +242,56 @@ class DeviceRuntime:
 
     # ---- calls ------------------------------------------------------------------------------------
 
-    def call(self, op: str, args: dict[str, Any], deferred: Deferred, caller: dict[str, Any] | None = None) -> None:
+    def call(
+        self, op: str, args: dict[str, Any], deferred: Deferred, caller: bytes | None = None, principal: int | None = None,
+    ) -> None:  # fmt: skip
+        """Forward one operation to the host; ``deferred`` gets its reply.
+
+        ``caller``: the caller as the driver sees it, msgpack-encoded once per caller by the broker;
+        it travels as a second frame, so the host decodes it once per caller, not per call.
+
+        ``principal``: the calling agent or operator session, whose calls in flight on this device
+        are bounded (``None``: the kernel itself, an interlock's action, never refused here).
+
+        :raises DeviceUnavailable: the host is not ready.
+        :raises QuotaExceeded: the caller is at its bound of calls in flight here (:mod:`.calls`).
+        :raises DeviceBusy: the device is at its bound of calls in flight.
+        """
         if self.state != "ready" or self.host is None:
             why = f": {self.last_error}" if self.last_error else ""
             raise DeviceUnavailable(f"device {self.name} is {self.state}{why}", details={"device": self.name, "state": self.state})
-        call_id = next(self._ids)
-        timer = self.broker.loop.call_later(
-            self.spec.call_timeout,
-            lambda: self._fail_call(call_id, DeviceTimeout(f"device {self.name}: {op} took longer than {self.spec.call_timeout} s", details={"device": self.name, "op": op})),
-        )
-        self._pending[call_id] = (deferred, timer, op)
+        try:
+            self.calls.admit(principal, op)
+        except CloveError:
+            self.counters["denied"] += 1
+            raise
+        call_id = self.calls.next_id()
+        timer = self.broker.loop.call_later(self.spec.call_timeout, lambda: self._timed_out(call_id))
+        self.calls.add(call_id, Pending(deferred, op, principal, timer))
         self.counters["calls"] += 1
-        message: dict[str, Any] = {"t": "call", "id": call_id, "op": op, "args": args}
-        if caller is not None:
-            message["caller"] = caller
-        self.broker.send(self, message)
+        self.broker.send(self, {"t": "call", "id": call_id, "op": op, "args": args}, caller)
+
+    def _timed_out(self, call_id: int) -> None:
+        pending = self.calls.get(call_id)
+        if pending is not None:
+            op = pending.op
+            self._fail_call(call_id, DeviceTimeout(f"device {self.name}: {op} took longer than {self.spec.call_timeout} s", details={"device": self.name, "op": op}))
 
     def _reply(self, message: dict[str, Any]) -> None:
-        entry = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
-        if entry is None:
+        pending = self.calls.settle(message.get("id"))
+        if pending is None:
             return  # timed out already
-        deferred, timer, _op = entry
-        timer.cancel()
         if "error" in message:
             self.counters["errors"] += 1
             err = from_wire(message["error"])
             err.details.setdefault("device", self.name)
-            deferred.reject(err)
+            pending.deferred.reject(err)
         else:
-            deferred.resolve({"success": True, "result": message.get("result")})
+            pending.deferred.resolve({"success": True, "result": message.get("result")})
 
     def _fail_call(self, call_id: int, error: CloveError) -> None:
-        entry = self._pending.pop(call_id, None)
-        if entry is None:
-            return
-        deferred, timer, _op = entry
-        timer.cancel()
-        self.counters["errors"] += 1
-        deferred.reject(error)
+        if self.calls.fail(call_id, error):
+            self.counters["errors"] += 1
 
     # ---- the stream -------------------------------------------------------------------------------
 
@@ -414,5 +437,5 @@ class DeviceRuntime:
         }
 
     def held(self) -> int:
-        return len(self._pending)
+        return len(self.calls)
 
