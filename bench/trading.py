@@ -296,7 +296,7 @@ def run(report: Report, say: Callable[[str], None]) -> None:
         driver_alone=alone,
     )  # fmt: skip
     report.notes.append("fsync on: the driver writes the journal and the sequence store at once and fsyncs both in one commit per group; an order's reply, its NewOrderSingle and each report's stream item wait for it")
-    report.notes.append("the driver host takes the next calls while an order's reply waits for its commit (it replies in call order once durable), so orders from callers in flight at once share one fsync; a caller that waits for each reply has one order in flight, a pipelining one (raw DEALER in the agent) up to 16")
+    report.notes.append("the driver host takes the next calls while an order's reply waits for its commit (it replies in call order once durable), so orders from callers in flight at once share one fsync; a caller that waits for each reply has one order in flight, a pipelining one (CloveClient.call_many in the agent) up to 16")
     for label, s in (("fdatasync", disk), ("direct", d), ("clove", m)):
         say(f"  {label:9s} {s.fmt()}")
 

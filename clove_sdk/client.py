@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -181,6 +182,69 @@ class CloveClient(
             assert reply.error is not None  # noqa: S101 - decode_reply sets it
             raise reply.error
         return reply.result
+
+    def call_many(
+        self, calls: Iterable[tuple[str, Mapping[str, Any]]], *, window: int = 16, reply_timeout: float | None = None,
+    ) -> list[Any]:  # fmt: skip
+        """Make many syscalls with up to ``window`` of them in flight at once, and return their
+        outcomes in the order given: each call's result, or the :class:`CloveError` it was
+        refused with (returned, not raised, so one refusal does not hide the others' outcomes).
+
+        The kernel serves an agent's calls in order, but a call that waits (an order waiting
+        for its fsync, a driver's slow operation) no longer holds back the next one: pipelined
+        orders share the exchange's group commit (docs/sdk.md, "Many calls in flight"). The
+        kernel bounds what one caller may have in flight per device (``quota.exceeded``).
+
+        :raises KernelUnavailable: no reply within the timeout (``reply_timeout`` or the
+            client's, counted from the last reply); the outcomes of the calls still unanswered
+            are then unknown, and the socket is reset.
+        """
+        if window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
+        sock = self._sock
+        if sock is None:
+            raise KernelUnavailable(
+                f"the client of {self.endpoint} is closed (disconnect() or close()): call connect() to open it again",
+                details={"endpoint": self.endpoint, "call": "call_many"},
+            )
+        pending = iter(calls)
+        outcomes: list[Any] = []
+        in_flight: dict[int, int] = {}  # request id -> index in outcomes
+        wait = self.timeout if reply_timeout is None else reply_timeout
+        sock.setsockopt(zmq.RCVTIMEO, max(1, int(wait * 1000)))
+        self._rcvtimeo = max(1, int(wait * 1000))
+        exhausted = False
+        while True:
+            while not exhausted and len(in_flight) < window:
+                nxt = next(pending, None)
+                if nxt is None:
+                    exhausted = True
+                    break
+                syscall, body = nxt
+                if not self._probed:
+                    self._probe(syscall)
+                request_id = next(self._ids)
+                in_flight[request_id] = len(outcomes)
+                outcomes.append(None)
+                _send(sock, wire.PROTOCOL, _SNDMORE)
+                _send(sock, wire.KIND_REQUEST, _SNDMORE)
+                _send(sock, wire.request_payload(request_id, syscall, dict(body)), 0)
+            if not in_flight:
+                return outcomes
+            try:
+                frames = _recv_frames(sock)
+            except zmq.Again:
+                sock.close(linger=0)
+                self._open_socket()
+                raise KernelUnavailable(
+                    f"no reply from the kernel at {self.endpoint} within {wait:g} s ({len(in_flight)} calls unanswered)",
+                    details={"endpoint": self.endpoint, "call": "call_many", "unanswered": len(in_flight)},
+                ) from None
+            reply = wire.decode_reply(frames)
+            index = in_flight.pop(reply.id, None) if isinstance(reply.id, int) else None
+            if index is None:
+                continue  # a stale reply (an earlier call's, timed out): not ours
+            outcomes[index] = reply.result if reply.ok else reply.error
 
     def _compat(self, syscall: str, **body: Any) -> dict[str, Any]:
         """The original SDK's style: errors come back as ``{success: False, error, code}``."""

@@ -2,15 +2,14 @@
 
 ``rtt N WARMUP``: submit a resting limit order, wait for its "new" execution report on the
 stream; N + WARMUP times. ``rate N``: submit N orders back to back (risk checks and journal on),
-then wait for all their acknowledgements. One JSON line."""
+then wait for all their acknowledgements; ``pipe N K``: the same with K orders in flight
+(``CloveClient.call_many``). One JSON line."""
 import json
 import sys
 import time
 
-import zmq
-
-from clove_sdk import CloveClient, wire
-from clove_sdk.client import default_endpoint
+from clove_sdk import CloveClient
+from clove_sdk.errors import CloveError
 
 mode, n = sys.argv[1], int(sys.argv[2])
 with CloveClient(timeout=30) as c:
@@ -29,25 +28,17 @@ with CloveClient(timeout=30) as c:
         print(json.dumps({"rtt": samples}), flush=True)
     else:
         t0, errors = time.perf_counter(), {}
-        if mode == "pipe":
+        if mode == "pipe":  # K orders in flight through the SDK's call_many
             window = int(sys.argv[3])
-            sock = zmq.Context.instance().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(default_endpoint(None))
-            sent_n = answered = 0
-            while answered < n:
-                while sent_n < n and sent_n - answered < window:
-                    i = sent_n
+
+            def orders():
+                for i in range(n):
                     args = {"symbol": "SLOW", "side": "buy", "qty": 1 + i % 50, "price": round(5.0 + (i // 50) * 0.01, 2)}
-                    sock.send_multipart(wire.encode_request(i, "device.call", {"device": "exchange", "op": "submit_order", "args": args}))
-                    sent_n += 1
-                if not sock.poll(30_000):
-                    break
-                reply = wire.decode_reply(sock.recv_multipart())
-                answered += 1
-                if not reply.ok:
-                    errors[reply.error.code] = errors.get(reply.error.code, 0) + 1
-            sock.close()
+                    yield "device.call", {"device": "exchange", "op": "submit_order", "args": args}
+
+            for outcome in c.call_many(orders(), window=window):
+                if isinstance(outcome, CloveError):
+                    errors[outcome.code] = errors.get(outcome.code, 0) + 1
         else:
             for i in range(n):
                 ex.submit_order("SLOW", "buy", 1 + i % 50, price=5.0 + (i // 50) * 0.01)  # all distinct: no duplicates
