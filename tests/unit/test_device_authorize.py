@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgpack
 import pytest
 
 from clove.config.devices import parse_devices
@@ -145,8 +146,8 @@ def ready(broker: DeviceBroker, runtime: DeviceRuntime) -> list[dict[str, Any]]:
     runtime.state = "ready"
     runtime.host = SimpleNamespace(pid=4242)  # type: ignore[assignment]
 
-    def capture(runtime: DeviceRuntime, message: dict[str, Any]) -> None:
-        sent.append(message)
+    def capture(runtime: DeviceRuntime, message: dict[str, Any], extra: bytes | None = None) -> None:
+        sent.append(message if extra is None else {**message, "caller": msgpack.unpackb(extra)})
 
     broker.send = capture  # type: ignore[method-assign]
     return sent
