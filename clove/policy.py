@@ -37,6 +37,7 @@ ALL_RIGHTS: Final = frozenset(
         "permissions.read", "permissions.write", "llm", "devices",
     }
 )  # fmt: skip
+WORK: Final = "{work}"  # in a path pattern: the caller's work dir
 HTTP_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _LEVEL_RIGHTS: Final = {
     "unrestricted": ALL_RIGHTS,
@@ -91,16 +92,33 @@ class Permissions:
                 details={"call": call, "right": right, "level": self.level},
             )
 
-    def _paths(self, patterns: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(p.replace("{work}", self.work_dir.rstrip("/") or "/") for p in patterns)
+    def _allows(self, patterns: tuple[str, ...], path: str) -> bool:
+        """Whether a pattern matches ``path``, ``{work}`` standing for this caller's work dir.
+
+        A ``{work}/...`` pattern is matched as the work dir (a literal prefix) followed by the
+        rest of the pattern, so its compiled form is one for every agent: substituting the
+        work dir first made a new regex per agent, kept in the process-wide caches (about
+        4 KiB per spawn, up to their bounds: a kernel that grew for hours under churn).
+        """
+        work = self.work_dir.rstrip("/") or "/"
+        plain_work = work != "/" and not any(ch in work for ch in "*?")
+        norm = posixpath.normpath(path)
+        for pattern in patterns:
+            tail = pattern[len(WORK) :]
+            if plain_work and pattern.startswith(WORK) and WORK not in tail:
+                if norm.startswith(work) and _glob_tail_regex(tail).match(norm, len(work)):
+                    return True
+            elif path_matches(pattern.replace(WORK, work), path):
+                return True
+        return False
 
     def check_read(self, path: str) -> None:
         """:param path: absolute, already resolved (no symlinks, no ``..``)."""
-        if not any(path_matches(p, path) for p in self._paths(self.read_paths + self.write_paths)):
+        if not self._allows(self.read_paths + self.write_paths, path):
             raise PermissionDenied(f"reading {path} is not granted", details={"path": path, "access": "read"})
 
     def check_write(self, path: str) -> None:
-        if not any(path_matches(p, path) for p in self._paths(self.write_paths)):
+        if not self._allows(self.write_paths, path):
             raise PermissionDenied(f"writing {path} is not granted", details={"path": path, "access": "write"})
 
     def check_exec(self, program: str) -> None:
@@ -238,6 +256,15 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
         base = pattern[:-3] or "/"
         return re.compile(_translate(base) + r"(?:/.*)?\Z" if base != "/" else r"/.*\Z|/\Z")
     return re.compile(_translate(pattern) + r"\Z")
+
+
+@lru_cache(maxsize=256)
+def _glob_tail_regex(tail: str) -> re.Pattern[str]:
+    """What follows ``{work}`` in a pattern, matched from the end of the work dir: the same
+    regex :func:`_glob_regex` builds after the work dir's literal characters."""
+    if tail.endswith("/**"):
+        return re.compile(_translate(tail[:-3]) + r"(?:/.*)?\Z")
+    return re.compile(_translate(tail) + r"\Z")
 
 
 def _translate(pattern: str) -> str:
