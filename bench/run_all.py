@@ -6,6 +6,7 @@ limit; a failing one is reported and the others still run (the exit status is th
     .venv/bin/python bench/run_all.py                 # progress + per-bench tables + summary
     .venv/bin/python bench/run_all.py --json          # JSON on stdout, progress on stderr
     .venv/bin/python bench/run_all.py --only noop_latency throughput
+    .venv/bin/python bench/run_all.py --group fast-paths   # one issue's figures (see GROUPS)
 """
 
 from __future__ import annotations
@@ -30,8 +31,21 @@ BENCHES = (
     "noop_latency", "noop_breakdown", "throughput", "spawn_latency", "neighbour", "kernel_rss", "state_ops",
     "messaging", "llm_gateway", "device_can", "device_fanout", "device_can_filter", "device_serial", "interlock_latency", "trading", "recording_overhead",
     "containment", "compiled_core", "top_refresh", "relay", "egress", "llm_endpoint", "prometheus_scrape", "console_cpu",
-    "fleet_ship", "fleet_estop",
+    "fleet_ship", "fleet_estop", "kernel_soak",
 )  # fmt: skip
+#: Arguments a bench gets here: the soak's figure is ten minutes of churn; one fits a run.
+ARGS = {"kernel_soak": ["--minutes", "1"]}
+#: Named selections: the figures one piece of work is judged by, run together so that each
+#: baseline and ratio comes from the same run.
+GROUPS = {
+    # The syscall, message, device, order, spawn and memory fast paths (bench/README.md).
+    "fast-paths": (
+        "noop_latency", "throughput", "messaging", "device_fanout", "device_can", "device_serial", "trading",
+        "spawn_latency", "kernel_rss", "kernel_soak", "compiled_core", "containment",
+    ),
+    "containment": ("containment", "neighbour", "kernel_rss"),
+    "fleet": ("fleet_estop", "fleet_ship", "prometheus_scrape"),
+}  # fmt: skip
 TIME_LIMIT_S = 170
 
 
@@ -42,7 +56,7 @@ def run_one(name: str, out: Any) -> dict[str, Any]:
     started = time.monotonic()
     try:
         proc = subprocess.run(
-            [sys.executable, str(BENCH_DIR / f"{name}.py"), "--json-out", str(result_path)],
+            [sys.executable, str(BENCH_DIR / f"{name}.py"), *ARGS.get(name, []), "--json-out", str(result_path)],
             stdout=out,
             stderr=out,
             stdin=subprocess.DEVNULL,
@@ -107,12 +121,16 @@ def main() -> int:
     parser.add_argument(
         "--only", nargs="+", choices=BENCHES, metavar="BENCH", help=f"run only these ({', '.join(BENCHES)})"
     )
+    parser.add_argument("--group", choices=sorted(GROUPS), help="run one named selection (added to --only)")
     args = parser.parse_args()
+    selected = list(args.only or [])
+    if args.group:
+        selected += [name for name in GROUPS[args.group] if name not in selected]
     out = sys.stderr if args.json else sys.stdout
     info = machine()
     started = time.monotonic()
     reports = []
-    for name in args.only or BENCHES:
+    for name in selected or BENCHES:
         print(f"\n##### {name}", file=out, flush=True)
         reports.append(run_one(name, out))
     info["elapsed_s"] = round(time.monotonic() - started, 1)

@@ -11,15 +11,16 @@ deadline passes, ``upstream.error`` for DNS, refused, reset, TLS or protocol fai
 from __future__ import annotations
 
 import base64
-import http.client
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, final
-
-import urllib3
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 from clove import __version__
 from clove.errors import CloveError, InternalError, OperationTimeout, QuotaExceeded, UpstreamError
+
+if TYPE_CHECKING:
+    import urllib3
 
 __all__ = ["DEFAULT_POOL_SIZE", "MAX_CONNECT_TIMEOUT", "MAX_RESPONSE_BYTES", "HttpRequest", "HttpResponse", "Transport", "Urllib3Transport"]
 
@@ -77,20 +78,36 @@ class Transport(Protocol):
 @final
 class Urllib3Transport:
     """:class:`Transport` over one thread-safe ``urllib3.PoolManager``: no redirects followed,
-    no proxies from the environment, certificates verified, bodies read with a running cap."""
+    no proxies from the environment, certificates verified, bodies read with a running cap.
+
+    urllib3 (and with it ssl and OpenSSL, about 8 MiB) is imported by the first request, on the
+    worker thread that sends it: a kernel whose agents never call ``http`` does not hold it."""
 
     def __init__(self, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
-        # No retries: a retry would spend the caller's deadline twice, and a POST is not ours to
-        # repeat. (urllib3 still replaces a pooled connection the server has closed.)
-        self._pool = urllib3.PoolManager(num_pools=32, maxsize=pool_size, block=False, retries=False)
+        self._pool_size = pool_size
+        self._pool: urllib3.PoolManager | None = None
+        self._pool_lock = threading.Lock()  # two workers' first requests build one pool
+
+    def _manager(self) -> urllib3.PoolManager:
+        with self._pool_lock:
+            if self._pool is None:
+                import urllib3
+
+                # No retries: a retry would spend the caller's deadline twice, and a POST is not
+                # ours to repeat. (urllib3 still replaces a pooled connection the server has closed.)
+                self._pool = urllib3.PoolManager(num_pools=32, maxsize=self._pool_size, block=False, retries=False)
+            return self._pool
 
     def send(self, request: HttpRequest, deadline: float) -> HttpResponse:
+        pool = self._manager()
+        import urllib3  # _manager() has loaded it: this is a lookup
+
         remaining = _remaining(deadline, request)
         headers = dict(request.headers)
         if not any(name.lower() == "user-agent" for name in headers):
             headers["User-Agent"] = f"clove/{__version__}"
         try:
-            response = self._pool.urlopen(
+            response = pool.urlopen(
                 request.method,
                 request.url,
                 body=request.body,
@@ -114,7 +131,9 @@ class Urllib3Transport:
         return HttpResponse(response.status, names, body)
 
     def close(self) -> None:
-        self._pool.clear()
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.clear()
 
 
 def _remaining(deadline: float, request: HttpRequest) -> float:
@@ -159,6 +178,10 @@ def _transport_error(err: Exception, request: HttpRequest) -> CloveError:
     ``NewConnectionError`` is a ``ConnectTimeoutError`` in urllib3's tree, yet means refused)."""
     if isinstance(err, CloveError):
         return err
+    import http.client
+
+    import urllib3
+
     reason = err.reason if isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason is not None else err
     details = {"method": request.method, "url": request.url}
     if isinstance(reason, urllib3.exceptions.NewConnectionError):

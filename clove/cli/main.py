@@ -16,9 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clove.cli import console as web_console
-from clove.cli import devices, doctor, fleet, hil, mcp, postmortem, render, replay
-from clove.cli import top as top_view
+from clove.cli import render
 from clove.cli.spawnargs import spawn_limits
 from clove.errors import CloveError, KernelUnavailable
 from clove_sdk.client import CloveClient, default_endpoint, kernel_listening
@@ -233,7 +231,9 @@ def _weight(value: str) -> float:
 
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, kernel_only: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; ``kernel_only`` builds the ``kernel`` command alone, so the kernel
+    process never imports the operator commands (rich, asyncio, the console, the fleet client)."""
     parser = argparse.ArgumentParser(prog="clove", description="Run and operate a Clove kernel.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -249,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--state-dir", help="journal, logs and agent dirs (overrides config)")
     k.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     k.set_defaults(func=cmd_kernel)
+    if kernel_only:
+        return parser
+    from clove.cli import console as web_console  # here, not at the top: see kernel_only
+    from clove.cli import devices, doctor, fleet, hil, mcp, postmortem, replay
+    from clove.cli import top as top_view
 
     common(sub.add_parser("ps", help="list agents, exited ones included")).set_defaults(func=cmd_ps)
 
@@ -318,7 +323,7 @@ def parse_cli(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if argv and argv[0] == "spawn" and "--" in argv:
         cut = argv.index("--")
         argv, tail = argv[:cut], argv[cut + 1 :]
-    args = build_parser().parse_args(argv)
+    args = build_parser(kernel_only=argv[:1] == ["kernel"]).parse_args(argv)
     if tail:
         args.args = [*args.args, *tail]
     return args

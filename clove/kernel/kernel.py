@@ -30,7 +30,7 @@ from clove.kernel.core.sessions import OperatorSession, OperatorSessions
 from clove.kernel.dispatch import Dispatcher
 from clove.kernel.services import egress as egress_service
 from clove.kernel.services import exec as exec_service
-from clove.kernel.services import files, interlocks, llmhttp, messaging, metrics, prometheus, state
+from clove.kernel.services import files, interlocks, memtrim, messaging, metrics, prometheus, state
 from clove.kernel.services import http as http_service
 from clove.kernel.services import llm as llm_service
 from clove.kernel.services.devices import broker as devices
@@ -91,6 +91,16 @@ def _attach_fleet(kernel: ServiceRegistry) -> None:
         fleet.attach(kernel)
 
 
+def _attach_llm_endpoint(kernel: ServiceRegistry) -> None:
+    """The OpenAI-compatible endpoint on each agent's llm.sock, with an enabled ``[llm]`` table
+    only: its HTTP parser (h11) is imported then, not by every kernel."""
+    settings = kernel.config.llm
+    if settings is not None and settings.endpoint.enabled:
+        from clove.kernel.services import llmhttp
+
+        llmhttp.attach(kernel)
+
+
 SERVICES: tuple[Callable[[ServiceRegistry], None], ...] = (
     state.attach,
     messaging.attach,
@@ -99,7 +109,7 @@ SERVICES: tuple[Callable[[ServiceRegistry], None], ...] = (
     http_service.attach,
     metrics.attach,
     llm_service.attach,
-    llmhttp.attach,  # the OpenAI-compatible endpoint on each agent's llm.sock; after llm
+    _attach_llm_endpoint,  # the OpenAI-compatible endpoint on each agent's llm.sock; after llm
     devices.attach,
     interlocks.attach,
     recording.attach,
@@ -107,6 +117,7 @@ SERVICES: tuple[Callable[[ServiceRegistry], None], ...] = (
     postmortem.attach,
     _attach_fleet,  # last: it reports on the devices and interlocks
     egress_service.attach,
+    memtrim.attach,  # hands the C heap's free pages back once a minute (docs/kernel-memory.md)
 )
 
 

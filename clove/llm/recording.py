@@ -10,7 +10,6 @@ tools' names, and the answer's ``tool_calls``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -82,6 +81,8 @@ class Recording:
         if verdict.response is not None and verdict.response.tool_calls:
             texts["tool_calls"] = [_call(c) for c in verdict.response.tool_calls]
         details.update(texts)
+        import hashlib  # here: hashlib loads OpenSSL (about 3.5 MiB), and only an [llm] kernel gets here
+
         details["prompt_sha256"] = hashlib.sha256(request.prompt.encode("utf-8")).hexdigest()
         if answer is not None:
             details["answer_sha256"] = hashlib.sha256(answer.encode("utf-8")).hexdigest()

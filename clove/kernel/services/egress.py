@@ -102,8 +102,9 @@ class EgressService:
         path = self.dir / "proxy.sock"
         if path.exists():
             path.unlink()
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
+        # The channels' context: a second one (Context.instance()) costs two more libzmq threads
+        # and their buffers in every kernel. shutdown() closes this socket before it is termed.
+        sock: zmq.Socket[bytes] = self.kernel.channels.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.RCVHWM, 100_000)

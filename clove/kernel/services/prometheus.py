@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from clove import __version__
 from clove.kernel.audit.journal import Category
-from clove.kernel.services.prometheus_snapshot import EXIT_REASONS, SWEEP_SLICE, SnapshotBuilder, Sources
-from clove.kernel.services.prometheus_tally import JournalTally
 
 if TYPE_CHECKING:
     from clove.kernel.core.agents import Agent
@@ -45,7 +43,11 @@ def attach(kernel: ServiceRegistry, *, syscall_names: Iterable[str], kernel_time
     settings = kernel.config.metrics
     if settings.listen is None:
         return None
-    from clove.kernel.services.prometheus_exporter import RETRY_S, PrometheusExporter  # only when serving
+    # Only when serving: a kernel without [metrics] listen holds none of the exporter's modules.
+    from clove.kernel.services.prometheus_exporter import RETRY_S, PrometheusExporter
+    from clove.kernel.services.prometheus_snapshot import EXIT_REASONS, SWEEP_SLICE, SnapshotBuilder, Sources
+    from clove.kernel.services.prometheus_tally import JournalTally
+
     tally = JournalTally(kernel.journal, syscall_names)
 
     def cgroup_dirs(agent: Agent) -> tuple[str, ...]:

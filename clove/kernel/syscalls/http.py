@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Final, final
 from urllib.parse import urlsplit
 
-from urllib3.exceptions import LocationParseError
-from urllib3.util import parse_url
-
 from clove.errors import InvalidArguments, QuotaExceeded
 from clove.httpclient import MAX_RESPONSE_BYTES, HttpRequest
 from clove.kernel.services import http as http_service
@@ -50,6 +47,11 @@ def check_url(url: str) -> str:
             "http: the URL must be printable ASCII without spaces or backslashes (percent-encode; punycode for domains)",
             details={"argument": "url"},
         )
+    # Here, not at the top: urllib3 brings ssl and OpenSSL (about 8 MiB) that a kernel whose
+    # agents never call http should not hold; the first call pays the import (tens of ms).
+    from urllib3.exceptions import LocationParseError
+    from urllib3.util import parse_url
+
     try:
         parsed = parse_url(url)
         split = urlsplit(url)

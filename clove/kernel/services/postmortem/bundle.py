@@ -17,7 +17,6 @@ Layout::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -112,6 +111,8 @@ def _write(directory: Path, name: str, data: bytes) -> tuple[int, str]:
     fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(data)
+    import hashlib  # here: hashlib loads OpenSSL (about 3.5 MiB); a kernel that never writes a bundle keeps it out
+
     return len(data), hashlib.sha256(data).hexdigest()
 
 
