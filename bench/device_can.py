@@ -118,8 +118,8 @@ def run(report: Report, say: Callable[[str], None]) -> None:
     b, m = summarize(bare), summarize(mediated)
     report.add("bare 2-hop round trip p50", b.p50, "µs")
     report.add("bare 2-hop round trip p99", b.p99, "µs")
-    report.add("mediated CAN send p50", m.p50, "µs", baseline=b.p50, baseline_name="bare 2-hop p50", target="≤ 250 µs")
-    report.add("mediated CAN send p99", m.p99, "µs", baseline=b.p99, baseline_name="bare 2-hop p99", target="≤ 1000 µs")
+    report.add("mediated CAN send p50", m.p50, "µs", baseline=b.p50, baseline_name="bare 2-hop p50", target="≤2x")
+    report.add("mediated CAN send p99", m.p99, "µs", baseline=b.p99, baseline_name="bare 2-hop p99", target="≤3x")
     report.details["stats_us"] = {"bare": stats_dict(b), "mediated": stats_dict(m)}
     report.notes.append("mediated: agent → kernel (grant, rate bucket, journal) → driver host → python-can virtual bus → ack")
     for label, s in (("bare", b), ("mediated", m)):

@@ -87,7 +87,7 @@ def run(report: Report, say: Callable[[str], None]) -> None:
     d, m = summarize(direct), summarize(mediated)
     report.add("pyserial direct echo p50", d.p50, "µs")
     report.add("pyserial direct echo p99", d.p99, "µs")
-    report.add("through Clove echo p50", m.p50, "µs", baseline=d.p50, baseline_name="direct p50")
+    report.add("through Clove echo p50", m.p50, "µs", baseline=d.p50, baseline_name="direct p50", target="≤2.5x")
     report.add("through Clove echo p99", m.p99, "µs", baseline=d.p99, baseline_name="direct p99")
     report.details["stats_us"] = {"direct": stats_dict(d), "clove": stats_dict(m)}
     for label, s in (("direct", d), ("clove", m)):
