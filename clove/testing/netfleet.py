@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar, final
 
+from clove.sandbox.cgroupfs import is_pid_alive
 from clove.testing import syspackages
 
 __all__ = ["BoardNet", "NetFabric", "unavailable"]
@@ -74,16 +75,6 @@ def unavailable() -> str | None:
         return f"ip netns add fails here: {done.stderr.strip()}"
     _ip("netns", "del", probe, check=False)
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @final
@@ -246,7 +237,7 @@ def sweep_stale() -> list[str]:
     removed = []
     for name in _our_names():
         match = _OURS.match(name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or is_pid_alive(int(match.group(1))):
             continue
         if "-" in name:
             _ip("netns", "del", name, check=False)
