@@ -49,6 +49,12 @@ _recv = zmq.backend.Socket.recv
 _SNDMORE = int(zmq.SNDMORE)
 
 
+def _send_request(sock: zmq.Socket[bytes], request_id: int, syscall: str, body: dict[str, Any]) -> None:
+    _send(sock, wire.PROTOCOL, _SNDMORE)  # the header frames are constants
+    _send(sock, wire.KIND_REQUEST, _SNDMORE)
+    _send(sock, wire.request_payload(request_id, syscall, body), 0)
+
+
 def _recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
     """One multipart message (waits up to the socket's ``RCVTIMEO``: :class:`zmq.Again`)."""
     frame = _recv(sock, 0, False)
@@ -142,18 +148,11 @@ class CloveClient(
             late reply cannot be mistaken for the next call's); at once when the socket file is
             missing or nothing listens on it, or the client was closed.
         """
-        sock = self._sock
-        if sock is None:
-            raise KernelUnavailable(
-                f"the client of {self.endpoint} is closed (disconnect() or close()): call connect() to open it again",
-                details={"endpoint": self.endpoint, "call": syscall},
-            )
+        sock = self._open_or_raise(syscall)
         if not self._probed:
             self._probe(syscall)
         request_id = next(self._ids)
-        _send(sock, wire.PROTOCOL, _SNDMORE)  # the header frames are constants
-        _send(sock, wire.KIND_REQUEST, _SNDMORE)
-        _send(sock, wire.request_payload(request_id, syscall, body), 0)
+        _send_request(sock, request_id, syscall, body)
         wait = self.timeout if reply_timeout is None else reply_timeout
         own = body.get("timeout")
         if own is not None and isinstance(own, (int, float)) and not isinstance(own, bool):
@@ -168,8 +167,7 @@ class CloveClient(
             try:
                 frames = _recv_frames(sock)
             except zmq.Again:
-                sock.close(linger=0)
-                self._open_socket()
+                self._reset()
                 raise KernelUnavailable(
                     f"no reply from the kernel at {self.endpoint} within {wait:g} s",
                     details={"endpoint": self.endpoint, "call": syscall},
@@ -201,12 +199,7 @@ class CloveClient(
         """
         if window < 1:
             raise ValueError(f"window must be at least 1, not {window}")
-        sock = self._sock
-        if sock is None:
-            raise KernelUnavailable(
-                f"the client of {self.endpoint} is closed (disconnect() or close()): call connect() to open it again",
-                details={"endpoint": self.endpoint, "call": "call_many"},
-            )
+        sock = self._open_or_raise("call_many")
         pending = iter(calls)
         outcomes: list[Any] = []
         in_flight: dict[int, int] = {}  # request id -> index in outcomes
@@ -226,16 +219,13 @@ class CloveClient(
                 request_id = next(self._ids)
                 in_flight[request_id] = len(outcomes)
                 outcomes.append(None)
-                _send(sock, wire.PROTOCOL, _SNDMORE)
-                _send(sock, wire.KIND_REQUEST, _SNDMORE)
-                _send(sock, wire.request_payload(request_id, syscall, dict(body)), 0)
+                _send_request(sock, request_id, syscall, dict(body))
             if not in_flight:
                 return outcomes
             try:
                 frames = _recv_frames(sock)
             except zmq.Again:
-                sock.close(linger=0)
-                self._open_socket()
+                self._reset()
                 raise KernelUnavailable(
                     f"no reply from the kernel at {self.endpoint} within {wait:g} s ({len(in_flight)} calls unanswered)",
                     details={"endpoint": self.endpoint, "call": "call_many", "unanswered": len(in_flight)},
@@ -245,6 +235,21 @@ class CloveClient(
             if index is None:
                 continue  # a stale reply (an earlier call's, timed out): not ours
             outcomes[index] = reply.result if reply.ok else reply.error
+
+    def _open_or_raise(self, call: str) -> zmq.Socket[bytes]:
+        sock = self._sock
+        if sock is None:
+            raise KernelUnavailable(
+                f"the client of {self.endpoint} is closed (disconnect() or close()): call connect() to open it again",
+                details={"endpoint": self.endpoint, "call": call},
+            )
+        return sock
+
+    def _reset(self) -> None:
+        """A new socket after a timeout, so a late reply cannot be taken for a later call's."""
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        self._open_socket()
 
     def _compat(self, syscall: str, **body: Any) -> dict[str, Any]:
         """The original SDK's style: errors come back as ``{success: False, error, code}``."""
