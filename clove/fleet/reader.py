@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
-from nats.js.errors import NoKeysError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from clove.fleet.subjects import FleetNames
 
@@ -39,20 +39,28 @@ async def board_rows(js: JetStreamContext, names: FleetNames, *, lost_after: flo
     :raises nats.js.errors.BucketNotFoundError: nobody created the bucket (``clove fleet init``).
     """
     kv = await js.key_value(names.bucket)
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return []
     now = time.time() if now is None else now
     rows = []
-    for key in sorted(keys):
-        entry = await kv.get(key)
+    for key in await _keys(js, names.bucket):
+        try:
+            entry = await kv.get(key)
+        except (KeyDeletedError, KeyNotFoundError):  # deleted or purged since the snapshot
+            continue
         try:
             data = orjson.loads(entry.value or b"null")
         except orjson.JSONDecodeError:
             data = None
         rows.append(_row(key, data, now, lost_after))
     return rows
+
+
+async def _keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """The bucket's keys, sorted, from one snapshot of its stream's subjects. Not
+    ``KeyValue.keys()``: its watcher may finish before a key that was updated meanwhile is
+    delivered, so a board heartbeating at that moment went missing from the list."""
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    return sorted(subject[len(prefix) :] for subject in info.state.subjects or {})
 
 
 async def board_records(js: JetStreamContext, names: FleetNames, board: str, *, timeout: float = 5.0) -> AsyncIterator[tuple[int, Any]]:
