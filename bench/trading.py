@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -219,6 +220,7 @@ def run_driver(port: int, threads: int, n: int) -> None:
     all_acked = time.perf_counter() - t0
     after = driver.call("status")["commit"]
     driver.close()
+    shutil.rmtree(driver.state_dir, ignore_errors=True)
     commits = after["commits"] - before["commits"]
     print(json.dumps({"threads": threads, "n": n, "orders_per_s": n / submitted, "acks_per_s": acked / all_acked, "acked": acked, "orders_per_commit": n / commits if commits else None}), flush=True)
 
@@ -266,6 +268,7 @@ def run(report: Report, say: Callable[[str], None]) -> None:
         alone = {threads: _driver_alone(venue.port, threads, DRIVER_N) for threads in (AGENTS, 4 * AGENTS)}
     finally:
         venue.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     d, p, m, u = summarize(direct_sync), summarize(direct_plain), summarize(mediated), summarize(unsynced)
     report.add("fdatasync of one 200-byte append (this disk, now) p50", disk.p50, "µs")
     report.add("direct FIX submit→ack p50 (4 records, each fsynced)", d.p50, "µs")

@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -98,13 +99,16 @@ def _sim_factory(kind: str, defaults: dict[str, Any]) -> Callable[..., Iterator[
 
         classes = {"can_bus": CanBusSim, "gpio_chip": GpioSim, "nmea_gps": GpsSim}
         made: list[Any] = []
+        dirs: list[Path] = []
         world = World()
 
         def make(*args: Any, name: str | None = None, **options: Any) -> Any:
             if kind == "gpio_chip" and args:
                 options["lines"] = args[0]
             spec = SimSpec(name or f"{kind}{len(made)}", kind, {**defaults, **options})
-            sim = classes[kind](spec, _tmp(), world)
+            directory = _tmp()
+            dirs.append(directory)
+            sim = classes[kind](spec, directory, world)
             sim.start()
             made.append(sim)
             return sim
@@ -112,6 +116,8 @@ def _sim_factory(kind: str, defaults: dict[str, Any]) -> Callable[..., Iterator[
         yield make
         for sim in reversed(made):
             sim.stop()
+        for directory in dirs:
+            shutil.rmtree(directory, ignore_errors=True)
 
     return factory
 
