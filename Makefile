@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-guarantees lint test test-vm vm-setup fleet-setup ops-setup console-setup image clean-vm bench clean
+.PHONY: demo demo-guarantees lint test bytecode test-vm vm-setup fleet-setup ops-setup console-setup image clean-vm bench clean
 
 PLUGINS := plugins/serial plugins/can plugins/gpio plugins/exchange
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml clove_sdk/pyproject.toml $(foreach p,$(PLUGINS),$(p)/py
 	$(BIN)/pip install --quiet -e './clove_sdk[can,serial]' -e '.[test]' $(foreach p,$(PLUGINS),-e $(p))
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) bytecode
 	$(BIN)/python -m hil.demo
 
 demo-guarantees: $(STAMP)
@@ -33,8 +33,15 @@ lint: $(STAMP)
 	$(BIN)/python -m mypy $(TYPED)
 	$(BIN)/lint-imports
 
-test: lint vm-setup fleet-setup ops-setup console-setup
+test: lint vm-setup fleet-setup ops-setup console-setup bytecode
 	$(BIN)/python -m pytest -q
+
+# The checkout's modules compiled once: a run starts hundreds of Python processes (kernels,
+# driver hosts, CLI calls, and the test guest's, under emulation), and where
+# PYTHONDONTWRITEBYTECODE is set (CI images often set it) each compiled every module it
+# imported from source. The venv's packages are compiled by pip already.
+bytecode: $(STAMP)
+	$(BIN)/python -m compileall -q -j 0 clove clove_sdk hil plugins tests bench examples
 
 # The test guest (docs/testing.md): qemu, busybox-static, can-utils, gpiod tools by package name,
 # a Debian kernel fetched into a cache outside the checkout ($$CLOVE_VM_CACHE, else
