@@ -74,7 +74,7 @@ class PrometheusExporter:
         assert self.settings.listen is not None  # noqa: S101 - checked in __init__
         host, port = self.settings.listen
         try:
-            self.server, self.thread = serve(host, port, self.registry)
+            self.server, self.thread = serve(host, port, self.registry, min_interval=self.settings.interval)
         except OSError as err:
             if not self._failed_once:
                 self._failed_once = True
