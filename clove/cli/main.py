@@ -109,6 +109,9 @@ def _lifecycle(verb: str) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    from clove.cli.terminal import LogWriter
+
+    out = LogWriter(sys.stdout.buffer, raw=True if args.raw else None)
     with _client(args) as c:
         try:
             chunk = c.logs(name=args.name, offset=-args.tail)
@@ -116,8 +119,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if isinstance(err, KernelUnavailable):
                 raise
             raise CliError(f"logs {args.name}: {err.message}") from None
-        sys.stdout.buffer.write(chunk["data"])
-        sys.stdout.flush()
+        out.write(chunk["data"])
         offset = chunk["offset"]
         while args.follow:
             time.sleep(0.2)
@@ -130,8 +132,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if chunk["offset"] < offset:  # rotated
                 offset = 0
                 continue
-            sys.stdout.buffer.write(chunk["data"])
-            sys.stdout.flush()
+            out.write(chunk["data"])
             offset = chunk["offset"]
     return EXIT_OK
 
@@ -284,6 +285,7 @@ def build_parser(*, kernel_only: bool = False) -> argparse.ArgumentParser:
     lg.add_argument("name")
     lg.add_argument("-f", "--follow", action="store_true")
     lg.add_argument("--tail", type=int, default=16384, help="bytes from the end to start with")
+    lg.add_argument("--raw", action="store_true", help="the agent's bytes as they are, escape sequences included, even on a terminal")
     lg.set_defaults(func=cmd_logs)
 
     lm = common(sub.add_parser("llm", help="LLM usage, budgets and queue waits; change an agent's budget"))

@@ -92,6 +92,40 @@ def test_pause_freezes_and_resume_thaws(kernel):
         assert c.pause(name="nobody") is False
 
 
+def test_clove_logs_shows_an_agents_escape_sequences_on_a_terminal_and_passes_them_to_a_pipe(kernel):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with kernel.client() as c:
+        c.spawn("hijack", agent_script("terminal_hijack.py"))
+    poll_for(lambda: agent_row(kernel, "hijack")["state"] == "exited", message="exit")
+    command = [sys.executable, "-m", "clove", "logs", "hijack", "--socket", kernel.socket]
+    piped = subprocess.run(command, capture_output=True, timeout=30, cwd=repo, check=True).stdout
+    assert piped == b"before\n\x1b]52;c;ZWNobyBwd25lZA==\x07\x1b]0;root@prod\x07\x1b[2J\xc2\x9b31mafter\n"
+    for extra, expected in (([], b"before\r\n^[]52;c;ZWNobyBwd25lZA==^G^[]0;root@prod^G^[[2J\\x9b31mafter\r\n"), (["--raw"], None)):
+        master, slave = os.openpty()
+        try:
+            proc = subprocess.run(command + extra, stdout=slave, stderr=subprocess.PIPE, timeout=30, cwd=repo, check=True)
+            assert proc.returncode == 0
+            os.close(slave)
+            shown = b""
+            while True:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the terminal's other end is closed and drained
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+        finally:
+            os.close(master)
+        if expected is None:  # --raw: the agent's bytes (the terminal turns each \n into \r\n)
+            assert b"\x1b]52;" in shown
+        else:
+            assert shown == expected
+
+
 def test_logs_and_cli_end_to_end(kernel, capsys):
     from clove.cli.main import main
 

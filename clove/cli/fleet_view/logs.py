@@ -7,8 +7,9 @@ one command every ``--interval`` seconds (at least :data:`MIN_INTERVAL`): each i
 the board like any command, so following is paced, and carries at most
 :data:`clove.fleet.logs.MAX_ANSWER_BYTES` a time.
 
-The log text goes to stdout as the agent wrote it (as ``clove logs`` does); notes (the answer
-was cut, the log rotated) go to stderr, so a pipe gets only the log.
+The log text goes to stdout as ``clove logs`` writes it (control characters shown, not obeyed,
+on a terminal; as the agent wrote it to a pipe or with ``--raw``: :mod:`clove.cli.terminal`);
+notes (the answer was cut, the log rotated) go to stderr, so a pipe gets only the log.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from clove.cli import fleet as base
+from clove.cli.terminal import LogWriter
 from clove.config.fleet import valid_token
 from clove.fleet.logs import MAX_LINES
 from clove.fleet.subjects import FleetNames
@@ -56,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lines", type=_lines, default=None, help="the last N lines (default 100)")
     p.add_argument("-f", "--follow", action="store_true", help="keep asking for what the agent writes next")
     p.add_argument("--interval", type=_interval, default=1.0, help=f"seconds between reads with --follow (default 1, at least {MIN_INTERVAL})")
+    p.add_argument("--raw", action="store_true", help="the agent's bytes as they are, escape sequences included, even on a terminal")
 
 
 async def _known(js: Any, names: FleetNames, board: str) -> bool:
@@ -109,6 +112,7 @@ def cmd_fleet_logs(args: argparse.Namespace, error: base.Error) -> int:
         command_args: dict[str, Any] = {"agent": agent}
         if args.lines is not None:
             command_args["lines"] = args.lines
+        out = LogWriter(sys.stdout.buffer, raw=True if args.raw else None)
         while True:
             signed = sign(private, "logs", board=board, args=command_args)
             outcome = await send(nc, js, names, signed, board=board, wait=args.wait)
@@ -116,8 +120,7 @@ def cmd_fleet_logs(args: argparse.Namespace, error: base.Error) -> int:
             if args.json:
                 print(json.dumps(value), flush=True)
             else:
-                sys.stdout.write(value["text"])
-                sys.stdout.flush()
+                out.write(value["text"])
             if value.get("cut"):
                 print(f"fleet logs {args.target}: cut: {value['cut']}", file=sys.stderr, flush=True)
             if not args.follow:
