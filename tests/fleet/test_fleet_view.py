@@ -249,7 +249,15 @@ may = ["estop"]
         seen = poll_for(ticks, 20, interval=0.2, message="four ticks followed")
     finally:
         os.kill(follow.pid, signal.SIGINT)  # how an operator stops following: Ctrl-C
-        follow.wait(10)
+        try:
+            follow.wait(10)
+        except subprocess.TimeoutExpired:  # say what it was doing, and leave nothing running
+            follow.kill()
+            follow.wait()
+            raise AssertionError(
+                f"fleet logs --follow still ran 10 s after Ctrl-C; read from it: {out[-400:]!r}; "
+                f"its stderr: {(tmp_path / 'follow.err').read_text()[-3000:]}"
+            ) from None
     assert follow.returncode == 130 and "Traceback" not in (tmp_path / "follow.err").read_text(), (tmp_path / "follow.err").read_text()
     numbers = [int(line.removeprefix("tick-")) for line in seen]
     assert all(line.startswith("tick-") for line in seen) and numbers == list(range(numbers[0], numbers[0] + len(numbers))), seen
