@@ -167,6 +167,12 @@ def _fleet_records(k: KernelProcess, event: str) -> list[dict[str, Any]]:
 
 @pytest.mark.integration
 @requires_root
+def _sigint_as_on_a_terminal() -> None:
+    """Ctrl-C's default action in the child, whatever this run inherited: a suite started in the
+    background by a non-interactive shell ignores SIGINT, and so would the child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_fleet_logs_reads_an_agents_log_refuses_a_key_without_the_right_and_cuts(
     hub: Hub, make_kernel: Callable[..., KernelProcess], tmp_path: Path
 ) -> None:
@@ -229,7 +235,7 @@ may = ["estop"]
         follow = subprocess.Popen(
             [sys.executable, "-m", "clove", "fleet", "logs", "board-a/talker", "--lines", "1", "--follow", "--interval", "0.5",
              "--key", str(keys["reader"]), "--server", hub.url, "--user", "operator", "--password-file", hub.password_file("operator")],
-            stdout=subprocess.PIPE, stderr=err,
+            stdout=subprocess.PIPE, stderr=err, preexec_fn=_sigint_as_on_a_terminal,
         )  # fmt: skip
     out = b""
     try:
